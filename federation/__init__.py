@@ -1,0 +1,1 @@
+"""Federated training: client updates, aggregation rules, strategies, simulation, Flower apps."""

@@ -1,0 +1,58 @@
+"""Aggregation rules: pure functions over arrays (numpy or torch), no messaging.
+
+- ``weighted_average``: FedAvg over clients for dense parameters.
+- ``accumulate_rows`` / ``finalize_rows`` / ``rowwise_average``: PersonalFR partial compression —
+  each item row is averaged over the clients that sent it; rows nobody sent keep their old value.
+- ``fedavg_rows_with_decay``: exact full-model FedAvg of item rows when clients only computed the
+  rows of their own items and every other row evolved only by weight decay (a known scalar factor).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def weighted_average(stack: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """stack (C, ...) client values, weights (C,) non-negative -> (...) weighted mean."""
+    w = weights.to(stack.dtype)
+    w = w / w.sum()
+    return torch.tensordot(w, stack, dims=([0], [0]))
+
+
+def accumulate_rows(n_rows: int, ids: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor,
+                    sums: torch.Tensor | None = None, wsum: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add weighted rows into running sums.
+
+    ids (T,) row ids, rows (T, ...) values, weights (T,) per-row client weight
+    returns sums (n_rows, ...) and wsum (n_rows,)
+    """
+    if sums is None:
+        sums = rows.new_zeros((n_rows, *rows.shape[1:]))
+        wsum = rows.new_zeros(n_rows)
+    w = weights.to(rows.dtype)
+    sums.index_add_(0, ids, rows * w.view(-1, *([1] * (rows.dim() - 1))))
+    wsum.index_add_(0, ids, w)
+    return sums, wsum
+
+
+def finalize_rows(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor) -> torch.Tensor:
+    """Rows with any weight become sums / wsum; the others keep ``old``: (n_rows, ...)."""
+    held = wsum > 0
+    shape = (-1, *([1] * (old.dim() - 1)))
+    return torch.where(held.view(shape), sums / wsum.clamp(min=1e-30).view(shape), old)
+
+
+def rowwise_average(old: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Average each row over the clients that sent it (ids may repeat across clients)."""
+    sums, wsum = accumulate_rows(old.shape[0], ids, rows, weights)
+    return finalize_rows(old, sums, wsum)
+
+
+def fedavg_rows_with_decay(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor,
+                           total_weight: float, decay: float) -> torch.Tensor:
+    """FedAvg over all C clients where a client that did not hold row i returns ``decay * old[i]``.
+
+    new[i] = (sum_{c holds i} w_c row_c,i + (W - W_i) * decay * old[i]) / W
+    """
+    shape = (-1, *([1] * (old.dim() - 1)))
+    return (sums + (total_weight - wsum).view(shape) * decay * old) / total_weight

@@ -1,0 +1,41 @@
+"""Communication accounting: bytes a client sends and receives per round (pure arithmetic)."""
+from __future__ import annotations
+
+from recsys.models.autoencoder import AEShape
+
+FLOAT_BYTES = 4
+ID_BYTES = 8
+
+
+def dense_decoder_params(s: AEShape) -> int:
+    return s.h1 * s.h2 + s.h1
+
+
+def full_decoder_params(s: AEShape) -> int:
+    return dense_decoder_params(s) + s.n_items * (s.h1 + 1)
+
+
+def full_model_params(s: AEShape) -> int:
+    enc = s.n_items * s.h1 + s.h1 + s.h2 * s.h1 + s.h2
+    return enc + full_decoder_params(s)
+
+
+def client_bytes(strategy: str, s: AEShape, n_rows: int) -> tuple[int, int]:
+    """(upload, download) bytes of one client in one round.
+
+    personalfr: up = its n_rows item rows (+ bias, + int64 id) and the dense decoder; down = full decoder
+    fedavg:     up = down = the full model
+    local:      nothing
+    """
+    if strategy == "personalfr":
+        up = (n_rows * (s.h1 + 1) + dense_decoder_params(s)) * FLOAT_BYTES + n_rows * ID_BYTES
+        return up, full_decoder_params(s) * FLOAT_BYTES
+    if strategy == "fedavg":
+        b = full_model_params(s) * FLOAT_BYTES
+        return b, b
+    return 0, 0
+
+
+def fedavg_bytes(s: AEShape) -> int:
+    """What one client would send (and receive) per round under full-model FedAvg."""
+    return full_model_params(s) * FLOAT_BYTES

@@ -1,0 +1,273 @@
+"""In-process federation: sample clients, train them (vectorized or reference), aggregate, account.
+
+Randomness is a pure function of (seed, round[, client, step]): client sampling uses
+``default_rng([seed, round])`` and dropout masks are hashed (see ``dropout_keep``), so a run resumed
+from a checkpoint after round r replays rounds r+1.. exactly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, finalize_rows
+from federation.client import reference_client_update
+from federation.cohort import train_cohort
+from federation.comm import client_bytes, fedavg_bytes
+from federation.local_sgd import SGDConfig, decay_factor
+from federation.state import ClientStore, Cohort, make_cohorts
+from federation.strategies import get_strategy
+from recsys.errors import FedrecError
+from recsys.models.autoencoder import ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores, init_params
+from recsys.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FedSettings:
+    strategy: str = "personalfr"
+    rounds: int = 100
+    fraction: float = 0.1
+    local_epochs: int = 5
+    weighting: str = "uniform"          # uniform | interactions
+    schedule: str = "cosine"            # cosine | constant
+    min_lr: float = 0.0
+    sgd: SGDConfig = field(default_factory=SGDConfig)
+    seed: int = 0
+    max_cohort_clients: int = 1024
+    max_cohort_entries: int = 262_144   # padded (client, entry) pairs per cohort: bounds memory
+
+
+@dataclass
+class RoundStats:
+    round: int
+    lr: float
+    participants: int
+    loss: float
+    bytes_up: int
+    bytes_down: int
+    fedavg_bytes: int
+    seconds: float
+    updates_per_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Federation:
+    """Global (server) parameters plus the simulated clients' personal state."""
+
+    def __init__(self, shape: AEShape, cfg: FedSettings, train: sp.csr_matrix, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, state_dtype: torch.dtype | None = None):
+        self.shape, self.cfg = shape, cfg
+        self.strategy = get_strategy(cfg.strategy)
+        self.train = train.tocsr()
+        self.train.sort_indices()
+        if shape.mode == "implicit":
+            self.train = sp.csr_matrix((np.ones_like(self.train.data), self.train.indices, self.train.indptr),
+                                       shape=self.train.shape)
+        self.device, self.dtype = torch.device(device), dtype
+        init = init_params(shape, cfg.seed, dtype)
+        self.global_p = {k: v.to(self.device) for k, v in init.items()}
+        self.store = (ClientStore(self.train, init, self.strategy.personal, state_dtype or dtype, self.device)
+                      if self.strategy.personal else None)
+        self.n_per_user = np.diff(self.train.indptr)
+        self.active_users = np.flatnonzero(self.n_per_user > 0)
+        self.round = 0                    # rounds completed
+
+    # -- schedule and sampling ---------------------------------------------------------------
+    def lr_at(self, rnd: int) -> float:
+        lr0 = self.cfg.sgd.lr
+        if self.cfg.schedule == "constant":
+            return lr0
+        t = rnd / max(1, self.cfg.rounds)
+        return self.cfg.min_lr + (lr0 - self.cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def sample(self, rnd: int) -> np.ndarray:
+        """Clients of round ``rnd`` (0-based): a seeded draw without replacement, sorted."""
+        rng = np.random.default_rng([self.cfg.seed, rnd])
+        m = max(1, int(round(self.cfg.fraction * len(self.active_users))))
+        return np.sort(rng.choice(self.active_users, size=min(m, len(self.active_users)), replace=False))
+
+    def cohorts(self, users: np.ndarray) -> list[Cohort]:
+        return make_cohorts(users, self.train, self.shape.mode, self.cfg.max_cohort_clients,
+                            self.cfg.max_cohort_entries, self.device, self.dtype)
+
+    def weights(self, users: torch.Tensor) -> torch.Tensor:
+        if self.cfg.weighting == "interactions":
+            return torch.as_tensor(self.n_per_user[users.cpu().numpy()], dtype=self.dtype, device=self.device)
+        return torch.ones(len(users), dtype=self.dtype, device=self.device)
+
+    # -- one round ---------------------------------------------------------------------------
+    def run_round(self, engine: str = "vectorized", users: np.ndarray | None = None) -> RoundStats:
+        rnd = self.round
+        t0 = time.perf_counter()
+        users = self.sample(rnd) if users is None else np.asarray(users)
+        lr = self.lr_at(rnd)
+        agg = _Aggregate()
+        losses = []
+        if engine == "vectorized":
+            for c in self.cohorts(users):
+                res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
+                                   self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype)
+                self._absorb(c, res, agg)
+                losses.append(res.loss)
+        elif engine == "reference":
+            for u in users:
+                c = self.cohorts(np.array([u]))[0]
+                res = self._reference_update(c, lr, rnd)
+                self._absorb(c, res, agg)
+                losses.append(res.loss)
+        else:
+            raise ValueError(f"unknown engine {engine!r}")
+        loss = float(torch.cat(losses).mean())
+        if not math.isfinite(loss):
+            raise FedrecError(f"round {rnd + 1}: training diverged (non-finite loss); lower optimizer.lr")
+        if self.strategy.federated:
+            self._apply(agg, lr)
+        self.round += 1
+        up = down = 0
+        for n in self.n_per_user[users]:
+            u_, d_ = client_bytes(self.strategy.name, self.shape, int(n))
+            up, down = up + u_, down + d_
+        dt = time.perf_counter() - t0
+        return RoundStats(rnd + 1, lr, len(users), loss, up, down, fedavg_bytes(self.shape) * len(users), dt,
+                          len(users) / dt if dt > 0 else float("inf"))
+
+    def _reference_update(self, c: Cohort, lr: float, rnd: int) -> "MaterializedResult":
+        u = int(c.users[0])
+        personal = {k: self.store.gather(k, c, self.dtype)[0] if k not in ITEM_ROW_KEYS
+                    else self.store.gather(k, c, self.dtype) for k in self.strategy.personal}
+        new, loss = reference_client_update(self.shape, self.strategy, c.items.cpu(), c.x.cpu(),
+                                            {k: v.cpu() for k, v in self.global_p.items()},
+                                            {k: v.cpu() for k, v in personal.items()}, self.cfg.sgd, lr,
+                                            self.cfg.local_epochs, self.cfg.seed, rnd, u)
+        values = {}
+        for k, v in new.items():
+            per_entry = k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched")
+            values[k] = (v if per_entry else v.unsqueeze(0)).to(self.device)
+        return MaterializedResult(values, torch.tensor([loss], dtype=self.dtype))
+
+    def _absorb(self, c: Cohort, res, agg: "_Aggregate") -> None:
+        """Keep personal parameters on the client; add shared ones into the round's aggregate."""
+        if self.store is not None:
+            for k in self.strategy.personal:
+                self.store.scatter(k, c, res.value(k))
+        if not self.strategy.federated:
+            return
+        w = self.weights(c.users)                                                     # (B,)
+        agg.total_weight += float(w.sum())
+        for k in self.strategy.shared:
+            if k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched"):
+                if hasattr(res, "row_sums"):
+                    s_, ws_ = res.row_sums(k, w, self.shape.n_items)
+                    s, ws = agg.rows.get(k, (0, 0))
+                    agg.rows[k] = (s + s_, ws + ws_)
+                else:
+                    s, ws = agg.rows.get(k, (None, None))
+                    agg.rows[k] = accumulate_rows(self.shape.n_items, c.items, res.value(k), w[c.seg], s, ws)
+            elif k in ITEM_ROW_KEYS:                      # every client holds every row (full FedAvg)
+                s, ws = agg.rows.get(k, (torch.zeros_like(self.global_p[k]),
+                                         torch.zeros(self.shape.n_items, dtype=self.dtype, device=self.device)))
+                agg.rows[k] = (s + res.weighted_sum(k, w), ws + w.sum())
+            else:
+                contrib = res.weighted_sum(k, w)
+                agg.dense[k] = contrib if k not in agg.dense else agg.dense[k] + contrib
+
+    def _apply(self, agg: "_Aggregate", lr: float) -> None:
+        W = agg.total_weight
+        for k, s in agg.dense.items():
+            self.global_p[k] = s / W
+        decay = decay_factor(lr, self.cfg.local_epochs, self.cfg.sgd)
+        for k, (sums, wsum) in agg.rows.items():
+            old = self.global_p[k]
+            if self.strategy.name == "fedavg":
+                # Full-model FedAvg: a client that did not touch a row returns it decayed.
+                self.global_p[k] = fedavg_rows_with_decay(old, sums, wsum, W, decay)
+            else:
+                self.global_p[k] = finalize_rows(old, sums, wsum)
+
+    # -- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def user_scores(self, users: np.ndarray) -> torch.Tensor:
+        """Scores of every item for ``users`` (in the given order): (B, N), on self.device."""
+        users = np.asarray(users, dtype=np.int64)
+        uniq, inverse = np.unique(users, return_inverse=True)
+        out = torch.empty(len(uniq), self.shape.n_items, dtype=self.dtype, device=self.device)
+        where = {int(u): k for k, u in enumerate(uniq)}
+        for c in self.cohorts(uniq):
+            p = {}
+            for k in ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1"):
+                if k in self.strategy.personal:
+                    p[k] = self.store.gather(k, c, self.dtype)
+                else:
+                    p[k] = self.global_p[k][c.items] if k == "enc_in" else self.global_p[k]
+            h3 = decode_hidden(p, encode(p, c.seg, c.x, c.size))                          # (B, H1)
+            s = full_scores(self.global_p, h3)                                            # (B, N)
+            if "dec_out" in self.strategy.personal:
+                rows = self.store.gather("dec_out", c, self.dtype)                        # (T, H1)
+                rb = self.store.gather("dec_ob", c, self.dtype)
+                s[c.seg, c.items] = (rows * h3[c.seg]).sum(1) + rb
+            idx = torch.as_tensor([where[int(u)] for u in c.users.cpu()], device=self.device)
+            out[idx] = s
+        return out[torch.as_tensor(inverse, device=self.device)]
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"global.{k}": v for k, v in self.global_p.items()}
+        if self.store is not None:
+            out.update({f"client.{k}": v for k, v in self.store.tensors.items()})
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], completed_round: int) -> None:
+        for k in self.global_p:
+            self.global_p[k] = tensors[f"global.{k}"].to(self.device, self.dtype)
+        if self.store is not None:
+            for k in self.store.tensors:
+                self.store.tensors[k] = tensors[f"client.{k}"].to(self.device, self.store.dtype)
+        self.round = completed_round
+
+
+@dataclass
+class MaterializedResult:
+    """Trained values of one client given explicitly (the reference engine's output)."""
+    values: dict[str, torch.Tensor]
+    loss: torch.Tensor
+
+    def value(self, key: str) -> torch.Tensor:
+        return self.values[key]
+
+    def weighted_sum(self, key: str, w: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(w, self.values[key], dims=([0], [0]))
+
+
+@dataclass
+class _Aggregate:
+    total_weight: float = 0.0
+    dense: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)
+
+
+class FederatedAutoencoder(Recommender):
+    """A trained Federation seen through the Recommender interface (scores use each user's own encoder)."""
+
+    name = "federated-ae"
+
+    def __init__(self, fed: Federation, clip: tuple[float, float] | None = None):
+        self.fed, self.clip = fed, clip
+
+    def fit(self, train, valid=None):  # training happens in federation.jobs / Federation.run_round
+        raise NotImplementedError("train with `fedrec train` or Federation.run_round")
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return self.fed.user_scores(users).float().cpu().numpy()
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        p = super().predict(users, items)
+        return np.clip(p, *self.clip) if self.clip else p

@@ -1,0 +1,132 @@
+"""PersonalFR autoencoder math, batched over clients. Pure torch: no I/O, no transport.
+
+Architecture (per user u, item count N, H1=256, H2=128 by default):
+    x_u (N)  -> encoder  h1 = tanh(W1 x + b1) (H1) -> h2 = tanh(W2 h1 + b2) (H2)
+             -> dropout(p) on h2
+             -> decoder  h3 = tanh(V1 z + c1) (H1) -> y = V2 h3 + c2  (N scores)
+Parameter names (Linear layout: weight is (out, in); W1 and V2 are stored item-major):
+    enc_in (N, H1) = W1^T   enc_b1 (H1)   enc_W2 (H2, H1)   enc_b2 (H2)        personal (encoder)
+    dec_W1 (H1, H2)         dec_b1 (H1)   dec_out (N, H1) = V2   dec_ob (N)      shared (decoder)
+
+Because x_u is zero outside the user's items, only the rows of enc_in for those items matter:
+a client holds just those rows. With partial compression a client likewise trains and sends
+only the rows of dec_out/dec_ob for its own items.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+ENCODER_KEYS = ("enc_in", "enc_b1", "enc_W2", "enc_b2")
+DENSE_DECODER_KEYS = ("dec_W1", "dec_b1")
+ROW_DECODER_KEYS = ("dec_out", "dec_ob")
+ALL_KEYS = ENCODER_KEYS + DENSE_DECODER_KEYS + ROW_DECODER_KEYS
+ITEM_ROW_KEYS = ("enc_in", "dec_out", "dec_ob")   # indexed by item
+
+
+@dataclass(frozen=True)
+class AEShape:
+    n_items: int
+    h1: int = 256
+    h2: int = 128
+    dropout: float = 0.5
+    mode: str = "explicit"          # explicit | implicit
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
+                "enc_b2": (self.h2,), "dec_W1": (self.h1, self.h2), "dec_b1": (self.h1,),
+                "dec_out": (self.n_items, self.h1), "dec_ob": (self.n_items,)}
+
+
+def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from one seed."""
+    g = torch.Generator().manual_seed(seed)
+    fan_in = {"enc_in": shape.n_items, "enc_b1": shape.n_items, "enc_W2": shape.h1, "enc_b2": shape.h1,
+              "dec_W1": shape.h2, "dec_b1": shape.h2, "dec_out": shape.h1, "dec_ob": shape.h1}
+    out = {}
+    for k, s in shape.param_shapes().items():
+        bound = 1.0 / math.sqrt(fan_in[k])
+        out[k] = (torch.rand(s, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).to(dtype)
+    return out
+
+
+# -- deterministic dropout -------------------------------------------------------------------
+_M = 2_147_483_647          # 2^31 - 1: products of two values below it fit in int64
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    for a in (48_271, 69_621, 16_807):
+        x = (x * a + 12_345) % _M
+        x = x ^ (x >> 13)
+    return x
+
+
+def dropout_keep(seed: int, rnd: int, users: torch.Tensor, step: int, dim: int, p: float) -> torch.Tensor:
+    """Keep-mask scaled by 1/(1-p): (B, dim) float. A pure function of (seed, round, user, step, unit),
+    so a client's mask does not depend on which other clients share its cohort, and the reference
+    and vectorized engines (and a resumed run) draw identical masks."""
+    if p <= 0:
+        return torch.ones(len(users), dim, device=users.device)
+    base = _mix(torch.tensor((seed * 1_000_003 + rnd * 7_919 + step * 104_729) % _M, dtype=torch.int64))
+    u = users.to(torch.int64).view(-1, 1) % _M
+    j = torch.arange(dim, dtype=torch.int64, device=users.device).view(1, -1)
+    h = _mix((_mix(u * 2_654_435 % _M + base.to(users.device)) + j * 40_503) % _M)
+    uniform = h.to(torch.float64) / _M
+    return (uniform >= p).to(torch.float32) / (1.0 - p)
+
+
+# -- jagged batched forward -----------------------------------------------------------------
+# A batch of B users is given as its T interactions concatenated: seg (T,) user position,
+# items (T,) item ids, x (T,) input values. No padding anywhere.
+
+def segment_sum(v: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum rows of v (T, ...) into n segments -> (n, ...); differentiable."""
+    return v.new_zeros((n, *v.shape[1:])).index_add(0, seg, v)
+
+
+def _bmv(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """W (B, out, in) per user or (out, in) shared, times v (B, in) -> (B, out)."""
+    if W.dim() == 2:
+        return v @ W.T
+    return torch.bmm(v.unsqueeze(1), W.transpose(1, 2)).squeeze(1)
+
+
+def encode(p: dict[str, torch.Tensor], seg: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    """p['enc_in']: (T, H1) encoder rows of each interaction's item -> h2 (B, H2)."""
+    h1 = torch.tanh(segment_sum(x[:, None] * p["enc_in"], seg, n) + p["enc_b1"])   # (B, H1)
+    return torch.tanh(_bmv(p["enc_W2"], h1) + p["enc_b2"])                        # (B, H2)
+
+
+def decode_hidden(p: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """z (B, H2) -> h3 (B, H1); dec_W1 may be per-user (B, H1, H2) or shared (H1, H2)."""
+    return torch.tanh(_bmv(p["dec_W1"], z) + p["dec_b1"])
+
+
+def full_scores(p: dict[str, torch.Tensor], h3: torch.Tensor) -> torch.Tensor:
+    """Scores for all items with shared rows: h3 (B, H1) -> (B, N)."""
+    return h3 @ p["dec_out"].T + p["dec_ob"]
+
+
+def client_loss(shape: AEShape, y: torch.Tensor, seg: torch.Tensor, items: torch.Tensor, x: torch.Tensor,
+                n: int, frozen_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-user loss (B,).
+
+    y: scores of the rows the users hold — (T,) one per interaction (partial rows), or (B, N) all rows.
+    explicit: mean squared error over the user's observed ratings x.
+    implicit: multinomial log-likelihood -sum_observed log softmax over all N items. With partial rows
+        the other items' scores come from the frozen global rows: frozen_scores (B, N) = h3 @ dec_out^T + dec_ob.
+    """
+    counts = segment_sum(torch.ones_like(x), seg, n)
+    N = shape.n_items
+    flat = seg * N + items                                                          # (T,) into (B*N)
+    if shape.mode == "explicit":
+        pred = y if y.dim() == 1 else y.reshape(-1).index_select(0, flat)            # (T,)
+        return segment_sum((pred - x) ** 2, seg, n) / counts.clamp(min=1)
+    if y.dim() == 1:
+        full = frozen_scores.reshape(-1).index_put((flat,), y).view(n, N)          # (B, N)
+    else:
+        full = y
+    logp = torch.log_softmax(full, 1).reshape(-1).index_select(0, flat)             # (T,)
+    return -segment_sum(logp, seg, n)
