@@ -112,6 +112,7 @@ def load_atomic(path: Path, name: str | None = None) -> InteractionData:
         item_table = _atomic_item_table(_read_atomic(fi), str(fi))
     data = from_interactions(stem, inter["user_id"].to_numpy(), inter["item_id"].to_numpy(),
                              np.asarray(rating), None if ts is None else ts.to_numpy(), item_table, source=src)
+    data.extra["root"] = str(d)
     fu = d / f"{stem}.user"
     if fu.exists():
         users = _read_atomic(fu)
@@ -141,7 +142,7 @@ def _atomic_item_table(df: pd.DataFrame, src: str) -> pd.DataFrame:
         text = text + " (" + year + ")"
     if cat_col:
         text = text + ". Genres: " + df[cat_col].astype(str).str.replace(r"\s+", ", ", regex=True) + "."
-    out["text"] = text
+    out["text"] = df["text"].astype(str) if "text" in df.columns else text
     out["image_path"] = df["image_path"].astype(str) if "image_path" in df.columns else ""
     out = out.drop_duplicates("item_id", keep="first")
     return out

@@ -1,0 +1,114 @@
+"""Validated job configuration (pydantic). Unknown keys and bad values are errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recsys.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataCfg(_Strict):
+    path: str = "data/ml-100k"
+    format: Literal["auto", "atomic", "ml-100k", "ml-1m", "ml-latest", "csv", "parquet"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)
+
+
+class SplitCfg(_Strict):
+    kind: Literal["ratio", "leave_last_out", "cold_items", "predefined"] = "ratio"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    cold_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+
+    @field_validator("ratios")
+    @classmethod
+    def _sum_to_one(cls, v):
+        if any(x < 0 for x in v) or abs(sum(v) - 1) > 1e-6:
+            raise ValueError("must be three non-negative numbers summing to 1")
+        return v
+
+
+class ModelCfg(_Strict):
+    mode: Literal["explicit", "implicit"] = "explicit"
+    hidden: tuple[int, int] = (256, 128)
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class FederationCfg(_Strict):
+    strategy: Literal["personalfr", "fedavg", "local"] = "personalfr"
+    rounds: int = Field(100, ge=1)
+    fraction: float = Field(0.1, gt=0, le=1)
+    local_epochs: int = Field(5, ge=1)
+    weighting: Literal["uniform", "interactions"] = "uniform"
+
+
+class OptimizerCfg(_Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = Field(0.0, ge=0)
+    clip_norm: float | None = Field(1.0, gt=0)
+
+
+class EvalCfg(_Strict):
+    every: int = Field(10, ge=0)        # 0: only at the end
+    split: Literal["valid", "test"] = "valid"
+    k: list[int] = Field(default_factory=lambda: [10, 20])
+
+
+class EngineCfg(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    state_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_cohort_clients: int = Field(1024, ge=1)
+    max_cohort_entries: int = Field(262_144, ge=1)
+
+
+class OutputCfg(_Strict):
+    checkpoint_every: int = Field(10, ge=1)
+
+
+class JobConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    data: DataCfg = Field(default_factory=DataCfg)
+    split: SplitCfg = Field(default_factory=SplitCfg)
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    federation: FederationCfg = Field(default_factory=FederationCfg)
+    optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    engine: EngineCfg = Field(default_factory=EngineCfg)
+    output: OutputCfg = Field(default_factory=OutputCfg)
+
+
+def parse_config(obj: dict, source: str = "<config>") -> JobConfig:
+    try:
+        return JobConfig.model_validate(obj or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {where}: {msg}{more}") from None
+
+
+def load_config(path: str | Path) -> JobConfig:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        obj = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if obj is not None and not isinstance(obj, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections")
+    return parse_config(obj, str(p))

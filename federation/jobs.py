@@ -1,0 +1,261 @@
+"""Batch training jobs: run directories, checkpoints, resume, evaluation.
+
+A run directory holds:
+  config.yaml        the resolved config            manifest.json   versions, data/split checksums, status
+  split.safetensors  the split used (+ split.json)  metrics.jsonl   one JSON line per completed round
+  checkpoint.safetensors + checkpoint.json           the state after the last checkpointed round
+  summary.json       final metrics (written when the run completes)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import yaml
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+from federation.config import JobConfig, load_config, parse_config
+from federation.local_sgd import SGDConfig
+from federation.simulation import FederatedAutoencoder, Federation, FedSettings
+from recsys.data import InteractionData
+from recsys.errors import FedrecError, ManifestError
+from recsys.evaluation import evaluate_model
+from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
+from recsys.loaders import load_dataset
+from recsys.models.autoencoder import AEShape
+from recsys.splits import Split, load_split, make_split, save_split
+
+log = logging.getLogger(__name__)
+RUN_FORMAT = 1
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: JobConfig
+    data: InteractionData
+    split: Split
+    fed: Federation
+
+    @property
+    def train(self) -> sp.csr_matrix:
+        return self.split.matrix(self.data, "train")
+
+    def model(self) -> FederatedAutoencoder:
+        r = self.data.ratings.data
+        clip = (float(r.min()), float(r.max())) if self.cfg.model.mode == "explicit" else None
+        return FederatedAutoencoder(self.fed, clip)
+
+
+def resolve_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FedrecError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    return name
+
+
+def build_federation(cfg: JobConfig, data: InteractionData, split: Split) -> Federation:
+    shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode)
+    o = cfg.optimizer
+    settings = FedSettings(
+        strategy=cfg.federation.strategy, rounds=cfg.federation.rounds, fraction=cfg.federation.fraction,
+        local_epochs=cfg.federation.local_epochs, weighting=cfg.federation.weighting, schedule=o.schedule,
+        min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm), seed=cfg.seed,
+        max_cohort_clients=cfg.engine.max_cohort_clients, max_cohort_entries=cfg.engine.max_cohort_entries)
+    return Federation(shape, settings, split.matrix(data, "train"), resolve_device(cfg.engine.device),
+                      _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype])
+
+
+def _manifest(cfg: JobConfig, data: InteractionData, split: Split, status: str) -> dict:
+    return {"format": RUN_FORMAT, "name": cfg.name, "status": status, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "dataset": data.summary(), "dataset_checksum": data.checksum(), "split_counts": split.counts(),
+            "versions": library_versions()}
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    p = run_dir / "manifest.json"
+    if not p.exists():
+        raise ManifestError(f"{run_dir}: not a run directory (no manifest.json)")
+    try:
+        m = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        raise ManifestError(f"{p}: corrupt manifest (not JSON)") from None
+    if m.get("format") != RUN_FORMAT:
+        raise ManifestError(f"{run_dir}: run format {m.get('format')} is not supported (expected {RUN_FORMAT})")
+    return m
+
+
+def _save_checkpoint(run_dir: Path, fed: Federation) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in fed.state_tensors().items()}
+    with atomic_path(run_dir / "checkpoint.safetensors") as tmp:
+        save_torch(tensors, str(tmp), metadata={"round": str(fed.round)})
+    write_json(run_dir / "checkpoint.json", {"round": fed.round,
+                                             "sha256": sha256_file(run_dir / "checkpoint.safetensors")})
+
+
+def _load_checkpoint(run_dir: Path, fed: Federation) -> None:
+    meta_p, ck = run_dir / "checkpoint.json", run_dir / "checkpoint.safetensors"
+    if not meta_p.exists() or not ck.exists():
+        return
+    meta = json.loads(meta_p.read_text())
+    if sha256_file(ck) != meta.get("sha256"):
+        raise ManifestError(f"{ck}: checksum does not match checkpoint.json (corrupt or partly written)")
+    try:
+        tensors = load_torch(str(ck))
+    except Exception:  # noqa: BLE001
+        raise ManifestError(f"{ck}: unreadable checkpoint") from None
+    expected = {k: tuple(v.shape) for k, v in fed.state_tensors().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != got:
+        raise ManifestError(f"{ck}: checkpoint shapes do not match this config and data")
+    fed.load_state_tensors(tensors, int(meta["round"]))
+
+
+def _trim_metrics(path: Path, upto_round: int) -> None:
+    """Keep only metric lines of rounds <= upto_round (a resumed run re-runs the later ones)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break                                     # a line cut by a kill: drop it and what follows
+        if rec.get("round", 0) <= upto_round:
+            keep.append(line)
+    write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def prepare_data(cfg: JobConfig) -> tuple[InteractionData, Split]:
+    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None)
+    split = make_split(data, cfg.split.kind, cfg.split.seed, cfg.split.ratios, cfg.split.cold_fraction)
+    return data, split
+
+
+def train(config_path: str | Path, run_dir: str | Path | None = None, device: str | None = None,
+          resume: bool = False, overwrite: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> Path:
+    """Run a federated training job; returns the run directory.
+
+    stop_after: stop (as if killed) after this many rounds in this invocation — for tests/benchmarks.
+    """
+    cfg = load_config(config_path)
+    if device:
+        cfg = parse_config({**cfg.model_dump(mode="json"), "engine": {**cfg.engine.model_dump(), "device": device}})
+    run_dir = Path(run_dir or Path("runs") / cfg.name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            old = load_config(run_dir / "config.yaml")
+            if old.model_dump(exclude={"engine"}) != cfg.model_dump(exclude={"engine"}):
+                raise ManifestError(f"{run_dir}: --resume with a config that differs from the run's config.yaml")
+        elif overwrite:
+            shutil.rmtree(run_dir)
+        else:
+            raise FedrecError(f"{run_dir}: run directory exists; use --resume to continue or --overwrite to replace")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data, split = prepare_data(cfg)
+    if resume and (run_dir / "split.json").exists():
+        split = load_split(run_dir / "split", data)
+        if _read_manifest(run_dir)["dataset_checksum"] != data.checksum():
+            raise ManifestError(f"{run_dir}: the dataset changed since this run started (checksum differs)")
+    else:
+        save_split(split, run_dir / "split", data)
+        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_json(run_dir / "manifest.json", _manifest(cfg, data, split, "running"))
+    fed = build_federation(cfg, data, split)
+    if resume:
+        _load_checkpoint(run_dir, fed)
+        log.info("resuming %s after round %d", run_dir, fed.round)
+    metrics_path = run_dir / "metrics.jsonl"
+    _trim_metrics(metrics_path, fed.round)
+    run = Run(run_dir, cfg, data, split, fed)
+    _train_loop(run, metrics_path, progress, stop_after)
+    return run_dir
+
+
+def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | None) -> None:
+    from tqdm.auto import tqdm
+
+    cfg, fed = run.cfg, run.fed
+    R = cfg.federation.rounds
+    bar = tqdm(total=R, initial=fed.round, desc=cfg.name, unit="round", disable=not progress, dynamic_ncols=True)
+    done_here = 0
+    metric_name = "rmse" if cfg.model.mode == "explicit" else f"ndcg@{cfg.eval.k[0]}"
+    cum_up = cum_fedavg = 0
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            rec = json.loads(line)
+            cum_up, cum_fedavg = rec.get("cum_bytes_up", 0), rec.get("cum_fedavg_bytes", 0)
+    with open(metrics_path, "a", encoding="utf-8") as mf:
+        while fed.round < R:
+            st = fed.run_round()
+            rec = st.as_dict()
+            cum_up += st.bytes_up
+            cum_fedavg += st.fedavg_bytes
+            rec.update(cum_bytes_up=cum_up, cum_fedavg_bytes=cum_fedavg)
+            last = fed.round == R
+            if (cfg.eval.every and fed.round % cfg.eval.every == 0) or last:
+                m = evaluate_model(run.model(), run.data, run.split, cfg.eval.split, cfg.model.mode, cfg.eval.k)
+                rec.update({f"{cfg.eval.split}_{k}": v for k, v in m.items()})
+                bar.set_postfix(loss=f"{st.loss:.4f}", **{metric_name: f"{m[metric_name]:.4f}"})
+            else:
+                bar.set_postfix(loss=f"{st.loss:.4f}")
+            if fed.round % cfg.output.checkpoint_every == 0 or last:
+                _save_checkpoint(run.dir, fed)
+            mf.write(json.dumps(rec) + "\n")
+            mf.flush()
+            bar.update(1)
+            done_here += 1
+            if stop_after is not None and done_here >= stop_after and not last:
+                bar.close()
+                return
+    bar.close()
+    summary = {split: evaluate_model(run.model(), run.data, run.split, split, cfg.model.mode, cfg.eval.k)
+               for split in ("valid", "test")}
+    summary["rounds"] = fed.round
+    summary["bytes_up_total"] = cum_up
+    summary["fedavg_bytes_total"] = cum_fedavg
+    write_json(run.dir / "summary.json", summary)
+    m = _read_manifest(run.dir)
+    m["status"] = "completed"
+    write_json(run.dir / "manifest.json", m)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FedrecError(f"{run_dir}: no such run directory")
+    manifest = _read_manifest(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    cfg = parse_config({**cfg.model_dump(mode="json"), "engine": {**cfg.engine.model_dump(), "device": device}})
+    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None)
+    if manifest["dataset_checksum"] != data.checksum():
+        raise ManifestError(f"{run_dir}: dataset at {cfg.data.path} differs from the one this run was trained on")
+    split = load_split(run_dir / "split", data)
+    fed = build_federation(cfg, data, split)
+    if not (run_dir / "checkpoint.safetensors").exists():
+        raise ManifestError(f"{run_dir}: no checkpoint yet (the run has not completed a checkpointed round)")
+    _load_checkpoint(run_dir, fed)
+    return Run(run_dir, cfg, data, split, fed)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", device: str = "cpu") -> dict:
+    run = load_run(run_dir, device)
+    return evaluate_model(run.model(), run.data, run.split, split, run.cfg.model.mode, run.cfg.eval.k)
+
+
+def recommend_for(run_dir: str | Path, user: str, k: int = 10, device: str = "cpu") -> list[dict]:
+    run = load_run(run_dir, device)
+    u = run.data.user_index(user)
+    seen = run.split.matrix(run.data, "train")
+    ids, scores = run.model().recommend(np.array([u]), k, exclude=seen)
+    return [{"rank": r + 1, "item_id": str(run.data.item_ids[i]), "title": run.data.title(i), "score": float(s)}
+            for r, (i, s) in enumerate(zip(ids[0], scores[0])) if math.isfinite(s)]
