@@ -77,5 +77,5 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
         if sgd.clip_norm:
             nn.utils.clip_grad_norm_(model.parameters(), sgd.clip_norm)
         opt.step()
-        total += float(loss)
+        total += float(loss.detach())
     return {k: v.detach() for k, v in model.p.items()}, total / max(1, local_epochs)

@@ -1,0 +1,94 @@
+"""The CLI end to end: bad input exits 2 with one line; train/resume/evaluate/recommend work."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from recsys.synth import SynthSpec, write_catalogue
+
+FEDREC = [sys.executable, "-m", "recsys.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*FEDREC, *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data") / "synth"
+    write_catalogue(SynthSpec(n_users=120, n_items=60, mean_activity=12, seed=1), d, images=False, progress=False)
+    return d
+
+
+def _config(tmp_path, synth, **over):
+    cfg = {"name": "t", "seed": 0, "data": {"path": str(synth)},
+           "model": {"mode": "explicit", "hidden": [16, 8]},
+           "federation": {"strategy": "personalfr", "rounds": 6, "fraction": 0.3},
+           "eval": {"every": 2}, "output": {"checkpoint_every": 1}}
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    p = tmp_path / "cfg.yaml"
+    import yaml
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _one_error_line(r):
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("fedrec: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.mark.e2e
+def test_bad_inputs_exit_2(tmp_path, synth):
+    p = tmp_path / "typo.yaml"
+    p.write_text("federation: {rounds: 3, fractoin: 0.2}\n")
+    assert "federation.fractoin: unknown key" in _one_error_line(run("train", str(p)))
+    p.write_text("federation: {rounds: -1}\n")
+    assert "federation.rounds" in _one_error_line(run("train", str(p)))
+    assert "no such config file" in _one_error_line(run("train", str(tmp_path / "nope.yaml")))
+    assert "not a run directory" in _one_error_line(run("evaluate", str(tmp_path)))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,rating\n1,2,x\n")
+    assert "not a finite number" in _one_error_line(run("data", "info", str(bad), "--format", "csv"))
+    assert "cuda" in _one_error_line(run("train", str(_config(tmp_path, synth)), "--device", "tpu"))
+
+
+@pytest.mark.e2e
+def test_train_resume_is_exact(tmp_path, synth):
+    cfg = _config(tmp_path, synth)
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = run("train", str(cfg), "--run-dir", str(full), "--quiet")
+    assert r.returncode == 0, r.stderr
+    # An interrupted run: stop after 3 of 6 rounds (as if killed), then --resume.
+    from federation.jobs import train
+    train(cfg, part, stop_after=3, progress=False)
+    assert not (part / "summary.json").exists()
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("\n".join(lines) + '\n{"round": 4, "cut')   # a torn last line
+    r = run("train", str(cfg), "--run-dir", str(part), "--resume", "--quiet")
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(full / "checkpoint.safetensors")), load_file(str(part / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    rounds = [json.loads(ln)["round"] for ln in (part / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4, 5, 6]
+    # An existing run is never overwritten silently.
+    assert "run directory exists" in _one_error_line(run("train", str(cfg), "--run-dir", str(full)))
+    # evaluate and recommend on the finished run
+    r = run("evaluate", str(full), "--split", "test")
+    assert r.returncode == 0 and "rmse" in r.stdout
+    r = run("recommend", str(full), "--user", "3", "-k", "5")
+    assert r.returncode == 0 and r.stdout.count("(item ") == 5
+    assert "unknown user id" in _one_error_line(run("recommend", str(full), "--user", "nobody"))
+    # A corrupt checkpoint is refused with a clear message.
+    ck = full / "checkpoint.safetensors"
+    ck.write_bytes(ck.read_bytes()[:100])
+    assert "checksum" in _one_error_line(run("evaluate", str(full)))

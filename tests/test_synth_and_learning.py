@@ -1,0 +1,53 @@
+"""The synthetic catalogue has the promised structure, and federated training learns from it."""
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from federation.simulation import FederatedAutoencoder, Federation, FedSettings
+from recsys.evaluation import evaluate_model
+from recsys.loaders import load_dataset
+from recsys.models.autoencoder import AEShape
+from recsys.models.baselines import EASE, BiasedMF, Popularity
+from recsys.splits import ratio_split
+from recsys.synth import SynthSpec, generate, write_catalogue
+
+
+def test_synth_structure(tmp_path):
+    g = generate(SynthSpec(n_users=400, n_items=200, seed=0))
+    inter = g["inter"]
+    counts = inter.groupby("user_id").size()
+    assert counts.min() >= 1 and counts.max() > 4 * counts.median()        # heavy-tailed activity
+    pop = inter.groupby("item_id").size().sort_values(ascending=False)
+    assert pop.iloc[: len(pop) // 10].sum() > 0.2 * len(inter)            # long-tail popularity
+    assert set(inter["rating"].unique()) <= {1, 2, 3, 4, 5}
+    assert all(c in t for c, t in zip(g["items"]["colour"], g["items"]["text"]))
+    d = write_catalogue(SynthSpec(n_users=50, n_items=20, seed=0), tmp_path / "s", images=True, workers=1,
+                        progress=False)
+    from PIL import Image
+    img = Image.open(d / "images" / "0.png")
+    assert img.size == (64, 64)
+    data = load_dataset(d)
+    assert data.items.at[0, "image_path"] == "images/0.png"
+    assert load_file(str(d / "ground_truth.safetensors"))["item_vec"].shape == (20, 16)
+
+
+@pytest.mark.slow
+def test_federated_beats_popularity_on_synth(tmp_path):
+    d = write_catalogue(SynthSpec(n_users=800, n_items=150, seed=2), tmp_path / "s", images=False, progress=False)
+    data = load_dataset(d)
+    split = ratio_split(data, seed=0)
+    train = split.matrix(data, "train")
+    fed = Federation(AEShape(data.n_items, 64, 32, mode="explicit"),
+                     FedSettings(rounds=120, fraction=0.2, seed=0), train)
+    for _ in range(120):
+        fed.run_round()
+    r = data.ratings.data
+    fr = evaluate_model(FederatedAutoencoder(fed, (r.min(), r.max())), data, split, "test")["rmse"]
+    pop = evaluate_model(Popularity().fit(train), data, split, "test")["rmse"]
+    mf = evaluate_model(BiasedMF(epochs=30).fit(train, split.matrix(data, "valid")), data, split, "test")["rmse"]
+    assert fr < pop - 0.05, (fr, pop)
+    assert fr < mf + 0.1, (fr, mf)
+    # implicit: EASE must find the taste groups far better than popularity
+    assert evaluate_model(EASE(50).fit(train), data, split, "test", "implicit")["ndcg@10"] > \
+        evaluate_model(Popularity().fit(train), data, split, "test", "implicit")["ndcg@10"]
