@@ -1,0 +1,1 @@
+"""Streamlit dashboard (see the dashboard issue; not built yet)."""

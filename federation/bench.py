@@ -1,0 +1,180 @@
+"""Benchmarks: accuracy on ml-100k, engine speed, peak memory. Prints tables; writes markdown.
+
+Every figure is measured when the command runs; nothing here is a stored result.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from federation.jobs import build_federation, prepare_data
+from federation.config import parse_config
+from federation.simulation import FederatedAutoencoder
+from recsys.evaluation import evaluate_model
+from recsys.models.autoencoder import AEShape
+from recsys.models.baselines import EASE, BiasedMF, Popularity
+from recsys.models.joint import JointAutoencoder
+
+log = logging.getLogger(__name__)
+
+
+def _machine() -> str:
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _table(title: str, header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+    out = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _cfg(mode: str, strategy: str, rounds: int, data_dir: Path):
+    return parse_config({"name": f"bench-{mode}-{strategy}", "data": {"path": str(data_dir / "ml-100k")},
+                         "model": {"mode": mode}, "federation": {"strategy": strategy, "rounds": rounds},
+                         "eval": {"every": 0}})
+
+
+def bench_accuracy(data_dir: Path, rounds: int) -> str:
+    rows = {"explicit": [], "implicit": []}
+    for mode in ("explicit", "implicit"):
+        cfg = _cfg(mode, "personalfr", rounds, data_dir)
+        data, split = prepare_data(cfg)
+        train, valid = split.matrix(data, "train"), split.matrix(data, "valid")
+        metric = "rmse" if mode == "explicit" else "ndcg@10"
+
+        def ev(model, part="test"):
+            return evaluate_model(model, data, split, part, mode, (10, 20))
+
+        for strategy in ("personalfr", "fedavg", "local"):
+            fed = build_federation(_cfg(mode, strategy, rounds, data_dir), data, split)
+            t = time.perf_counter()
+            for _ in range(rounds):
+                fed.run_round()
+            secs = time.perf_counter() - t
+            r = data.ratings.data
+            m = ev(FederatedAutoencoder(fed, (r.min(), r.max()) if mode == "explicit" else None))
+            rows[mode].append([f"{strategy} (federated, {rounds} rounds)", m, secs])
+            log.info("%s %s %s=%.4f (%.0fs)", mode, strategy, metric, m[metric], secs)
+        shape = AEShape(data.n_items, mode=mode)
+        sign = 1 if mode == "explicit" else -1
+        t = time.perf_counter()
+        joint = JointAutoencoder(shape, epochs=300, lr=1e-3, eval_fn=lambda mdl: sign * ev(mdl, "valid")[metric])
+        joint.fit(train, valid)
+        rows[mode].append([f"joint AE (central, {joint.epochs_run} epochs, valid early stop)", ev(joint),
+                           time.perf_counter() - t])
+        if mode == "explicit":
+            t = time.perf_counter()
+            rows[mode].append(["biased MF (central)", ev(BiasedMF().fit(train, valid)), time.perf_counter() - t])
+        else:
+            best = max((ev(EASE(lam).fit(train), "valid")[metric], lam) for lam in (100, 300, 1000))
+            t = time.perf_counter()
+            rows[mode].append([f"EASE (central, lambda={best[1]})", ev(EASE(best[1]).fit(train)), time.perf_counter() - t])
+        rows[mode].append(["popularity", ev(Popularity().fit(train)), 0.0])
+    md = _table("Explicit ratings (test RMSE / MAE, lower is better)", ["model", "RMSE", "MAE", "train s"],
+                [[n, m["rmse"], m["mae"], round(s, 1)] for n, m, s in rows["explicit"]])
+    md += "\n" + _table("Implicit feedback (test, full ranking, train+valid items excluded)",
+                        ["model", "NDCG@10", "Recall@10", "NDCG@20", "Recall@20", "coverage@20", "train s"],
+                        [[n, m["ndcg@10"], m["recall@10"], m["ndcg@20"], m["recall@20"], m["coverage@20"],
+                          round(s, 1)] for n, m, s in rows["implicit"]])
+    return md
+
+
+def bench_speed(data_dir: Path) -> str:
+    rows = []
+    for mode in ("explicit", "implicit"):
+        cfg = _cfg(mode, "personalfr", 100, data_dir)
+        data, split = prepare_data(cfg)
+        cohort = build_federation(cfg, data, split).sample(0)                  # the 10% cohort of round 0
+        vec, ref = build_federation(cfg, data, split), build_federation(cfg, data, split)
+        vec.run_round(users=cohort)                                             # warm-up
+        vec.round = 0
+        reps = 5
+        t = time.perf_counter()
+        for _ in range(reps):
+            vec.run_round(users=cohort)
+            vec.round = 0
+        t_vec = (time.perf_counter() - t) / reps
+        t = time.perf_counter()
+        ref.run_round("reference", users=cohort)
+        t_ref = time.perf_counter() - t
+        allu = np.arange(data.n_users)
+        full = build_federation(cfg, data, split)
+        full.run_round(users=allu)
+        t = time.perf_counter()
+        full.run_round(users=allu)
+        t_full = time.perf_counter() - t
+        joint = JointAutoencoder(AEShape(data.n_items, mode=mode), epochs=5, batch=64)
+        t = time.perf_counter()
+        joint.fit(split.matrix(data, "train"))
+        t_joint = time.perf_counter() - t
+        n = len(cohort)
+        rows.append([mode, n, round(n / t_vec), round(n / t_ref, 1), round(t_ref / t_vec, 1),
+                     round(data.n_users / t_full), round(t_full, 2), round(t_joint, 2), round(t_full / t_joint, 2)])
+    return _table("Engine speed (ml-100k, personalfr, 5 local epochs)",
+                  ["mode", "cohort", "vectorized clients/s", "reference clients/s", "speed-up",
+                   "full pass clients/s", "full pass s", "5 central epochs s", "full pass / central"], rows)
+
+
+def bench_memory(data_dir: Path, rounds: int) -> str:
+    rows = []
+    for mode in ("explicit", "implicit"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _cfg(mode, "personalfr", rounds, data_dir).model_dump(mode="json")
+            cfg["eval"]["every"] = 0
+            p = Path(tmp) / "cfg.yaml"
+            p.write_text(yaml.safe_dump(cfg))
+            code = ("import resource,sys; from federation.jobs import train; "
+                    f"train({str(p)!r}, {str(Path(tmp) / 'run')!r}, progress=False); "
+                    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            rss_mb = int(out.stdout.strip().splitlines()[-1]) / 1024
+            rows.append([f"ml-100k {mode}, personalfr, {rounds} rounds, full job (train + eval + checkpoints)",
+                         round(rss_mb), round(time.perf_counter() - t, 1)])
+    return _table("Peak memory (max RSS of the whole process)", ["job", "peak RSS MiB", "wall s"], rows)
+
+
+def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
+    from recsys.fetch import fetch_ml100k
+
+    fetch_ml100k(data_dir)
+    rounds = 100 if quick else 300
+    cmd = "fedrec bench " + what + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+    parts = []
+    if what in ("all", "speed"):
+        parts.append(bench_speed(data_dir))
+    if what in ("all", "accuracy"):
+        parts.append(bench_accuracy(data_dir, rounds))
+    if what in ("all", "memory"):
+        parts.append(bench_memory(data_dir, rounds))
+    if not parts:
+        raise ValueError(f"unknown benchmark {what!r} (all, accuracy, speed, memory)")
+    header = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
+              f"- dataset: MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split, seed 0\n\n")
+    md = header + "\n".join(parts)
+    print(md)
+    if out:
+        from recsys.io import write_text
+
+        write_text(out, md)

@@ -1,0 +1,1 @@
+"""FAISS indices, user summaries and embedders (see the retrieval issue; not built yet)."""
