@@ -79,7 +79,7 @@ def bench_accuracy(data_dir: Path, rounds: int) -> str:
         shape = AEShape(data.n_items, mode=mode)
         sign = 1 if mode == "explicit" else -1
         t = time.perf_counter()
-        joint = JointAutoencoder(shape, epochs=300, lr=1e-3, eval_fn=lambda mdl: sign * ev(mdl, "valid")[metric])
+        joint = JointAutoencoder(shape, epochs=150, lr=1e-3, patience=4, eval_fn=lambda mdl: sign * ev(mdl, "valid")[metric])
         joint.fit(train, valid)
         rows[mode].append([f"joint AE (central, {joint.epochs_run} epochs, valid early stop)", ev(joint),
                            time.perf_counter() - t])
