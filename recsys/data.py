@@ -172,13 +172,14 @@ def from_interactions(
     if dup.any():
         k = int(np.flatnonzero(dup)[0])
         raise DataError(f"{source}: duplicate interaction for user {users[k]!r} and item {items[k]!r} (data row {k + 1})")
+    # Entries sorted by (user, item) are already CSR order: build both matrices on one structure
+    # directly (no COO round trip, so explicit 0 ratings are kept and the structures cannot differ).
     order = np.lexsort((iidx, uidx))
     shape = (len(user_ids), len(item_ids))
-    R = sp.csr_matrix((r[order].astype(np.float32), (uidx[order], iidx[order])), shape=shape)
-    T = sp.csr_matrix((ts[order], (uidx[order], iidx[order])), shape=shape)
-    R.sort_indices(); T.sort_indices()
-    # An explicit 0 rating is a real interaction; keep the structure identical for both.
-    T = sp.csr_matrix((T.data, R.indices.copy(), R.indptr.copy()), shape=shape) if R.nnz == T.nnz else _align(R, T)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(uidx, minlength=shape[0]))])
+    indices = iidx[order].astype(np.int32)
+    R = sp.csr_matrix((r[order].astype(np.float32), indices, indptr), shape=shape)
+    T = sp.csr_matrix((ts[order], indices.copy(), indptr.copy()), shape=shape)
 
     table = empty_item_table(len(item_ids))
     if item_table is not None and len(item_table):
@@ -188,13 +189,6 @@ def from_interactions(
                 vals = it[col].reindex(item_ids).fillna("").astype(str).to_numpy()
                 table[col] = vals
     return InteractionData(name=name, ratings=R, timestamps=T, user_ids=user_ids, item_ids=item_ids, items=table)
-
-
-def _align(R: sp.csr_matrix, T: sp.csr_matrix) -> sp.csr_matrix:
-    # scipy drops explicit zeros when constructing from COO in some versions; rebuild T on R's structure.
-    coo = R.tocoo()
-    tvals = np.asarray(T[coo.row, coo.col]).ravel()
-    return sp.csr_matrix((tvals, R.indices.copy(), R.indptr.copy()), shape=R.shape)
 
 
 def _natural_key(s: str):

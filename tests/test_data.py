@@ -100,7 +100,6 @@ def test_ratio_split_proportions_and_persistence(tiny_data, tmp_path):
     assert not np.array_equal(s.parts, ratio_split(tiny_data, seed=1).parts)
     save_split(s, tmp_path / "split", tiny_data)
     assert np.array_equal(load_split(tmp_path / "split", tiny_data).parts, s.parts)
-    other = ratio_split(tiny_data, seed=0)
     other_data = tiny_data
     other_data.ratings.data[0] += 1                               # data changed -> refuse
     with pytest.raises(ManifestError, match="different data"):
