@@ -3,6 +3,9 @@
 - ``weighted_average``: FedAvg over clients for dense parameters.
 - ``accumulate_rows`` / ``finalize_rows`` / ``rowwise_average``: PersonalFR partial compression —
   each item row is averaged over the clients that sent it; rows nobody sent keep their old value.
+- ``participant_rows``: the same messages, averaged FedAvg-style over all participants (a client
+  without the row counts as "no change"), times a server learning rate. Keeps the popularity signal
+  (a row held by many clients moves more) that the holders-only average removes.
 - ``fedavg_rows_with_decay``: exact full-model FedAvg of item rows when clients only computed the
   rows of their own items and every other row evolved only by weight decay (a known scalar factor).
 """
@@ -56,3 +59,13 @@ def fedavg_rows_with_decay(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Te
     """
     shape = (-1, *([1] * (old.dim() - 1)))
     return (sums + (total_weight - wsum).view(shape) * decay * old) / total_weight
+
+
+def participant_rows(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor, total_weight: float,
+                     server_lr: float = 1.0) -> torch.Tensor:
+    """new[i] = old[i] + server_lr * (sum_{c holds i} w_c (row_c,i - old[i])) / W.
+
+    sums (n_rows, ...) = sum_c w_c row_c,i over holders, wsum (n_rows,) = sum of their weights.
+    """
+    shape = (-1, *([1] * (old.dim() - 1)))
+    return old + server_lr * (sums - wsum.view(shape) * old) / total_weight

@@ -49,13 +49,21 @@ def _table(title: str, header: list[str], rows: list[list]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _cfg(mode: str, strategy: str, rounds: int, data_dir: Path):
-    return parse_config({"name": f"bench-{mode}-{strategy}", "data": {"path": str(data_dir / "ml-100k")},
-                         "model": {"mode": mode}, "federation": {"strategy": strategy, "rounds": rounds},
-                         "eval": {"every": 0}})
+def _cfg(mode: str, strategy: str, rounds: int | None, data_dir: Path):
+    """The shipped config for ml-100k ``mode`` (configs/ml100k-MODE.yaml) with the strategy swapped:
+    benchmarks measure exactly what `make demo` and users run."""
+    src = Path(__file__).resolve().parents[1] / "configs" / f"ml100k-{mode}.yaml"
+    cfg = yaml.safe_load(src.read_text())
+    cfg["name"] = f"bench-{mode}-{strategy}"
+    cfg["data"]["path"] = str(data_dir / "ml-100k")
+    cfg["federation"]["strategy"] = strategy
+    if rounds is not None:
+        cfg["federation"]["rounds"] = rounds
+    cfg["eval"] = {"every": 0}
+    return parse_config(cfg, str(src))
 
 
-def bench_accuracy(data_dir: Path, rounds: int) -> str:
+def bench_accuracy(data_dir: Path, rounds: int | None) -> str:
     rows = {"explicit": [], "implicit": []}
     for mode in ("explicit", "implicit"):
         cfg = _cfg(mode, "personalfr", rounds, data_dir)
@@ -69,14 +77,14 @@ def bench_accuracy(data_dir: Path, rounds: int) -> str:
         for strategy in ("personalfr", "fedavg", "local"):
             fed = build_federation(_cfg(mode, strategy, rounds, data_dir), data, split)
             t = time.perf_counter()
-            for _ in range(rounds):
+            for _ in range(fed.cfg.rounds):
                 fed.run_round()
             secs = time.perf_counter() - t
             r = data.ratings.data
             m = ev(FederatedAutoencoder(fed, (r.min(), r.max()) if mode == "explicit" else None))
-            rows[mode].append([f"{strategy} (federated, {rounds} rounds)", m, secs])
+            rows[mode].append([f"{strategy} (federated, {fed.cfg.rounds} rounds)", m, secs])
             log.info("%s %s %s=%.4f (%.0fs)", mode, strategy, metric, m[metric], secs)
-        shape = AEShape(data.n_items, mode=mode)
+        shape = AEShape(data.n_items, mode=mode, input_norm=cfg.model.input_norm)
         sign = 1 if mode == "explicit" else -1
         t = time.perf_counter()
         joint = JointAutoencoder(shape, epochs=150, lr=1e-3, patience=4, eval_fn=lambda mdl: sign * ev(mdl, "valid")[metric])
@@ -124,7 +132,7 @@ def bench_speed(data_dir: Path) -> str:
         t = time.perf_counter()
         full.run_round(users=allu)
         t_full = time.perf_counter() - t
-        joint = JointAutoencoder(AEShape(data.n_items, mode=mode), epochs=5, batch=64)
+        joint = JointAutoencoder(AEShape(data.n_items, mode=mode, input_norm=cfg.model.input_norm), epochs=5, batch=64)
         t = time.perf_counter()
         joint.fit(split.matrix(data, "train"))
         t_joint = time.perf_counter() - t
@@ -136,7 +144,7 @@ def bench_speed(data_dir: Path) -> str:
                    "full pass clients/s", "full pass s", "5 central epochs s", "full pass / central"], rows)
 
 
-def bench_memory(data_dir: Path, rounds: int) -> str:
+def bench_memory(data_dir: Path, rounds: int | None) -> str:
     rows = []
     for mode in ("explicit", "implicit"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -150,31 +158,73 @@ def bench_memory(data_dir: Path, rounds: int) -> str:
             t = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             rss_mb = int(out.stdout.strip().splitlines()[-1]) / 1024
-            rows.append([f"ml-100k {mode}, personalfr, {rounds} rounds, full job (train + eval + checkpoints)",
+            rows.append([f"ml-100k {mode}, personalfr, {cfg['federation']['rounds']} rounds, full job (train + eval + checkpoints)",
                          round(rss_mb), round(time.perf_counter() - t, 1)])
     return _table("Peak memory (max RSS of the whole process)", ["job", "peak RSS MiB", "wall s"], rows)
+
+
+SECTIONS = ("speed", "accuracy", "memory", "retrieval")
+
+
+def write_section(path: Path, name: str, md: str) -> None:
+    """Replace (or append) the section ``name`` of a benchmarks file, keeping the others."""
+    from recsys.io import write_text
+
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{md.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if start in text and end in text:
+        a, b = text.index(start), text.index(end) + len(end)
+        text = text[:a] + block.rstrip("\n") + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    write_text(path, text)
 
 
 def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
     from recsys.fetch import fetch_ml100k
 
+    names = SECTIONS if what == "all" else tuple(w.strip() for w in what.split(","))
+    bad = [n for n in names if n not in SECTIONS]
+    if bad:
+        raise ValueError(f"unknown benchmark {bad[0]!r} (all, {', '.join(SECTIONS)})")
     fetch_ml100k(data_dir)
-    rounds = 100 if quick else 300
-    cmd = "fedrec bench " + what + (" --quick" if quick else "") + (f" --out {out}" if out else "")
-    parts = []
-    if what in ("all", "speed"):
-        parts.append(bench_speed(data_dir))
-    if what in ("all", "accuracy"):
-        parts.append(bench_accuracy(data_dir, rounds))
-    if what in ("all", "memory"):
-        parts.append(bench_memory(data_dir, rounds))
-    if not parts:
-        raise ValueError(f"unknown benchmark {what!r} (all, accuracy, speed, memory)")
-    header = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
-              f"- dataset: MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split, seed 0\n\n")
-    md = header + "\n".join(parts)
-    print(md)
-    if out:
-        from recsys.io import write_text
+    rounds = 100 if quick else None
+    for name in names:
+        cmd = f"fedrec bench {name}" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+        if name == "speed":
+            body = bench_speed(data_dir)
+        elif name == "accuracy":
+            body = bench_accuracy(data_dir, rounds)
+        elif name == "memory":
+            body = bench_memory(data_dir, rounds)
+        else:
+            body = bench_retrieval(data_dir, quick)
+        md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
+              f"- dataset: {_DATASETS[name]}\n\n{body}")
+        print(md)
+        if out:
+            write_section(out, name, md)
 
-        write_text(out, md)
+
+_ML100K = "MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split, seed 0"
+_DATASETS = {"speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K,
+             "retrieval": "seeded clustered synthetic vectors (index types); " + _ML100K + " (LaMP-3-like)"}
+
+
+def bench_retrieval(data_dir: Path, quick: bool) -> str:
+    from retrieval.bench import bench_index_types, bench_lamp
+
+    n = 100_000 if quick else 1_000_000
+    rows, default = bench_index_types(n=n)
+    md = _table(f"FAISS index types: {n:,} vectors, d=64, inner product, 2,000 queries, k=10",
+                ["index", "build s", "size MiB", "queries/s", "recall@10", "x exact QPS"], rows)
+    md += f"\nDefault for {n:,} vectors: `{default}` (`retrieval.build.default_factory`).\n\n"
+    table, info = bench_lamp(data_dir, pairs=500 if quick else 2000)
+    md += _table("LaMP-3-like rating prediction from retrieved history and summaries (test pairs, "
+                 f"embedder {info['embedder']})", ["context", "RMSE", "MAE", "context tokens", "tokens vs k=4"],
+                 [[r["method"], r["rmse"], r["mae"], round(r["context_tokens"], 1) if r["context_tokens"] == r["context_tokens"] else "-",
+                   round(r["vs_k4"], 2) if r["vs_k4"] == r["vs_k4"] else "-"] for r in table])
+    md += (f"\nHistories index: {info['history_entries']:,} entries built in {info['histories_build_s']:.0f}s; "
+           f"{info['summaries']} summaries generated and indexed in {info['summaries_build_s']:.0f}s.\n")
+    return md

@@ -41,7 +41,7 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
                             global_p: dict[str, torch.Tensor], personal: dict[str, torch.Tensor], sgd: SGDConfig,
                             lr: float, local_epochs: int, seed: int, rnd: int, user: int
                             ) -> tuple[dict[str, torch.Tensor], float]:
-    """Train one client. items (L,) its item ids, values (L,) its ratings (explicit) or ones (implicit).
+    """Train one client. items (L,) its item ids, values (L,) its encoder inputs (see input_values).
 
     personal: this client's personal parameters (item-row keys hold only its items' rows)
     returns the trained value of every parameter it holds and its mean local loss

@@ -38,6 +38,7 @@ class ModelCfg(_Strict):
     mode: Literal["explicit", "implicit"] = "explicit"
     hidden: tuple[int, int] = (256, 128)
     dropout: float = Field(0.5, ge=0, lt=1)
+    input_norm: Literal["none", "l2"] = "none"     # implicit only: l2 = unit-norm input rows
 
 
 class FederationCfg(_Strict):
@@ -46,6 +47,8 @@ class FederationCfg(_Strict):
     fraction: float = Field(0.1, gt=0, le=1)
     local_epochs: int = Field(5, ge=1)
     weighting: Literal["uniform", "interactions"] = "uniform"
+    row_average: Literal["holders", "participants"] = "holders"
+    server_lr: float = Field(1.0, gt=0)
 
 
 class OptimizerCfg(_Strict):

@@ -63,11 +63,13 @@ def resolve_device(name: str) -> str:
 
 
 def build_federation(cfg: JobConfig, data: InteractionData, split: Split) -> Federation:
-    shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode)
+    shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
+                    cfg.model.input_norm)
     o = cfg.optimizer
     settings = FedSettings(
         strategy=cfg.federation.strategy, rounds=cfg.federation.rounds, fraction=cfg.federation.fraction,
-        local_epochs=cfg.federation.local_epochs, weighting=cfg.federation.weighting, schedule=o.schedule,
+        local_epochs=cfg.federation.local_epochs, weighting=cfg.federation.weighting,
+        row_average=cfg.federation.row_average, server_lr=cfg.federation.server_lr, schedule=o.schedule,
         min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm), seed=cfg.seed,
         max_cohort_clients=cfg.engine.max_cohort_clients, max_cohort_entries=cfg.engine.max_cohort_entries)
     return Federation(shape, settings, split.matrix(data, "train"), resolve_device(cfg.engine.device),

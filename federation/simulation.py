@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, finalize_rows
+from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, finalize_rows, participant_rows
 from federation.client import reference_client_update
 from federation.cohort import train_cohort
 from federation.comm import client_bytes, fedavg_bytes
@@ -23,7 +23,8 @@ from federation.local_sgd import SGDConfig, decay_factor
 from federation.state import ClientStore, Cohort, make_cohorts
 from federation.strategies import get_strategy
 from recsys.errors import FedrecError
-from recsys.models.autoencoder import ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores, init_params
+from recsys.models.autoencoder import (ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores, init_params,
+                                      input_values)
 from recsys.models.base import Recommender
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class FedSettings:
     fraction: float = 0.1
     local_epochs: int = 5
     weighting: str = "uniform"          # uniform | interactions
+    row_average: str = "holders"        # holders (PersonalFR) | participants (FedAvg-style, see aggregation)
+    server_lr: float = 1.0              # scales the participants-averaged row update
     schedule: str = "cosine"            # cosine | constant
     min_lr: float = 0.0
     sgd: SGDConfig = field(default_factory=SGDConfig)
@@ -69,9 +72,9 @@ class Federation:
         self.strategy = get_strategy(cfg.strategy)
         self.train = train.tocsr()
         self.train.sort_indices()
-        if shape.mode == "implicit":
-            self.train = sp.csr_matrix((np.ones_like(self.train.data), self.train.indices, self.train.indptr),
-                                       shape=self.train.shape)
+        # From here on train.data holds encoder inputs (ratings, or implicit ones / normalized ones).
+        vals = input_values(shape, self.train.data, np.diff(self.train.indptr))
+        self.train = sp.csr_matrix((vals, self.train.indices, self.train.indptr), shape=self.train.shape)
         self.device, self.dtype = torch.device(device), dtype
         init = init_params(shape, cfg.seed, dtype)
         self.global_p = {k: v.to(self.device) for k, v in init.items()}
@@ -96,7 +99,7 @@ class Federation:
         return np.sort(rng.choice(self.active_users, size=min(m, len(self.active_users)), replace=False))
 
     def cohorts(self, users: np.ndarray) -> list[Cohort]:
-        return make_cohorts(users, self.train, self.shape.mode, self.cfg.max_cohort_clients,
+        return make_cohorts(users, self.train, self.cfg.max_cohort_clients,
                             self.cfg.max_cohort_entries, self.device, self.dtype)
 
     def weights(self, users: torch.Tensor) -> torch.Tensor:
@@ -190,17 +193,21 @@ class Federation:
             if self.strategy.name == "fedavg":
                 # Full-model FedAvg: a client that did not touch a row returns it decayed.
                 self.global_p[k] = fedavg_rows_with_decay(old, sums, wsum, W, decay)
+            elif self.cfg.row_average == "participants":
+                self.global_p[k] = participant_rows(old, sums, wsum, W, self.cfg.server_lr)
             else:
                 self.global_p[k] = finalize_rows(old, sums, wsum)
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def user_scores(self, users: np.ndarray) -> torch.Tensor:
-        """Scores of every item for ``users`` (in the given order): (B, N), on self.device."""
+    def user_hidden(self, users: np.ndarray) -> tuple[torch.Tensor, list[tuple[Cohort, torch.Tensor]]]:
+        """Last hidden layer h3 (B, H1) of ``users`` (in the given order), from each user's own encoder,
+        plus the cohorts used (for strategies with personal rows)."""
         users = np.asarray(users, dtype=np.int64)
         uniq, inverse = np.unique(users, return_inverse=True)
-        out = torch.empty(len(uniq), self.shape.n_items, dtype=self.dtype, device=self.device)
+        out = torch.empty(len(uniq), self.shape.h1, dtype=self.dtype, device=self.device)
         where = {int(u): k for k, u in enumerate(uniq)}
+        parts = []
         for c in self.cohorts(uniq):
             p = {}
             for k in ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1"):
@@ -208,15 +215,29 @@ class Federation:
                     p[k] = self.store.gather(k, c, self.dtype)
                 else:
                     p[k] = self.global_p[k][c.items] if k == "enc_in" else self.global_p[k]
-            h3 = decode_hidden(p, encode(p, c.seg, c.x, c.size))                          # (B, H1)
-            s = full_scores(self.global_p, h3)                                            # (B, N)
-            if "dec_out" in self.strategy.personal:
+            h3 = decode_hidden(p, encode(p, c.seg, c.x, c.size))                          # (B_c, H1)
+            idx = torch.as_tensor([where[int(u)] for u in c.users.cpu()], device=self.device)
+            out[idx] = h3
+            parts.append((c, idx))
+        return out[torch.as_tensor(inverse, device=self.device)], parts
+
+    @torch.no_grad()
+    def user_scores(self, users: np.ndarray) -> torch.Tensor:
+        """Scores of every item for ``users`` (in the given order): (B, N), on self.device."""
+        users = np.asarray(users, dtype=np.int64)
+        uniq, inverse = np.unique(users, return_inverse=True)
+        h3, parts = self.user_hidden(uniq)                                                # (U, H1)
+        out = full_scores(self.global_p, h3)                                              # (U, N)
+        if "dec_out" in self.strategy.personal:
+            for c, idx in parts:
                 rows = self.store.gather("dec_out", c, self.dtype)                        # (T, H1)
                 rb = self.store.gather("dec_ob", c, self.dtype)
-                s[c.seg, c.items] = (rows * h3[c.seg]).sum(1) + rb
-            idx = torch.as_tensor([where[int(u)] for u in c.users.cpu()], device=self.device)
-            out[idx] = s
+                out[idx[c.seg], c.items] = (rows * h3[idx][c.seg]).sum(1) + rb
         return out[torch.as_tensor(inverse, device=self.device)]
+
+    def shared_rows(self) -> bool:
+        """True when every user scores items with the same (global) decoder rows."""
+        return "dec_out" not in self.strategy.personal
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -267,6 +288,19 @@ class FederatedAutoencoder(Recommender):
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return self.fed.user_scores(users).float().cpu().numpy()
+
+    def user_vectors(self, users: np.ndarray) -> np.ndarray:
+        """(B, H1+1) float32: [h3_u, 1]. user_vectors(u) @ item_vectors().T == score(u)."""
+        h3, _ = self.fed.user_hidden(users)
+        return torch.cat([h3, torch.ones_like(h3[:, :1])], 1).float().cpu().numpy()
+
+    def item_vectors(self) -> np.ndarray:
+        """(N, H1+1) float32: [dec_out_i, dec_ob_i] (the bias folded in so a dot product is the score)."""
+        if not self.fed.shared_rows():
+            raise FedrecError(f"strategy {self.fed.strategy.name!r} keeps personal decoder rows: "
+                              "there is no single item vector to index")
+        g = self.fed.global_p
+        return torch.cat([g["dec_out"], g["dec_ob"][:, None]], 1).float().cpu().numpy()
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         p = super().predict(users, items)

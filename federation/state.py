@@ -23,7 +23,7 @@ class Cohort:
     """A batch of B clients in jagged layout: their T interactions concatenated, no padding.
 
     users (B,) long; seg (T,) position 0..B-1 of each entry's client; items (T,) item ids;
-    pos (T,) entry positions in the packed store; x (T,) input values (ratings, or ones if implicit)
+    pos (T,) entry positions in the packed store; x (T,) encoder input values (see autoencoder.input_values)
     """
     users: torch.Tensor
     seg: torch.Tensor
@@ -67,7 +67,7 @@ class ClientStore:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def make_cohorts(users: np.ndarray, train: sp.csr_matrix, mode: str, max_clients: int, max_entries: int,
+def make_cohorts(users: np.ndarray, train: sp.csr_matrix, max_clients: int, max_entries: int,
                  device: torch.device, dtype: torch.dtype) -> list[Cohort]:
     """Split clients (sorted by history length, so cohorts hold similar clients) into cohorts of at
     most ``max_clients`` clients and ``max_entries`` interactions each."""
@@ -84,7 +84,7 @@ def make_cohorts(users: np.ndarray, train: sp.csr_matrix, mode: str, max_clients
         n = np.diff(indptr)[u]
         seg = np.repeat(np.arange(len(u)), n)
         pos = np.concatenate([np.arange(indptr[a], indptr[a + 1]) for a in u]) if len(u) else np.zeros(0, int)
-        vals = train.data[pos] if mode == "explicit" else np.ones(len(pos))
+        vals = train.data[pos]          # encoder inputs, prepared by the caller (see input_values)
         out.append(Cohort(
             users=torch.as_tensor(u, dtype=torch.long, device=device),
             seg=torch.as_tensor(seg, dtype=torch.long, device=device),

@@ -1,7 +1,6 @@
 """The ``fedrec`` command line. Bad input ends with one line on stderr and exit code 2."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -10,34 +9,15 @@ from typing import Optional
 
 import typer
 
-from recsys.errors import FedrecError
+from retrieval.cli import index_app
+from recsys.cliutil import _fail, cli_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedrec: federated, multimodal recommendation.")
 data_app = typer.Typer(no_args_is_help=True, help="Fetch, generate and inspect datasets.")
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
 log = logging.getLogger("fedrec")
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"fedrec: error: {msg}", err=True)
-    raise typer.Exit(2)
-
-
-def cli_errors(fn):
-    """Turn user-input errors into one line and exit code 2; never a traceback for those."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except FedrecError as e:
-            _fail(str(e))
-        except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-            _fail(f"{type(e).__name__}: {e}")
-        except KeyboardInterrupt:
-            typer.echo("fedrec: interrupted", err=True)
-            raise typer.Exit(130)
-    return wrapper
 
 
 @data_app.command("fetch")
@@ -139,10 +119,10 @@ def recommend(run_dir: Path, user: str = typer.Option(..., help="external user i
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all | accuracy | speed | memory"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds")):
-    """Run benchmarks and print tables (accuracy on ml-100k, engine speed, peak memory)."""
+    """Run benchmarks and print tables; --out updates those sections of a markdown file."""
     from federation.bench import run_bench
 
     run_bench(what, out, data_dir, quick)
@@ -150,6 +130,8 @@ def bench(what: str = typer.Argument("all", help="all | accuracy | speed | memor
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("faiss.loader", "sentence_transformers", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)               # load-time chatter
     app()
 
 

@@ -92,12 +92,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def copy_tree_atomic(src: Path, dest: Path) -> None:
-    """Copy a directory so that dest appears complete or not at all."""
+@contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield an empty temp directory beside dest; on success it replaces dest (old contents are
+    removed only after the new ones are in place), on error it is deleted and dest is untouched."""
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        yield tmp
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -108,3 +111,9 @@ def copy_tree_atomic(src: Path, dest: Path) -> None:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy_tree_atomic(src: Path, dest: Path) -> None:
+    """Copy a directory so that dest appears complete or not at all."""
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)

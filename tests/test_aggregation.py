@@ -55,3 +55,13 @@ def test_communication_bytes_by_hand():
     full = (100 * 4 + 4 + 2 * 4 + 2) + (4 * 2 + 4) + 100 * 5
     assert fedavg_bytes(s) == full * 4 == client_bytes("fedavg", s, 3)[0]
     assert client_bytes("local", s, 3) == (0, 0)
+
+
+def test_participant_rows_by_hand():
+    from federation.aggregation import accumulate_rows, participant_rows
+    old = torch.tensor([[1.0], [2.0], [3.0]])
+    # 4 participants (weight 1 each); row 0 sent by two clients (3, 5), row 1 by one (4), row 2 by none
+    sums, wsum = accumulate_rows(3, torch.tensor([0, 0, 1]), torch.tensor([[3.0], [5.0], [4.0]]), torch.ones(3))
+    new = participant_rows(old, sums, wsum, total_weight=4.0, server_lr=2.0)
+    # row 0: 1 + 2 * ((3-1) + (5-1)) / 4 = 4; row 1: 2 + 2 * (4-2) / 4 = 3; row 2 unchanged
+    torch.testing.assert_close(new, torch.tensor([[4.0], [3.0], [3.0]]))

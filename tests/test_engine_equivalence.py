@@ -8,12 +8,13 @@ from recsys.models.autoencoder import AEShape
 from recsys.splits import ratio_split
 
 
-@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+@pytest.mark.parametrize("mode", ["explicit", "implicit", "implicit-l2"])
 @pytest.mark.parametrize("strategy", ["personalfr", "fedavg", "local"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_same_updates_and_aggregate(tiny_data, mode, strategy, dtype, tol):
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
-    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
+    mode, _, norm = mode.partition("-")
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode, input_norm=norm or "none")
     cfg = FedSettings(strategy=strategy, rounds=4, fraction=0.5, local_epochs=5, seed=3,
                       max_cohort_clients=4)      # several cohorts per round
     vec = Federation(shape, cfg, train, dtype=dtype)
@@ -54,3 +55,13 @@ def test_resampling_is_deterministic(tiny_data):
     b = Federation(shape, FedSettings(seed=5, fraction=0.3), train)
     assert all(np.array_equal(a.sample(r), b.sample(r)) for r in range(5))
     assert not np.array_equal(a.sample(0), a.sample(1))
+
+
+def test_l2_input_norm_scales_each_user_row():
+    import numpy as np
+    from recsys.models.autoencoder import input_values
+    shape = AEShape(5, mode="implicit", input_norm="l2")
+    v = input_values(shape, np.ones(5), np.array([4, 0, 1]))
+    np.testing.assert_allclose(v, [0.5, 0.5, 0.5, 0.5, 1.0])
+    assert input_values(AEShape(5, mode="implicit"), np.ones(3), np.array([3])).tolist() == [1, 1, 1]
+    np.testing.assert_allclose(input_values(AEShape(5), np.array([4.0, 2.0]), np.array([2])), [4, 2])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 ENCODER_KEYS = ("enc_in", "enc_b1", "enc_W2", "enc_b2")
@@ -33,6 +34,7 @@ class AEShape:
     h2: int = 128
     dropout: float = 0.5
     mode: str = "explicit"          # explicit | implicit
+    input_norm: str = "none"        # none | l2: scale a user's input row to unit L2 norm (Mult-DAE style)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
@@ -50,6 +52,19 @@ def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, tor
         bound = 1.0 / math.sqrt(fan_in[k])
         out[k] = (torch.rand(s, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).to(dtype)
     return out
+
+
+def input_values(shape: AEShape, data: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Encoder input of each stored entry. data (T,) ratings in CSR order; counts (U,) entries per user.
+
+    explicit: the rating itself. implicit: 1 per interaction, or 1/sqrt(n_u) with input_norm="l2" so
+    heavy users do not saturate the tanh of the first layer (why Mult-DAE normalizes its input).
+    """
+    if shape.mode == "explicit":
+        return data.astype(np.float64)
+    if shape.input_norm == "l2":
+        return np.repeat(1.0 / np.sqrt(np.maximum(counts, 1)), counts)
+    return np.ones(len(data))
 
 
 # -- deterministic dropout -------------------------------------------------------------------

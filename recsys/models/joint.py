@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys.models.autoencoder import AEShape, decode_hidden, full_scores, init_params
+from recsys.models.autoencoder import AEShape, decode_hidden, full_scores, init_params, input_values
 from recsys.models.base import Recommender
 
 
@@ -30,9 +30,9 @@ class JointAutoencoder(Recommender):
     def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> "JointAutoencoder":
         """eval_fn(model) -> float, lower is better (e.g. valid RMSE, or -NDCG); used for early stopping."""
         torch.manual_seed(self.seed)
-        X = train.toarray().astype(np.float32)
-        if self.shape.mode == "implicit":
-            X = (X != 0).astype(np.float32)
+        train = train.tocsr()
+        vals = input_values(self.shape, train.data, np.diff(train.indptr))
+        X = sp.csr_matrix((vals, train.indices, train.indptr), shape=train.shape).toarray().astype(np.float32)
         self.X = torch.as_tensor(X)
         self.p = {k: torch.nn.Parameter(v) for k, v in init_params(self.shape, self.seed).items()}
         opt = torch.optim.Adam(self.p.values(), lr=self.lr, weight_decay=self.wd)
@@ -48,7 +48,7 @@ class JointAutoencoder(Recommender):
                     m = (xb != 0).float()
                     loss = (((y - xb) ** 2 * m).sum(1) / m.sum(1).clamp(min=1)).mean()
                 else:
-                    loss = -(torch.log_softmax(y, 1) * xb).sum(1).mean()
+                    loss = -(torch.log_softmax(y, 1) * (xb != 0)).sum(1).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
