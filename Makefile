@@ -17,12 +17,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+DEMO_RUN := runs/demo-ml100k-explicit
+DEMO_IDX := indices/demo-ml100k-explicit
+DEMO_SERVE ?= 1     # make demo DEMO_SERVE=0: stop after printing, do not serve the dashboard
+PORT ?= 8501
+
 demo: $(STAMP)
 	$(FEDREC) data fetch ml-100k
-	$(FEDREC) train configs/ml100k-explicit.yaml --run-dir runs/demo-ml100k-explicit --overwrite
-	$(FEDREC) evaluate runs/demo-ml100k-explicit --split test
-	$(FEDREC) recommend runs/demo-ml100k-explicit --user 1 -k 10
-	$(FEDREC) recommend runs/demo-ml100k-explicit --user 42 -k 10
+	$(FEDREC) train configs/ml100k-explicit.yaml --run-dir $(DEMO_RUN) --overwrite
+	$(FEDREC) evaluate $(DEMO_RUN) --split test
+	$(FEDREC) recommend $(DEMO_RUN) --user 1 -k 10
+	$(FEDREC) recommend $(DEMO_RUN) --user 42 -k 10
+	$(FEDREC) index build items $(DEMO_RUN) --out $(DEMO_IDX)/items --quiet > /dev/null
+	$(FEDREC) index build content $(DEMO_RUN) --out $(DEMO_IDX)/content --quiet > /dev/null
+	$(FEDREC) index build summaries $(DEMO_RUN) --out $(DEMO_IDX)/summaries --quiet > /dev/null
+	$(FEDREC) index build histories $(DEMO_RUN) --out $(DEMO_IDX)/histories --quiet > /dev/null
+	$(FEDREC) index query $(DEMO_IDX)/content --run $(DEMO_RUN) --text "a funny animated film for children" -k 5
+	$(FEDREC) index query $(DEMO_IDX)/histories --run $(DEMO_RUN) --user 42 --text "space adventure" -k 3
+	@if [ "$(DEMO_SERVE)" = "1" ]; then $(FEDREC) dashboard --runs runs --indices indices --port $(PORT); fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

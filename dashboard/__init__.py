@@ -1,1 +1,1 @@
-"""Streamlit dashboard (see the dashboard issue; not built yet)."""
+"""Streamlit dashboard: ``app.py`` (the pages) over ``views.py`` (what they show, Streamlit-free)."""

@@ -128,6 +128,30 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
     run_bench(what, out, data_dir, quick)
 
 
+@app.command()
+@cli_errors
+def dashboard(runs: Path = typer.Option(Path("runs"), help="directory of run directories"),
+              indices: Path = typer.Option(Path("indices"), help="directory of index directories"),
+              port: int = typer.Option(8501, min=1, max=65535), host: str = typer.Option("127.0.0.1")):
+    """Serve the Streamlit dashboard (127.0.0.1 only unless --host says otherwise)."""
+    import socket
+    import subprocess
+
+    import dashboard as pkg
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            _fail(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another port")
+    app_path = Path(pkg.__file__).parent / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host,
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--runs", str(runs), "--indices", str(indices)]
+    typer.echo(f"fedrec dashboard: http://{host}:{port}  (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("faiss.loader", "sentence_transformers", "transformers", "httpx"):

@@ -1,1 +1,1 @@
-"""FAISS indices, user summaries and embedders (see the retrieval issue; not built yet)."""
+"""FAISS indices (index.py), builders (build.py), summaries, embedders, query-time retrieval, CLI."""

@@ -27,7 +27,7 @@ def clustered_vectors(n: int, d: int, clusters: int = 2000, seed: int = 0) -> np
     out = np.empty((n, d), np.float32)
     for s in range(0, n, 200_000):
         m = min(200_000, n - s)
-        out[s:s + m] = centres[rng.integers(0, clusters, m)] + 0.35 * rng.standard_normal((m, d)).astype(np.float32)
+        out[s:s + m] = centres[rng.integers(0, clusters, m)] + 1.0 * rng.standard_normal((m, d)).astype(np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 

@@ -49,7 +49,7 @@ def default_factory(n: int) -> tuple[str, dict]:
     if n < 100_000:
         return "Flat", {}
     nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
-    return f"IVF{nlist},Flat", {"nprobe": max(8, nlist // 64)}
+    return f"IVF{nlist},Flat", {"nprobe": max(8, nlist // 256)}
 
 
 def history_id(user: np.ndarray, item: np.ndarray) -> np.ndarray:

@@ -1,0 +1,230 @@
+"""fedrec dashboard (Streamlit). Start it with ``fedrec dashboard [--runs runs/] [--indices indices/]``.
+
+Pages: Recommend, Search, Training, Federation, Indices. Heavy artifacts (runs, indices, the text
+embedder) load once per process through ``st.cache_resource``; nothing trains in this script and
+nothing is written into run or index directories. A page whose artifacts are missing says so and
+the other pages keep working.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import views
+
+PAGES = ("Recommend", "Search", "Training", "Federation", "Indices")
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--runs", default=os.environ.get("FEDREC_RUNS", "runs"))
+    p.add_argument("--indices", default=os.environ.get("FEDREC_INDICES", "indices"))
+    a, _ = p.parse_known_args(sys.argv[1:])
+    return a
+
+
+@st.cache_resource(show_spinner="loading run…")
+def _run(path: str, stamp: float):
+    from federation.jobs import load_run
+    return load_run(path)
+
+
+@st.cache_resource(show_spinner="loading item vectors…")
+def _item_vecs(path: str, stamp: float) -> np.ndarray:
+    g = _run(path, stamp).fed.global_p
+    return g["dec_out"].float().cpu().numpy()
+
+
+@st.cache_resource(show_spinner="loading text embedder…")
+def _embedder():
+    from retrieval.embedders import get_embedder
+    return get_embedder("minilm")
+
+
+@st.cache_resource(show_spinner="loading index…")
+def _index(path: str, stamp: float):
+    from retrieval.index import VectorIndex
+    return VectorIndex.load(path)
+
+
+@st.cache_data(show_spinner=False)
+def _summaries(path: str, stamp: float) -> dict:
+    from retrieval.summaries import SummaryStore
+    return {u: s.text for u, s in SummaryStore.load(path).entries.items()}
+
+
+@st.cache_data(show_spinner="evaluating every client…")
+def _per_user(path: str, stamp: float) -> pd.DataFrame:
+    return views.per_user_metric(_run(path, stamp), "valid")
+
+
+def _stamp(p: Path) -> float:
+    f = p / "checkpoint.safetensors" if (p / "checkpoint.safetensors").exists() else p / "manifest.json"
+    return f.stat().st_mtime if f.exists() else 0.0
+
+
+def _pick_run(runs: list[views.RunInfo], key: str):
+    usable = [r for r in runs if r.problem is None]
+    if not usable:
+        st.info("No trained run found. Train one: `fedrec train configs/ml100k-explicit.yaml`.")
+        return None
+    name = st.selectbox("Run", [r.name for r in usable], key=key)
+    info = next(r for r in usable if r.name == name)
+    try:
+        return _run(str(info.path), _stamp(info.path))
+    except Exception as e:  # noqa: BLE001 - show any load failure on the page, keep the app alive
+        st.error(f"Cannot open run {info.name}: {e}")
+        return None
+
+
+def _indices_for(root: Path, run, kind: str) -> dict | None:
+    for m in views.list_indices(root):
+        if m.get("kind") == kind and m.get("run") == run.dir.name:
+            return m
+    return None
+
+
+def page_recommend(runs, idx_root: Path) -> None:
+    st.header("Recommend")
+    run = _pick_run(runs, "rec_run")
+    if run is None:
+        return
+    users = [str(u) for u in run.data.user_ids]
+    user = st.selectbox("User", users, key="rec_user")
+    u = run.data.user_index(user)
+    c1, c2 = st.columns(2)
+    k = c1.slider("K", 1, 50, 10, key="rec_k")
+    exclude = c2.toggle("Exclude items the user has seen", True, key="rec_excl")
+    summ_ix = _indices_for(idx_root, run, "summaries")
+    if summ_ix and (Path(summ_ix["path"]) / "summaries.jsonl").exists():
+        p = Path(summ_ix["path"]) / "summaries.jsonl"
+        text = _summaries(str(p), p.stat().st_mtime).get(user)
+        if text:
+            st.markdown(f"**Summary.** {text}")
+    recs = views.recommendations(run, u, k, exclude, _item_vecs(str(run.dir), _stamp(run.dir)))
+    st.subheader(f"Top {len(recs)} for user {user}")
+    shown = recs.drop(columns=["image"]).assign(cold_start=recs["cold_start"].map({True: "cold", False: ""}))
+    st.table(shown.set_index("rank"))
+    imgs = [(r.title, r.image) for r in recs.itertuples() if r.image and Path(r.image).exists()]
+    if imgs:
+        cols = st.columns(min(len(imgs), 10))
+        for c, (title, img) in zip(cols, imgs[:10]):
+            c.image(img, caption=title, width=64)
+    with st.expander(f"History ({run.train[u].nnz} items)"):
+        st.dataframe(views.history_table(run, u).drop(columns=["image"]), hide_index=True)
+
+
+def page_search(runs, idx_root: Path) -> None:
+    st.header("Search")
+    run = _pick_run(runs, "search_run")
+    if run is None:
+        return
+    content = _indices_for(idx_root, run, "content") or next(
+        (m for m in views.list_indices(idx_root) if m.get("kind") == "content"), None)
+    if content is None:
+        st.info("No content index yet. Build one: `fedrec index build content RUN --out indices/RUN/content`.")
+        return
+    user = st.selectbox("User", [str(u) for u in run.data.user_ids], key="search_user")
+    query = st.text_input("Query", "", key="search_q", placeholder="e.g. a funny animated film for children")
+    if not query.strip():
+        return
+    ix = _index(content["path"], Path(content["path"], "manifest.json").stat().st_mtime)
+    emb = _embedder()
+    if ix.meta.get("embedder") != emb.id:
+        st.error("The content index was built with another text model; rebuild it.")
+        return
+    res = ix.search(emb.encode([query]), 50)
+    cand = res.ids[0][res.ids[0] >= 0]
+    sim = res.scores[0][: len(cand)]
+    u = run.data.user_index(user)
+    personal = run.model().score(np.array([u]))[0][cand]
+    # Personalized order: content relevance first, the user's own model breaks near-ties.
+    z = (personal - personal.mean()) / (personal.std() + 1e-9)
+    order = np.argsort(-(sim + 0.05 * z), kind="stable")
+    c1, c2 = st.columns(2)
+    c1.subheader("For this user")
+    c1.dataframe(pd.DataFrame({"title": [run.data.title(int(i)) for i in cand[order][:10]]}), hide_index=True)
+    c2.subheader("Not personalized")
+    c2.dataframe(pd.DataFrame({"title": [run.data.title(int(i)) for i in cand[:10]]}), hide_index=True)
+
+
+def page_training(runs) -> None:
+    st.header("Training runs")
+    if not runs:
+        st.info("No runs yet.")
+        return
+    st.dataframe(pd.DataFrame([{"run": r.name, "status": r.status, "mode": r.mode, "strategy": r.strategy,
+                                "rounds": r.rounds, **r.final, "problem": r.problem or ""} for r in runs]),
+                 hide_index=True, width="stretch")
+    first = next((r.name for r in runs if r.problem is None), runs[0].name)
+    chosen = st.multiselect("Compare runs", [r.name for r in runs], default=[first], key="train_runs")
+    frames = []
+    for r in runs:
+        if r.name in chosen:
+            df, bad = views.read_metrics(r.path / "metrics.jsonl")
+            if bad:
+                st.warning(f"{r.name}: skipped {bad} unreadable line(s) in metrics.jsonl")
+            if not df.empty:
+                frames.append(df.assign(run=r.name))
+    if not frames:
+        st.info("No per-round metrics for the chosen runs.")
+        return
+    df = pd.concat(frames, ignore_index=True)
+    metric_cols = [c for c in df.columns if c.startswith(("valid_", "test_")) and not c.endswith("_n")]
+    for col in ["loss", *metric_cols[:2], "participants", "cum_bytes_up", "cum_fedavg_bytes"]:
+        if col in df:
+            st.caption(col)
+            st.line_chart(df.pivot_table(index="round", columns="run", values=col))
+
+
+def page_federation(runs) -> None:
+    st.header("Federation")
+    run = _pick_run(runs, "fed_run")
+    if run is None:
+        return
+    per = _per_user(str(run.dir), _stamp(run.dir))
+    metric = per.columns[-1]
+    st.caption("History size per client (training interactions)")
+    st.bar_chart(np.histogram(per["history"], bins=20)[0])
+    st.caption(f"Per-client {metric} on the validation split")
+    st.bar_chart(np.histogram(per[metric].dropna(), bins=20)[0])
+    worst = per.sort_values(metric, ascending=(metric != "rmse")).head(10)
+    st.subheader("Served worst")
+    st.dataframe(worst, hide_index=True)
+
+
+def page_indices(idx_root: Path) -> None:
+    st.header("Indices")
+    rows = views.list_indices(idx_root)
+    if not rows:
+        st.info(f"No indices under {idx_root}. Build some with `fedrec index build`.")
+        return
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def main() -> None:
+    st.set_page_config(page_title="fedrec", layout="wide")
+    a = _args()
+    runs_dir, idx_root = Path(a.runs), Path(a.indices)
+    runs = views.list_runs(runs_dir)
+    page = st.sidebar.radio("Page", PAGES, key="page")
+    st.sidebar.caption(f"runs: {runs_dir} · indices: {idx_root}")
+    if page == "Recommend":
+        page_recommend(runs, idx_root)
+    elif page == "Search":
+        page_search(runs, idx_root)
+    elif page == "Training":
+        page_training(runs)
+    elif page == "Federation":
+        page_federation(runs)
+    else:
+        page_indices(idx_root)
+
+
+main()

@@ -1,0 +1,167 @@
+"""What the dashboard pages show, computed without Streamlit (so it is testable and reusable).
+
+Everything here only reads run and index directories; nothing writes into them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    status: str
+    mode: str | None
+    strategy: str | None
+    rounds: int | None
+    final: dict
+    problem: str | None = None       # why the run cannot be opened, if it cannot
+
+
+def list_runs(runs_dir: Path) -> list[RunInfo]:
+    """Every directory under runs_dir that looks like a run; broken ones carry a ``problem``."""
+    out = []
+    if not runs_dir.is_dir():
+        return out
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (d / "manifest.json").exists():
+            continue
+        info = RunInfo(d, d.name, "unknown", None, None, None, {})
+        try:
+            m = json.loads((d / "manifest.json").read_text())
+            info.status = m.get("status", "unknown")
+            if m.get("format") != 1:
+                info.problem = f"run format {m.get('format')!r} is not supported by this fedrec (expects 1)"
+                out.append(info)
+                continue
+            import yaml
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            info.mode, info.strategy = cfg["model"]["mode"], cfg["federation"]["strategy"]
+            info.rounds = cfg["federation"]["rounds"]
+            if (d / "summary.json").exists():
+                s = json.loads((d / "summary.json").read_text())
+                info.final = {f"test_{k}": v for k, v in s.get("test", {}).items() if not k.startswith("n")}
+            if not (d / "checkpoint.safetensors").exists():
+                info.problem = info.problem or "no checkpoint yet"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            info.problem = f"unreadable run files ({type(e).__name__}: {e})"
+        out.append(info)
+    return out
+
+
+def read_metrics(path: Path) -> tuple[pd.DataFrame, int]:
+    """Per-round metrics; lines that are torn or not JSON are skipped and counted."""
+    rows, bad = [], 0
+    if not path.exists():
+        return pd.DataFrame(), 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            if isinstance(rec, dict) and "round" in rec:
+                rows.append(rec)
+            else:
+                bad += 1
+        except json.JSONDecodeError:
+            bad += 1
+    return pd.DataFrame(rows), bad
+
+
+def image_of(data, item: int) -> str:
+    """Absolute path of an item's image ("" when it has none); relative paths are under the dataset root."""
+    p = str(data.items["image_path"].iloc[item] or "")
+    if not p or p == "nan":
+        return ""
+    path = Path(p)
+    return str(path if path.is_absolute() else Path(data.extra.get("root", ".")) / path)
+
+
+def history_table(run, user: int) -> pd.DataFrame:
+    row = run.train[user]
+    items, ratings = row.indices, row.data
+    order = np.argsort(-ratings, kind="stable")
+    return pd.DataFrame({"item": [str(run.data.item_ids[i]) for i in items[order]],
+                         "title": [run.data.title(int(i)) for i in items[order]],
+                         "rating": ratings[order],
+                         "image": [image_of(run.data, int(i)) for i in items[order]]})
+
+
+def recommendations(run, user: int, k: int, exclude_seen: bool, item_vecs: np.ndarray) -> pd.DataFrame:
+    """Top-k with score, cold-start flag and a one-line explanation: the history item whose decoder
+    row is most similar to the recommended item's (the model's own notion of "similar")."""
+    model = run.model()
+    ids, scores = model.recommend(np.array([user]), k, exclude=run.train if exclude_seen else None)
+    ids, scores = ids[0], scores[0]
+    keep = np.isfinite(scores)
+    ids, scores = ids[keep], scores[keep]
+    counts = np.diff(run.train.tocsc().indptr)
+    hist = run.train[user]
+    expl = []
+    if hist.nnz:
+        H = item_vecs[hist.indices]                                              # (L, d)
+        Hn = H / (np.linalg.norm(H, axis=1, keepdims=True) + 1e-9)
+        R = item_vecs[ids] / (np.linalg.norm(item_vecs[ids], axis=1, keepdims=True) + 1e-9)
+        sim = R @ Hn.T                                                           # (k, L)
+        sim = sim * (hist.data / hist.data.max())[None, :]                       # favour well-rated items
+        best = sim.argmax(1)
+        for j, b in enumerate(best):
+            i = hist.indices[b]
+            expl.append(f"like {run.data.title(int(i))!s}, which you rated {hist.data[b]:g}")
+    else:
+        expl = ["popular with similar users"] * len(ids)
+    return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "item": [str(run.data.item_ids[i]) for i in ids],
+                         "title": [run.data.title(int(i)) for i in ids], "score": scores,
+                         "cold_start": counts[ids] == 0,
+                         "image": [image_of(run.data, int(i)) for i in ids],
+                         "why": expl})
+
+
+def per_user_metric(run, part: str = "valid") -> pd.DataFrame:
+    """Per-client quality on a split: RMSE (explicit) or NDCG@10 (implicit), with history size."""
+    from recsys.metrics import ranking_metrics
+
+    model = run.model()
+    M = run.split.matrix(run.data, part).tocsr()
+    users = np.flatnonzero(np.diff(M.indptr) > 0)
+    n_hist = np.diff(run.train.indptr)[users]
+    if run.cfg.model.mode == "explicit":
+        coo = M[users].tocoo()
+        pred = model.predict(users[coo.row], coo.col)
+        err = np.zeros(len(users))
+        np.add.at(err, coo.row, (pred - coo.data) ** 2)
+        val = np.sqrt(err / np.diff(M[users].indptr))
+        name = "rmse"
+    else:
+        ids, _ = model.recommend(users, 10, exclude=run.train)
+        val = np.array([ranking_metrics(ids[j:j + 1], M, np.array([u]), (10,))["ndcg@10"] for j, u in enumerate(users)])
+        name = "ndcg@10"
+    return pd.DataFrame({"user": [str(run.data.user_ids[u]) for u in users], "history": n_hist, name: val})
+
+
+def list_indices(root: Path) -> list[dict]:
+    """Index directories below root with their manifests (unverified here; loading verifies)."""
+    out = []
+    if not root.is_dir():
+        return out
+    for mf in sorted(root.rglob("manifest.json")):
+        d = mf.parent
+        if not (d / "index.faiss").exists():
+            continue
+        try:
+            m = json.loads(mf.read_text())
+        except (OSError, json.JSONDecodeError):
+            out.append({"path": str(d), "problem": "manifest is not valid JSON"})
+            continue
+        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        out.append({"path": str(d), "kind": m.get("kind"), "factory": m.get("factory"), "count": m.get("count"),
+                    "dim": m.get("dim"), "recall@10": m.get("recall@10"), "size_MiB": round(size / 2 ** 20, 2),
+                    "run": m.get("run"), "created": m.get("created")})
+    return out

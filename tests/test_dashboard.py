@@ -1,0 +1,182 @@
+"""Dashboard pages through streamlit.testing's AppTest, on a small trained run and real indices."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    import yaml
+    from federation.jobs import train
+    from recsys.synth import SynthSpec, write_catalogue
+    root = tmp_path_factory.mktemp("dash")
+    write_catalogue(SynthSpec(n_users=60, n_items=40, mean_activity=10, seed=3), root / "synth", images=False,
+                    progress=False)
+    cfg = {"name": "d", "data": {"path": str(root / "synth")}, "model": {"mode": "explicit", "hidden": [16, 8]},
+           "federation": {"rounds": 4, "fraction": 0.5}, "eval": {"every": 2}}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    train(root / "cfg.yaml", root / "runs" / "good", progress=False)
+    # a broken run next to the good one: the pages must keep working
+    bad = root / "runs" / "broken"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"format": 99, "status": "completed"}')
+    with open(root / "runs" / "good" / "metrics.jsonl", "a") as f:
+        f.write('{"round": 5, "lo')                                           # a torn last line
+    from retrieval.build import BuildOptions, content_index
+    from retrieval.embedders import get_embedder
+    from federation.jobs import load_run
+    run = load_run(root / "runs" / "good")
+    content_index(run.data, get_embedder(), BuildOptions(progress=False)).save(root / "indices" / "good" / "content",
+                                                                              {"run": "good"})
+    os.environ["FEDREC_RUNS"], os.environ["FEDREC_INDICES"] = str(root / "runs"), str(root / "indices")
+    yield root
+    os.environ.pop("FEDREC_RUNS"), os.environ.pop("FEDREC_INDICES")
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _page(at, name):
+    at.sidebar.radio(key="page").set_value(name).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_recommend_page_users_and_k_change_results(env):
+    at = _app()
+    recs = lambda: at.table[0].value              # noqa: E731
+    first = recs()
+    assert len(first) == 10
+    at.selectbox(key="rec_user").set_value("7").run()
+    other = recs()
+    assert list(other["title"]) != list(first["title"])        # different users, different lists
+    at.slider(key="rec_k").set_value(4).run()
+    assert len(recs()) == 4
+    assert recs()["why"].str.startswith("like ").all()
+
+
+def test_search_page_query_changes_results(env):
+    at = _page(_app(), "Search")
+    at.text_input(key="search_q").input("red round").run()
+    a = at.dataframe[1].value["title"].tolist()
+    at.text_input(key="search_q").input("blue striped").run()
+    b = at.dataframe[1].value["title"].tolist()
+    assert a and b and a != b
+
+
+def test_training_federation_indices_pages(env):
+    at = _page(_app(), "Training")
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"good", "broken"}
+    assert "not supported" in table.set_index("run").loc["broken", "problem"]
+    at.multiselect(key="train_runs").set_value(["good"]).run()
+    assert any("unreadable line" in w.value for w in at.warning)        # the torn line is reported
+    assert len(at.get("arrow_vega_lite_chart")) >= 3 or len(at.get("vega_lite_chart")) >= 3
+    at = _page(at, "Federation")
+    assert len(at.dataframe[0].value) == 10 and "rmse" in at.dataframe[0].value
+    at = _page(at, "Indices")
+    assert at.dataframe[0].value["kind"].tolist() == ["content"]
+
+
+# -- a real browser against a real server ----------------------------------------------------------
+
+def _ensure_chromium() -> tuple[str, str]:
+    """chromium + chromedriver from Debian; installed here when missing (root + apt-get)."""
+    import shutil
+    import subprocess
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if shutil.which("apt-get") and os.geteuid() == 0:
+            subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
+                           capture_output=True, timeout=900)
+            if not shutil.which("chromium"):
+                subprocess.run(["apt-get", "update"], capture_output=True, timeout=300)
+                subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"],
+                               capture_output=True, timeout=900)
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian chromium/chromium-driver not installed and cannot be installed here (needs root + apt)")
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_dashboard_in_headless_chromium(env):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = _ensure_chromium()
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "recsys.cli", "dashboard", "--runs", str(env / "runs"),
+                               "--indices", str(env / "indices"), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    browser = None
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.time() < deadline, "dashboard did not start within 90 s"
+                time.sleep(0.5)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                  "--disable-dev-shm-usage"):
+            opts.add_argument(a)
+        browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: "Top 10 for user" in b.find_element(By.TAG_NAME, "body").text)
+        # choose another user in the searchable select box
+        box = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "input[aria-label='User']"))
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys("7")
+
+        def option_7(b):
+            return next((o for o in b.find_elements(By.CSS_SELECTOR, "[role='option']") if o.text.strip() == "7"), False)
+
+        wait.until(option_7).click()
+        wait.until(lambda b: "Top 10 for user 7" in b.find_element(By.TAG_NAME, "body").text)
+        from federation.jobs import load_run
+        run = load_run(env / "runs" / "good")
+        ids, _ = run.model().recommend(__import__("numpy").array([run.data.user_index("7")]), 3, exclude=run.train)
+        body = browser.find_element(By.TAG_NAME, "body").text
+        for i in ids[0]:
+            assert run.data.title(int(i)) in body                  # the model's top items are on screen
+        out = Path(os.environ.get("FEDREC_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+        out.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(out / "dashboard-recommend.png"))
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
