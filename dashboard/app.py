@@ -25,6 +25,7 @@ def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--runs", default=os.environ.get("FEDREC_RUNS", "runs"))
     p.add_argument("--indices", default=os.environ.get("FEDREC_INDICES", "indices"))
+    p.add_argument("--jobs", default=os.environ.get("FEDREC_JOBS", ".fedrec-jobs"))
     a, _ = p.parse_known_args(sys.argv[1:])
     return a
 
@@ -154,8 +155,31 @@ def page_search(runs, idx_root: Path) -> None:
     c2.dataframe(pd.DataFrame({"title": [run.data.title(int(i)) for i in cand[:10]]}), hide_index=True)
 
 
-def page_training(runs) -> None:
+def _launcher(runs_dir: Path, jobs_dir: Path) -> None:
+    from dashboard import jobs as J
+
+    with st.expander("Launch a training job"):
+        cfg = st.text_input("Config file", "configs/ml100k-explicit.yaml", key="job_cfg")
+        name = st.text_input("Run name (default: the config's name)", "", key="job_name")
+        if st.button("Start", key="job_start"):
+            try:
+                job = J.launch(cfg, runs_dir, jobs_dir, name.strip() or None)
+                st.success(f"started {job.name} (pid {job.pid}); log: {job.log}")
+            except Exception as e:  # noqa: BLE001 - a bad config is shown, not raised
+                st.error(str(e))
+    for job in J.list_jobs(jobs_dir):
+        c1, c2 = st.columns([4, 1])
+        c1.progress(min(1.0, job.progress), text=f"{job.name}: {job.status}, round {job.rounds_done}/{job.rounds_total}")
+        if job.status == "running" and c2.button("Cancel", key=f"cancel_{job.name}"):
+            J.cancel(job, jobs_dir)
+            st.rerun()
+        with st.expander(f"log of {job.name}"):
+            st.code(J.tail(job.log) or "(empty)")
+
+
+def page_training(runs, runs_dir: Path, jobs_dir: Path) -> None:
     st.header("Training runs")
+    _launcher(runs_dir, jobs_dir)
     if not runs:
         st.info("No runs yet.")
         return
@@ -220,7 +244,7 @@ def main() -> None:
     elif page == "Search":
         page_search(runs, idx_root)
     elif page == "Training":
-        page_training(runs)
+        page_training(runs, runs_dir, Path(a.jobs))
     elif page == "Federation":
         page_federation(runs)
     else:

@@ -120,8 +120,8 @@ class VectorIndex:
         if missing.any():
             raise IndexError_(f"unknown id {int(ids[missing][0])}")
         ivf = _ivf(self.index)
-        if ivf is not None:
-            ivf.make_direct_map()
+        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)      # arbitrary 64-bit ids
         return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
 
     def remove(self, ids: np.ndarray) -> dict:

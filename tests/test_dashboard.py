@@ -33,8 +33,10 @@ def env(tmp_path_factory):
     content_index(run.data, get_embedder(), BuildOptions(progress=False)).save(root / "indices" / "good" / "content",
                                                                               {"run": "good"})
     os.environ["FEDREC_RUNS"], os.environ["FEDREC_INDICES"] = str(root / "runs"), str(root / "indices")
+    os.environ["FEDREC_JOBS"] = str(root / "jobs")
     yield root
-    os.environ.pop("FEDREC_RUNS"), os.environ.pop("FEDREC_INDICES")
+    for k in ("FEDREC_RUNS", "FEDREC_INDICES", "FEDREC_JOBS"):
+        os.environ.pop(k)
 
 
 def _app():
@@ -180,3 +182,29 @@ def test_dashboard_in_headless_chromium(env):
             server.wait(15)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_launch_progress_and_cancel_a_background_job(env, tmp_path):
+    import time
+    import yaml
+    from dashboard import jobs as J
+    cfg = yaml.safe_load((env / "cfg.yaml").read_text())
+    cfg["federation"]["rounds"] = 2000                    # long enough to cancel mid-run
+    cfg["name"] = "bg"
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(cfg))
+    jobs_dir = tmp_path / "jobs"
+    job = J.launch(tmp_path / "long.yaml", tmp_path / "runs", jobs_dir)
+    deadline = time.time() + 120
+    while (j := J.list_jobs(jobs_dir)[0]).rounds_done < 3:
+        assert j.status == "running", J.tail(j.log)
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert j.rounds_total == 2000 and 0 < j.progress < 1
+    J.cancel(j, jobs_dir)
+    j = J.list_jobs(jobs_dir)[0]
+    assert j.status == "cancelled" and j.rounds_done < 2000
+    with pytest.raises(Exception, match="run directory exists"):
+        J.launch(tmp_path / "long.yaml", tmp_path / "runs", jobs_dir)
+    with pytest.raises(Exception, match="unknown key"):
+        (tmp_path / "bad.yaml").write_text("federation: {roundz: 3}")
+        J.launch(tmp_path / "bad.yaml", tmp_path / "runs", jobs_dir)

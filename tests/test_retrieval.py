@@ -47,6 +47,7 @@ def test_index_add_search_remove_roundtrip(tmp_path, vecs, factory):
     assert info["removed"] == 10 and info["rebuilt"] == (factory == "HNSW16")
     assert ix.count == 2990 and not ix.contains(ids[:10]).any()
     assert not np.isin(ix.search(x[:10], 5, nprobe=32, ef_search=200).ids, ids[:10]).any()
+    np.testing.assert_allclose(ix.reconstruct(ids[[20, 500, 2999]]), x[[20, 500, 2999]], atol=1e-6)
     ix.save(tmp_path / "ix", {"kind": "test", "run_checkpoint": "abc"})
     back = VectorIndex.load(tmp_path / "ix", {"kind": "test"})
     assert back.count == 2990 and back.dim == 16
