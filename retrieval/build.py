@@ -12,8 +12,10 @@ of the index against exact search on a sample of queries is measured and stored 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: BuildOptions, querie
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise IndexError_(f"nothing to index: got vectors of shape {tuple(vectors.shape)}")
+    t0 = time.perf_counter()
+    source_sha = hashlib.sha256(np.ascontiguousarray(vectors, np.float32).tobytes()).hexdigest()
     factory, params = (opts.factory, {}) if opts.factory else default_factory(len(vectors))
     ix = VectorIndex.create(vectors.shape[1], factory, opts.metric)
     rng = np.random.default_rng(opts.seed)
@@ -91,7 +95,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: BuildOptions, querie
     truth = exact_topk(q, vectors, ids, k, opts.metric)
     rec = recall_at_k(ix.search(q, k).ids, truth)
     ix.meta.update(meta or {})
-    ix.meta.update({"recall@10": round(rec, 4), "recall_queries": int(len(q))})
+    ix.meta.update({"recall@10": round(rec, 4), "recall_queries": int(len(q)), "source_sha256": source_sha,
+                    "build_seconds": round(time.perf_counter() - t0, 2)})
     log.info("%s over %d vectors: recall@%d vs exact = %.4f", factory, ix.count, k, rec)
     return ix
 
