@@ -221,6 +221,19 @@ def page_federation(runs) -> None:
     worst = per.sort_values(metric, ascending=(metric != "rmse")).head(10)
     st.subheader("Served worst")
     st.dataframe(worst, hide_index=True)
+    st.subheader("Personalization gain per client")
+    others = views.comparable_runs(runs, run)
+    if not others:
+        st.info("Train a global-model run on the same data and split to compare (e.g. the same config with "
+                "`federation.strategy: fedavg`); it will be listed here.")
+        return
+    ref = st.selectbox("Global model to compare with", [r.name for r in others], key="fed_ref")
+    info = next(r for r in others if r.name == ref)
+    gain = views.personalization_gain(per, _per_user(str(info.path), _stamp(info.path)))
+    better = float((gain["gain"] > 0).mean())
+    st.metric(f"clients served better by {run.dir.name} than by {ref}", f"{better:.0%}",
+              f"mean gain {gain['gain'].mean():+.4f} {metric}")
+    st.bar_chart(np.histogram(gain["gain"], bins=20)[0])
 
 
 def page_indices(idx_root: Path) -> None:

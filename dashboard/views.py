@@ -165,3 +165,32 @@ def list_indices(root: Path) -> list[dict]:
                     "dim": m.get("dim"), "recall@10": m.get("recall@10"), "size_MiB": round(size / 2 ** 20, 2),
                     "run": m.get("run"), "created": m.get("created")})
     return out
+
+
+def personalization_gain(personal: pd.DataFrame, global_: pd.DataFrame) -> pd.DataFrame:
+    """Per-client gain of the personal model over a global one on the same split, in the metric's
+    "better" direction (positive = the personal model serves this client better)."""
+    metric = personal.columns[-1]
+    if global_.columns[-1] != metric:
+        raise ValueError(f"runs measure different metrics ({metric} vs {global_.columns[-1]})")
+    m = personal.merge(global_[["user", metric]], on="user", suffixes=("", "_global"))
+    sign = -1.0 if metric == "rmse" else 1.0
+    m["gain"] = sign * (m[metric] - m[f"{metric}_global"])
+    return m
+
+
+def comparable_runs(runs: list[RunInfo], run) -> list[RunInfo]:
+    """Other usable runs trained on the same dataset and split as ``run`` (same mode)."""
+    out = []
+    for r in runs:
+        if r.problem or r.path.resolve() == run.dir.resolve() or r.mode != run.cfg.model.mode:
+            continue
+        try:
+            m = json.loads((r.path / "manifest.json").read_text())
+            mine = json.loads((run.dir / "manifest.json").read_text())
+            same_split = (r.path / "split.json").read_text() == (run.dir / "split.json").read_text()
+        except (OSError, ValueError):
+            continue
+        if m.get("dataset_checksum") == mine.get("dataset_checksum") and same_split:
+            out.append(r)
+    return out

@@ -20,6 +20,9 @@ def env(tmp_path_factory):
            "federation": {"rounds": 4, "fraction": 0.5}, "eval": {"every": 2}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     train(root / "cfg.yaml", root / "runs" / "good", progress=False)
+    cfg["federation"]["strategy"] = "fedavg"                                  # a global model, same split
+    (root / "cfg-global.yaml").write_text(yaml.safe_dump(cfg))
+    train(root / "cfg-global.yaml", root / "runs" / "global", progress=False)
     # a broken run next to the good one: the pages must keep working
     bad = root / "runs" / "broken"
     bad.mkdir()
@@ -78,13 +81,17 @@ def test_search_page_query_changes_results(env):
 def test_training_federation_indices_pages(env):
     at = _page(_app(), "Training")
     table = at.dataframe[0].value
-    assert set(table["run"]) == {"good", "broken"}
+    assert set(table["run"]) == {"good", "global", "broken"}
     assert "not supported" in table.set_index("run").loc["broken", "problem"]
     at.multiselect(key="train_runs").set_value(["good"]).run()
     assert any("unreadable line" in w.value for w in at.warning)        # the torn line is reported
     assert len(at.get("arrow_vega_lite_chart")) >= 3 or len(at.get("vega_lite_chart")) >= 3
     at = _page(at, "Federation")
+    at.selectbox(key="fed_run").set_value("good").run()
+    assert not at.exception, at.exception
     assert len(at.dataframe[0].value) == 10 and "rmse" in at.dataframe[0].value
+    assert at.selectbox(key="fed_ref").value == "global"
+    assert "clients served better by good than by global" in at.metric[0].label
     at = _page(at, "Indices")
     assert at.dataframe[0].value["kind"].tolist() == ["content"]
 
