@@ -118,7 +118,13 @@ def page_recommend(runs, idx_root: Path) -> None:
         for c, (title, img) in zip(cols, imgs[:10]):
             c.image(img, caption=title, width=64)
     with st.expander(f"History ({run.train[u].nnz} items)"):
-        st.dataframe(views.history_table(run, u).drop(columns=["image"]), hide_index=True)
+        hist = views.history_table(run, u)
+        pics = [(f"{r.title} ({r.rating:g})", r.image) for r in hist.itertuples() if r.image and Path(r.image).exists()]
+        if pics:
+            cols = st.columns(min(len(pics), 10))
+            for c, (cap, img) in zip(cols, pics[:10]):
+                c.image(img, caption=cap, width=64)
+        st.dataframe(hist.drop(columns=["image"]), hide_index=True)
 
 
 def page_search(runs, idx_root: Path) -> None:

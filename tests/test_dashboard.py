@@ -14,8 +14,8 @@ def env(tmp_path_factory):
     from federation.jobs import train
     from recsys.synth import SynthSpec, write_catalogue
     root = tmp_path_factory.mktemp("dash")
-    write_catalogue(SynthSpec(n_users=60, n_items=40, mean_activity=10, seed=3), root / "synth", images=False,
-                    progress=False)
+    write_catalogue(SynthSpec(n_users=60, n_items=40, mean_activity=10, seed=3), root / "synth", images=True,
+                    progress=False, workers=1)
     cfg = {"name": "d", "data": {"path": str(root / "synth")}, "model": {"mode": "explicit", "hidden": [16, 8]},
            "federation": {"rounds": 4, "fraction": 0.5}, "eval": {"every": 2}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -67,6 +67,7 @@ def test_recommend_page_users_and_k_change_results(env):
     at.slider(key="rec_k").set_value(4).run()
     assert len(recs()) == 4
     assert recs()["why"].str.startswith("like ").all()
+    assert len(at.image) >= 2                # thumbnails of the recommended and the history items
 
 
 def test_search_page_query_changes_results(env):
