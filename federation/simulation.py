@@ -143,6 +143,23 @@ class Federation:
         return RoundStats(rnd + 1, lr, len(users), loss, up, down, fedavg_bytes(self.shape) * len(users), dt,
                           len(users) / dt if dt > 0 else float("inf"))
 
+    def client_message(self, user: int) -> dict[str, np.ndarray]:
+        """One personalfr client's turn in the current round, as a deployed client would take it:
+        train with the reference update, keep the personal parameters (written back to this client's
+        state only) and return the message it sends (see federation.messages)."""
+        from federation.messages import encode_update
+
+        if self.strategy.name != "personalfr":
+            raise FedrecError("client messages are defined for the personalfr strategy")
+        c = self.cohorts(np.array([user]))[0]
+        res = self._reference_update(c, self.lr_at(self.round), self.round)
+        for k in self.strategy.personal:
+            self.store.scatter(k, c, res.value(k))
+        v = res.values
+        trained = {"dec_out": v["dec_out"], "dec_ob": v["dec_ob"], "dec_W1": v["dec_W1"][0], "dec_b1": v["dec_b1"][0]}
+        w = float(self.weights(c.users)[0])
+        return encode_update(c.items.cpu().numpy(), trained, w)
+
     def _reference_update(self, c: Cohort, lr: float, rnd: int) -> "MaterializedResult":
         u = int(c.users[0])
         personal = {k: self.store.gather(k, c, self.dtype)[0] if k not in ITEM_ROW_KEYS
