@@ -134,8 +134,8 @@ def dashboard(runs: Path = typer.Option(Path("runs"), help="directory of run dir
               indices: Path = typer.Option(Path("indices"), help="directory of index directories"),
               port: int = typer.Option(8501, min=1, max=65535), host: str = typer.Option("127.0.0.1")):
     """Serve the Streamlit dashboard (127.0.0.1 only unless --host says otherwise)."""
+    import os
     import socket
-    import subprocess
 
     import dashboard as pkg
 
@@ -149,7 +149,9 @@ def dashboard(runs: Path = typer.Option(Path("runs"), help="directory of run dir
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--", "--runs", str(runs), "--indices", str(indices)]
     typer.echo(f"fedrec dashboard: http://{host}:{port}  (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(cmd))
+    sys.stdout.flush()
+    # Become the server process (no wrapper left behind): a SIGTERM to this pid stops Streamlit itself.
+    os.execv(sys.executable, cmd)
 
 
 def main() -> None:

@@ -190,6 +190,11 @@ def test_dashboard_in_headless_chromium(env):
             server.wait(15)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait(5)
+    import socket
+    assert server.poll() is not None
+    with socket.socket() as s:                       # the server is really gone: nothing listens any more
+        assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_launch_progress_and_cancel_a_background_job(env, tmp_path):
