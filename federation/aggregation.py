@@ -69,3 +69,13 @@ def participant_rows(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor, 
     """
     shape = (-1, *([1] * (old.dim() - 1)))
     return old + server_lr * (sums - wsum.view(shape) * old) / total_weight
+
+
+def personalfr_rows(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor, total_weight: float,
+                    row_average: str = "holders", server_lr: float = 1.0) -> torch.Tensor:
+    """The personalfr row rule: ``holders`` (finalize_rows) or ``participants`` (participant_rows)."""
+    if row_average == "participants":
+        return participant_rows(old, sums, wsum, total_weight, server_lr)
+    if row_average == "holders":
+        return finalize_rows(old, sums, wsum)
+    raise ValueError(f"unknown row_average {row_average!r} (holders or participants)")

@@ -215,6 +215,11 @@ _DATASETS = {"speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K,
              "retrieval": "seeded clustered synthetic vectors (index types); " + _ML100K + " (LaMP-3-like)"}
 
 
+def _num(v: float, digits: int):
+    """A rounded number, or "-" where the figure does not apply (NaN)."""
+    return round(v, digits) if np.isfinite(v) else "-"
+
+
 def bench_retrieval(data_dir: Path, quick: bool) -> str:
     from retrieval.bench import bench_index_types, bench_lamp
 
@@ -226,8 +231,7 @@ def bench_retrieval(data_dir: Path, quick: bool) -> str:
     table, info = bench_lamp(data_dir, pairs=500 if quick else 2000)
     md += _table("LaMP-3-like rating prediction from retrieved history and summaries (test pairs, "
                  f"embedder {info['embedder']})", ["context", "RMSE", "MAE", "context tokens", "tokens vs k=4"],
-                 [[r["method"], r["rmse"], r["mae"], round(r["context_tokens"], 1) if r["context_tokens"] == r["context_tokens"] else "-",
-                   round(r["vs_k4"], 2) if r["vs_k4"] == r["vs_k4"] else "-"] for r in table])
+                 [[r["method"], r["rmse"], r["mae"], _num(r["context_tokens"], 1), _num(r["vs_k4"], 2)] for r in table])
     md += (f"\nHistories index: {info['history_entries']:,} entries built in {info['histories_build_s']:.0f}s; "
            f"{info['summaries']} summaries generated and indexed in {info['summaries_build_s']:.0f}s.\n")
     return md

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from federation.aggregation import accumulate_rows, finalize_rows, participant_rows
+from federation.aggregation import accumulate_rows, personalfr_rows, weighted_average
 from recsys.models.autoencoder import AEShape
 
 KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS = "item_ids", "dec_out", "dec_ob"
@@ -117,13 +117,11 @@ def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np
     w = torch.tensor([float(msgs[i][KEY_WEIGHT]) for i in ok], dtype=dt)
     W = float(w.sum())
     for k in (KEY_DENSE_W, KEY_DENSE_B):
-        new[k] = sum(wi * torch.as_tensor(msgs[i][k], dtype=dt) for wi, i in zip(w, ok)) / W
+        new[k] = weighted_average(torch.stack([torch.as_tensor(msgs[i][k], dtype=dt) for i in ok]), w)
     ids = torch.cat([torch.as_tensor(msgs[i][KEY_ITEM_IDS]) for i in ok])
     wrow = torch.cat([w[j].repeat(len(msgs[i][KEY_ITEM_IDS])) for j, i in enumerate(ok)])
     for k in (KEY_ROWS, KEY_ROW_BIAS):
         rows = torch.cat([torch.as_tensor(msgs[i][k], dtype=dt) for i in ok])
         sums, wsum = accumulate_rows(shape.n_items, ids, rows, wrow)
-        old = global_p[k]
-        new[k] = (participant_rows(old, sums, wsum, W, server_lr) if row_average == "participants"
-                  else finalize_rows(old, sums, wsum))
+        new[k] = personalfr_rows(global_p[k], sums, wsum, W, row_average, server_lr)
     return new, RoundResult(len(ok), rejected)

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, finalize_rows, participant_rows
+from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, personalfr_rows
 from federation.client import reference_client_update
 from federation.cohort import train_cohort
 from federation.comm import client_bytes, fedavg_bytes
@@ -210,10 +210,8 @@ class Federation:
             if self.strategy.name == "fedavg":
                 # Full-model FedAvg: a client that did not touch a row returns it decayed.
                 self.global_p[k] = fedavg_rows_with_decay(old, sums, wsum, W, decay)
-            elif self.cfg.row_average == "participants":
-                self.global_p[k] = participant_rows(old, sums, wsum, W, self.cfg.server_lr)
             else:
-                self.global_p[k] = finalize_rows(old, sums, wsum)
+                self.global_p[k] = personalfr_rows(old, sums, wsum, W, self.cfg.row_average, self.cfg.server_lr)
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()

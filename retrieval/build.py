@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.embedders import encode_unique
+from recsys.errors import FedrecError
 from retrieval.index import IndexError_, VectorIndex, exact_topk, read_manifest, recall_at_k
 from retrieval.summaries import SummaryStore, TemplateGenerator, histories, refresh
 
@@ -161,13 +162,39 @@ def summaries_index(run, embedder, opts: BuildOptions, out: Path, generator=None
         store = SummaryStore()
     hist = histories(run.train, run.split.matrix(run.data, "train", "timestamps"), run.data.user_ids)
     generator = generator or TemplateGenerator(run.data.items)
+    before = store
     store, n_new = refresh(store, hist, generator, progress=opts.progress)
     store.meta.update({"dataset_checksum": run.data.checksum(), "run": run.dir.name})
     users = np.array([run.data.user_index(u) for u in store.entries])
-    vecs = embedder.encode([s.text for s in store.entries.values()], progress=opts.progress)
+    vecs = _summary_vectors(out, embedder, store, before, users, opts.progress)
     ix = build_index(vecs, users, opts, meta={"kind": "summaries", "embedder": embedder.id, **run_identity(run),
                                               "generator": generator.name, "regenerated": n_new})
     return ix, store, n_new
+
+
+def _summary_vectors(out: Path, embedder, store: SummaryStore, before: SummaryStore, users: np.ndarray,
+                     progress: bool) -> np.ndarray:
+    """Embeddings of every summary: unchanged summaries reuse their stored vectors when the old index
+    was built with the same embedder and stores vectors exactly; only new or changed ones are embedded."""
+    unchanged = np.array([before.entries.get(u) == s for u, s in store.entries.items()], bool)
+    vecs = np.zeros((len(users), embedder.dim), np.float32)
+    todo = ~unchanged
+    if unchanged.any():
+        try:
+            old = VectorIndex.load(out, {"kind": "summaries", "embedder": embedder.id})
+            exact = not any(t in old.factory for t in ("PQ", "SQ", "LSH"))
+            have = unchanged & old.contains(users) if exact else np.zeros_like(unchanged)
+            if have.any():
+                vecs[have] = old.reconstruct(users[have])
+            todo = ~have
+        except FedrecError as e:
+            log.info("not reusing old summary vectors (%s)", e)
+            todo = np.ones_like(unchanged)
+    texts = [s.text for s in store.entries.values()]
+    if todo.any():
+        vecs[todo] = embedder.encode([t for t, d in zip(texts, todo) if d], progress=progress)
+    log.info("summaries: embedded %d, reused %d stored vectors", int(todo.sum()), int((~todo).sum()))
+    return vecs
 
 
 def load_index(path: str | Path, kind: str | None = None, run=None, embedder_id: str | None = None) -> VectorIndex:

@@ -130,9 +130,9 @@ def query(path: Path, run_dir: Optional[Path] = typer.Option(None, "--run", help
         if user is None:
             _fail("an items index is queried with --user")
         u = data.user_index(user)
-        seen = run.train[u].indices
+        seen = set(run.train[u].indices.tolist())
         res = ix.search(run.model().user_vectors(np.array([u])), k + len(seen), **kw)
-        rows = [(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0]) if i >= 0 and i not in set(seen)][:k]
+        rows = [(int(i), float(s)) for i, s in zip(res.ids[0], res.scores[0]) if i >= 0 and i not in seen][:k]
     elif kind in ("content", "summaries"):
         if text is not None:
             q = emb.encode([text])

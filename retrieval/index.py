@@ -277,7 +277,6 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int
     for s in range(0, len(vectors), batch):
         block = np.ascontiguousarray(vectors[s:s + batch], np.float32)
         D, I = faiss.knn(q, block, min(k, len(block)), metric=METRICS[metric])
-        D = D if metric == "l2" else D
         cand_s = np.concatenate([best_s, D], 1)
         cand_i = np.concatenate([best_i, np.asarray(ids)[s:s + batch][I]], 1)
         order = np.argsort(-cand_s if metric == "ip" else cand_s, axis=1, kind="stable")[:, :k]

@@ -67,13 +67,11 @@ def evaluate(retriever: Retriever, split, data, n_pairs: int = 2000, seed: int =
         summ = [c.summary for c in ctx16]
         sets[part] = (rows, ctx16, summ)
 
-    def mean_rating(part):
-        return float(split.matrix(data, "train").data.mean())
+    glob = float(split.matrix(data, "train").data.mean())         # fallback when a user has no summary
 
     def preds(part, alpha=None):
         rows, ctx16, summ = sets[part]
         out = {}
-        glob = mean_rating(part)
         s_est = np.array([summary_estimate(s.facts, cats[i]) if s else glob for s, i in zip(summ, rows.items)])
         for k in (1, 4, 16):
             r = [weighted_rating(c.entries[:k]) for c in ctx16]

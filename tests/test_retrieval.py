@@ -261,11 +261,11 @@ def test_index_cli_build_query_and_refusals(tmp_path, trained_run):
     assert r.returncode == 0 and "80 (re)generated" in r.stderr
     r = run("index", "build", "summaries", str(trained_run), "--out", str(summ), "--quiet")
     assert r.returncode == 0 and "0 (re)generated, 80 unchanged" in r.stderr
+    assert "embedded 0, reused 80 stored vectors" in r.stderr            # unchanged summaries are not re-embedded
     # refusals: wrong kind of source, a chat endpoint that is down (old summaries untouched), corruption
     before = (summ / "summaries.jsonl").read_bytes()
     tmpl = tmp_path / "prompt.txt"
     tmpl.write_text("Summarize {facts}")
-    (summ / "summaries.jsonl").read_bytes()
     err = _one_error_line(run("index", "build", "summaries", str(trained_run), "--out", str(summ), "--quiet",
                               "--generator", "chat", "--chat-url", "http://127.0.0.1:9/v1", "--chat-model", "m",
                               "--prompt", str(tmpl), "--retries", "0", "--timeout", "1"))
