@@ -51,6 +51,17 @@ class FederationCfg(_Strict):
     server_lr: float = Field(1.0, gt=0)
 
 
+class PrivacyCfg(_Strict):
+    """User-level differential privacy of the shared decoder (see federation/privacy.py). Off by default.
+    Give either noise_multiplier or target_epsilon (the noise is then solved for the configured rounds)."""
+    dp: bool = False
+    clip: float = Field(1.0, gt=0)                     # L2 bound on one client's decoder update per round
+    noise_multiplier: float | None = Field(None, gt=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    delta: float = Field(1e-4, gt=0, lt=1)             # use < 1/number of users
+    outlier_factor: float | None = Field(10.0, gt=1)   # reject updates > factor x the round's median norm
+
+
 class OptimizerCfg(_Strict):
     name: Literal["sgd"] = "sgd"
     lr: float = Field(0.1, gt=0)
@@ -90,6 +101,7 @@ class JobConfig(_Strict):
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
     eval: EvalCfg = Field(default_factory=EvalCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
+    privacy: PrivacyCfg = Field(default_factory=PrivacyCfg)
     output: OutputCfg = Field(default_factory=OutputCfg)
 
 

@@ -26,7 +26,8 @@ from federation.config import JobConfig, load_config, parse_config
 from federation.local_sgd import SGDConfig
 from federation.simulation import FederatedAutoencoder, Federation, FedSettings
 from recsys.data import InteractionData
-from recsys.errors import FedrecError, ManifestError
+from federation.privacy import DPSettings, noise_for_epsilon
+from recsys.errors import ConfigError, FedrecError, ManifestError
 from recsys.evaluation import evaluate_model
 from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
 from recsys.loaders import load_dataset
@@ -62,7 +63,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def build_federation(cfg: JobConfig, data: InteractionData, split: Split) -> Federation:
+def dp_settings(cfg: JobConfig) -> DPSettings | None:
+    """The run's DP settings, with the noise solved from target_epsilon when that is what was given."""
+    p = cfg.privacy
+    if not p.dp:
+        return None
+    if cfg.federation.strategy != "personalfr":
+        raise ConfigError("privacy.dp: differential privacy is implemented for the personalfr strategy")
+    if (p.noise_multiplier is None) == (p.target_epsilon is None):
+        raise ConfigError("privacy: give exactly one of noise_multiplier and target_epsilon")
+    sigma = p.noise_multiplier or noise_for_epsilon(p.target_epsilon, cfg.federation.fraction,
+                                                    cfg.federation.rounds, p.delta)
+    return DPSettings(sigma, p.clip, p.delta)
+
+
+def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
+                     train: sp.csr_matrix | None = None) -> Federation:
+    """The in-process federation of a job. ``train``: a different training matrix (a SuperNode passes
+    its own users' rows only)."""
     shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
                     cfg.model.input_norm)
     o = cfg.optimizer
@@ -71,8 +89,9 @@ def build_federation(cfg: JobConfig, data: InteractionData, split: Split) -> Fed
         local_epochs=cfg.federation.local_epochs, weighting=cfg.federation.weighting,
         row_average=cfg.federation.row_average, server_lr=cfg.federation.server_lr, schedule=o.schedule,
         min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm), seed=cfg.seed,
-        max_cohort_clients=cfg.engine.max_cohort_clients, max_cohort_entries=cfg.engine.max_cohort_entries)
-    return Federation(shape, settings, split.matrix(data, "train"), resolve_device(cfg.engine.device),
+        max_cohort_clients=cfg.engine.max_cohort_clients, max_cohort_entries=cfg.engine.max_cohort_entries,
+        dp=dp_settings(cfg))
+    return Federation(shape, settings, split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
                       _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype])
 
 

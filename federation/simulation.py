@@ -20,6 +20,7 @@ from federation.client import reference_client_update
 from federation.cohort import train_cohort
 from federation.comm import client_bytes, fedavg_bytes
 from federation.local_sgd import SGDConfig, decay_factor
+from federation.privacy import DPSettings, dp_aggregate, epsilon
 from federation.state import ClientStore, Cohort, make_cohorts
 from federation.strategies import get_strategy
 from recsys.errors import FedrecError
@@ -45,6 +46,7 @@ class FedSettings:
     seed: int = 0
     max_cohort_clients: int = 1024
     max_cohort_entries: int = 262_144   # padded (client, entry) pairs per cohort: bounds memory
+    dp: DPSettings | None = None        # user-level DP of the decoder (federation.privacy)
 
 
 @dataclass
@@ -58,9 +60,31 @@ class RoundStats:
     fedavg_bytes: int
     seconds: float
     updates_per_s: float
+    epsilon: float | None = None        # DP runs: epsilon spent so far (at dp.delta)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def lr_at(cfg: FedSettings, rnd: int) -> float:
+    """Learning rate of round ``rnd`` (0-based) under the configured schedule."""
+    lr0 = cfg.sgd.lr
+    if cfg.schedule == "constant":
+        return lr0
+    t = rnd / max(1, cfg.rounds)
+    return cfg.min_lr + (lr0 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def sample_clients(seed: int, rnd: int, candidates: np.ndarray, fraction: float) -> np.ndarray:
+    """The clients of round ``rnd``: round(fraction * C) of the sorted candidate ids, drawn without
+    replacement by ``default_rng([seed, rnd])``, sorted. The in-process engine and the Flower server
+    both call this, so the same seed and candidates give the same clients."""
+    cand = np.sort(np.asarray(candidates, dtype=np.int64))
+    if len(cand) == 0:
+        return cand
+    rng = np.random.default_rng([seed, rnd])
+    m = max(1, int(round(fraction * len(cand))))
+    return np.sort(rng.choice(cand, size=min(m, len(cand)), replace=False))
 
 
 class Federation:
@@ -86,17 +110,11 @@ class Federation:
 
     # -- schedule and sampling ---------------------------------------------------------------
     def lr_at(self, rnd: int) -> float:
-        lr0 = self.cfg.sgd.lr
-        if self.cfg.schedule == "constant":
-            return lr0
-        t = rnd / max(1, self.cfg.rounds)
-        return self.cfg.min_lr + (lr0 - self.cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        return lr_at(self.cfg, rnd)
 
     def sample(self, rnd: int) -> np.ndarray:
         """Clients of round ``rnd`` (0-based): a seeded draw without replacement, sorted."""
-        rng = np.random.default_rng([self.cfg.seed, rnd])
-        m = max(1, int(round(self.cfg.fraction * len(self.active_users))))
-        return np.sort(rng.choice(self.active_users, size=min(m, len(self.active_users)), replace=False))
+        return sample_clients(self.cfg.seed, rnd, self.active_users, self.cfg.fraction)
 
     def cohorts(self, users: np.ndarray) -> list[Cohort]:
         return make_cohorts(users, self.train, self.cfg.max_cohort_clients,
@@ -115,7 +133,16 @@ class Federation:
         lr = self.lr_at(rnd)
         agg = _Aggregate()
         losses = []
-        if engine == "vectorized":
+        if self.cfg.dp is not None:
+            # DP needs each client's update on its own (to clip it): the message path, vectorized.
+            if self.strategy.name != "personalfr":
+                raise FedrecError("differential privacy is implemented for the personalfr strategy")
+            msgs, lossd = self.client_messages(users, lr)
+            expected = self.cfg.fraction * len(self.active_users)
+            self.global_p.update(dp_aggregate(self.global_p, [msgs[int(u)] for u in users], self.cfg.dp,
+                                              expected, self.cfg.server_lr, rnd))
+            losses.append(torch.tensor([lossd[int(u)] for u in users], dtype=self.dtype))
+        elif engine == "vectorized":
             for c in self.cohorts(users):
                 res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
                                    self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype)
@@ -132,7 +159,7 @@ class Federation:
         loss = float(torch.cat(losses).mean())
         if not math.isfinite(loss):
             raise FedrecError(f"round {rnd + 1}: training diverged (non-finite loss); lower optimizer.lr")
-        if self.strategy.federated:
+        if self.strategy.federated and self.cfg.dp is None:
             self._apply(agg, lr)
         self.round += 1
         up = down = 0
@@ -140,8 +167,10 @@ class Federation:
             u_, d_ = client_bytes(self.strategy.name, self.shape, int(n))
             up, down = up + u_, down + d_
         dt = time.perf_counter() - t0
+        eps = (epsilon(self.cfg.dp.noise_multiplier, self.cfg.fraction, self.round, self.cfg.dp.delta)
+               if self.cfg.dp is not None else None)
         return RoundStats(rnd + 1, lr, len(users), loss, up, down, fedavg_bytes(self.shape) * len(users), dt,
-                          len(users) / dt if dt > 0 else float("inf"))
+                          len(users) / dt if dt > 0 else float("inf"), eps)
 
     def client_message(self, user: int) -> dict[str, np.ndarray]:
         """One personalfr client's turn in the current round, as a deployed client would take it:
@@ -159,6 +188,36 @@ class Federation:
         trained = {"dec_out": v["dec_out"], "dec_ob": v["dec_ob"], "dec_W1": v["dec_W1"][0], "dec_b1": v["dec_b1"][0]}
         w = float(self.weights(c.users)[0])
         return encode_update(c.items.cpu().numpy(), trained, w)
+
+    def client_messages(self, users: np.ndarray, lr: float | None = None
+                        ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, float]]:
+        """Many personalfr clients' turns at once (the vectorized engine; same math as
+        ``client_message``, see tests/test_engine_equivalence.py): personal state written back to
+        each client. Returns one message per user and each user's mean local loss (which stays on the
+        node unless the node reports an aggregate). Used by a SuperNode hosting a group of users."""
+        from federation.messages import encode_update
+
+        if self.strategy.name != "personalfr":
+            raise FedrecError("client messages are defined for the personalfr strategy")
+        lr = self.lr_at(self.round) if lr is None else lr
+        out: dict[int, dict[str, np.ndarray]] = {}
+        losses: dict[int, float] = {}
+        for c in self.cohorts(np.asarray(users, dtype=np.int64)):
+            res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
+                               self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype)
+            for k in self.strategy.personal:
+                self.store.scatter(k, c, res.value(k))
+            rows, rb = res.value("dec_out"), res.value("dec_ob")                       # (T, H1), (T,)
+            W1, b1 = res.value("dec_W1"), res.value("dec_b1")                          # (B, H1, H2), (B, H1)
+            w = self.weights(c.users)
+            ends = np.cumsum(np.bincount(c.seg.cpu().numpy(), minlength=c.size))  # seg is contiguous per client
+            items = c.items.cpu().numpy()
+            for j, u in enumerate(c.users.cpu().numpy()):
+                a, b = (ends[j - 1] if j else 0), ends[j]
+                out[int(u)] = encode_update(items[a:b], {"dec_out": rows[a:b], "dec_ob": rb[a:b],
+                                                         "dec_W1": W1[j], "dec_b1": b1[j]}, float(w[j]))
+                losses[int(u)] = float(res.loss[j])
+        return out, losses
 
     def _reference_update(self, c: Cohort, lr: float, rnd: int) -> "MaterializedResult":
         u = int(c.users[0])

@@ -1,0 +1,215 @@
+"""One device (a Flower SuperNode): the users it hosts, their personal state, their turn in a round.
+
+Transport-free: the Flower ClientApp (federation/flower_app.py) turns messages into these calls, tests
+call them directly. What a node sends is built here and nowhere else:
+  hello     -> HELLO_KEYS: its users' ids, the catalogue size and fingerprint (no data)
+  train     -> one federation.messages update per sampled user + node totals (users, loss sum)
+  evaluate  -> sums over its users (squared error and count, or NDCG sum and user count)
+Encoders and optimizer state never leave: they live in ``state_dir`` (safetensors, written atomically).
+
+Exactly-once rounds: the state file records the last round the node trained and keeps the state from
+before it (``state.prev.safetensors``). Asked to train a round it already trained (the server restarted
+before aggregating it), the node rewinds to the state before that round and trains it again, so a
+restarted server never applies a client's local steps twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+
+from federation.config import JobConfig
+from federation.messages import RejectedUpdate
+from federation.privacy import clip_update
+from recsys.io import atomic_path
+from recsys.metrics import ranking_metrics, topk_from_scores
+
+log = logging.getLogger(__name__)
+
+DECODER_KEYS = ("dec_W1", "dec_b1", "dec_out", "dec_ob")
+STATE_FILE, PREV_FILE = "state.safetensors", "state.prev.safetensors"
+HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG = "users", "n_items", "catalogue", "config"
+HELLO_KEYS = (HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG)
+TOTAL_USERS, TOTAL_LOSS = "num-users", "loss-sum"
+EVAL_SUM, EVAL_COUNT = "sum", "count"
+
+
+def partition_users(n_users: int, partition_id: int, num_partitions: int) -> np.ndarray:
+    """Users of one partition: contiguous blocks of the user index (np.array_split)."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
+    return np.array_split(np.arange(n_users), num_partitions)[partition_id]
+
+
+def catalogue_checksum(item_ids: np.ndarray) -> str:
+    """Fingerprint of the item catalogue (ids in index order): every node must index items alike."""
+    return hashlib.sha256("\x1f".join(map(str, item_ids)).encode()).hexdigest()[:16]
+
+
+def config_fingerprint(cfg: JobConfig) -> str:
+    """What server and nodes must agree on: model, federation, optimizer, privacy, split and seed."""
+    keep = cfg.model_dump(mode="json", include={"seed", "split", "model", "federation", "optimizer", "privacy"})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainReply:
+    updates: dict[int, dict[str, np.ndarray]]   # user -> federation.messages update
+    num_users: int
+    loss_sum: float
+
+
+class ClientNode:
+    """Users ``users`` of a dataset, trained with the job config ``cfg``; state under ``state_dir``."""
+
+    def __init__(self, cfg: JobConfig, users: np.ndarray, state_dir: str | Path, data=None, split=None):
+        from federation.jobs import build_federation, prepare_data
+
+        self.cfg = cfg
+        if data is None:
+            data, split = prepare_data(cfg)
+        self.data, self.split = data, split
+        self.users = np.asarray(users, dtype=np.int64)
+        full = split.matrix(data, "train")
+        keep = np.zeros(full.shape[0], bool)
+        keep[self.users] = True
+        n = np.where(keep, np.diff(full.indptr), 0)
+        entries = np.repeat(keep, np.diff(full.indptr))
+        # The node's rows only (others empty); user and item indices stay global.
+        own = sp.csr_matrix((full.data[entries], full.indices[entries], np.r_[0, np.cumsum(n)]), shape=full.shape)
+        self.fed = build_federation(cfg, data, split, train=own)
+        self.active = np.intersect1d(self.users, self.fed.active_users)
+        self.state_dir = Path(state_dir)
+        self.fingerprint = config_fingerprint(cfg) + ":" + hashlib.sha256(self.users.tobytes()).hexdigest()[:16]
+        self.trained_round = -1                 # last round (0-based) whose local steps are in the state
+        self._load_state()
+
+    # -- hello -------------------------------------------------------------------------------
+    def hello(self) -> dict:
+        return {HELLO_USERS: self.active.copy(), HELLO_N_ITEMS: int(self.data.n_items),
+                HELLO_CATALOGUE: catalogue_checksum(self.data.item_ids), HELLO_CONFIG: config_fingerprint(self.cfg)}
+
+    # -- train -------------------------------------------------------------------------------
+    def train(self, rnd: int, lr: float, users: np.ndarray, decoder: dict[str, np.ndarray],
+              dp_clip: float | None = None) -> TrainReply:
+        """Train ``users`` (a subset of this node's users) for round ``rnd`` (0-based) from the
+        server's ``decoder``; persist their new personal state; return their messages."""
+        users = np.asarray(users, dtype=np.int64)
+        foreign = np.setdiff1d(users, self.active)
+        if len(foreign):
+            raise RejectedUpdate(f"asked to train {len(foreign)} user(s) this node does not host")
+        if rnd == self.trained_round and (self.state_dir / PREV_FILE).exists():
+            log.warning("round %d was already trained here (server restarted before aggregating it): "
+                        "rewinding to the state before it", rnd + 1)
+            self._load_file(self.state_dir / PREV_FILE)
+        elif rnd < self.trained_round:
+            log.warning("server asks for round %d but this node already trained round %d; training "
+                        "from the current state", rnd + 1, self.trained_round + 1)
+        self._set_decoder(decoder)
+        self.fed.round = rnd
+        if len(users) == 0:
+            return TrainReply({}, 0, 0.0)
+        msgs, losses = self.fed.client_messages(users, lr)
+        if dp_clip is not None:
+            msgs = {u: clip_update(m, self.fed.global_p, dp_clip)[0] for u, m in msgs.items()}
+        if rnd > self.trained_round and (self.state_dir / STATE_FILE).exists():
+            os.replace(self.state_dir / STATE_FILE, self.state_dir / PREV_FILE)
+        self.trained_round = max(rnd, self.trained_round)
+        self._save_state()
+        return TrainReply(msgs, len(users), float(sum(losses.values())))
+
+    # -- evaluate ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, decoder: dict[str, np.ndarray], part: str = "valid", k: int | None = None
+                 ) -> dict[str, float]:
+        """Sums over this node's users: explicit -> squared error and rating count; implicit ->
+        NDCG@k sum and the number of users with held-out items (train items excluded)."""
+        k = k or self.cfg.eval.k[0]
+        self._set_decoder(decoder)
+        truth = self.split.matrix(self.data, part)
+        rows = truth[self.users]
+        if self.cfg.model.mode == "explicit":
+            coo = rows.tocoo()
+            if coo.nnz == 0:
+                return {EVAL_SUM: 0.0, EVAL_COUNT: 0}
+            users = self.users[coo.row]
+            scores = self.fed.user_scores(np.unique(users)).float().cpu().numpy()
+            pos = np.searchsorted(np.unique(users), users)
+            r = self.data.ratings.data
+            pred = np.clip(scores[pos, coo.col], float(r.min()), float(r.max()))
+            return {EVAL_SUM: float(((pred - coo.data) ** 2).sum()), EVAL_COUNT: int(coo.nnz)}
+        have = self.users[np.diff(rows.indptr) > 0]
+        if len(have) == 0:
+            return {EVAL_SUM: 0.0, EVAL_COUNT: 0}
+        seen = self.split.matrix(self.data, "train")
+        if part == "test":
+            seen = (seen + self.split.matrix(self.data, "valid")).tocsr()
+        scores = self.fed.user_scores(have).float().cpu().numpy()
+        topk, _ = topk_from_scores(scores, k, seen, rows=have)
+        m = ranking_metrics(topk, sp.csr_matrix(truth), have, (k,))
+        return {EVAL_SUM: float(m[f"ndcg@{k}"] * len(have)), EVAL_COUNT: int(len(have))}
+
+    # -- state -------------------------------------------------------------------------------
+    def _set_decoder(self, decoder: dict[str, np.ndarray]) -> None:
+        for k in DECODER_KEYS:
+            want = tuple(self.fed.global_p[k].shape)
+            if tuple(np.shape(decoder[k])) != want:
+                raise RejectedUpdate(f"server decoder {k}: shape {np.shape(decoder[k])}, expected {want}")
+            self.fed.global_p[k] = torch.as_tensor(np.asarray(decoder[k]), dtype=self.fed.dtype).to(self.fed.device)
+
+    def _save_state(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.fed.store.tensors.items()}
+        with atomic_path(self.state_dir / STATE_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"round": str(self.trained_round), "fingerprint": self.fingerprint})
+
+    def _load_state(self) -> None:
+        p = self.state_dir / STATE_FILE
+        if not p.exists():
+            log.info("no saved state in %s: %d users start from the initial encoder", self.state_dir,
+                     len(self.users))
+            return
+        self._load_file(p)
+
+    def _load_file(self, p: Path) -> None:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), "pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(p))
+            if meta.get("fingerprint") != self.fingerprint:
+                raise ValueError("it belongs to another config, dataset or partition")
+            for k, v in self.fed.store.tensors.items():
+                if tuple(tensors[k].shape) != tuple(v.shape):
+                    raise ValueError(f"{k} has shape {tuple(tensors[k].shape)}")
+        except Exception as e:  # noqa: BLE001 - any unreadable state means the same thing: start over
+            log.warning("client state %s unusable (%s): re-initialized the encoders of %d users; "
+                        "nothing else is lost", p, str(e).splitlines()[0][:120] or type(e).__name__,
+                        len(self.users))
+            self._reinit()
+            return
+        for k in self.fed.store.tensors:
+            self.fed.store.tensors[k] = tensors[k].to(self.fed.device, self.fed.store.dtype)
+        self.trained_round = int(meta.get("round", -1))
+        log.info("restored the state of %d users after round %d from %s", len(self.users),
+                 self.trained_round + 1, p)
+
+    def _reinit(self) -> None:
+        from federation.state import ClientStore
+        from recsys.models.autoencoder import init_params
+
+        f = self.fed
+        init = init_params(f.shape, f.cfg.seed, f.dtype)
+        f.store = ClientStore(f.train, init, f.strategy.personal, f.store.dtype, f.device)
+        self.trained_round = -1
+        for name in (STATE_FILE, PREV_FILE):
+            (self.state_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,310 @@
+"""The federated server's round loop for a real deployment, over any transport.
+
+Transport-free: ``Transport`` is what the loop needs from the network (federation/flower_app.py
+implements it on Flower's Grid; tests implement it in process). The math is the in-process engine's:
+clients are drawn by ``simulation.sample_clients``, trained by ``Federation.client_messages`` on their
+node, and aggregated by ``messages.aggregate_updates`` (or ``privacy.dp_aggregate``), so for the same
+seed and sampling the decoder equals the in-process engine's.
+
+Failures: a node that does not answer in time, answers with an error, or sends a malformed or
+outlying update loses that round's contribution (logged); the round counts when at least
+``min_fraction`` of the sampled clients' updates were accepted, otherwise it is retried with a fresh
+view of the connected nodes. Every completed round is checkpointed atomically (decoder + round) before
+the next starts; a restarted server resumes after the last completed round.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from federation.config import JobConfig
+from federation.jobs import RUN_FORMAT, _trim_metrics, dp_settings
+from federation.messages import RejectedUpdate, aggregate_updates
+from federation.node import (DECODER_KEYS, EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_N_ITEMS,
+                             HELLO_USERS, TrainReply, config_fingerprint)
+from federation.privacy import dp_aggregate, epsilon
+from federation.simulation import FedSettings, lr_at, sample_clients
+from federation.local_sgd import SGDConfig
+from recsys.errors import FedrecError, ManifestError
+from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
+from recsys.models.autoencoder import AEShape, init_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRequest:
+    round: int                        # 0-based
+    lr: float
+    users: np.ndarray                 # (B,) the node's sampled users
+    decoder: dict[str, np.ndarray]    # DECODER_KEYS
+    dp_clip: float | None
+
+
+class Transport(Protocol):
+    """What the round loop needs from the network. Replies map node id -> reply or the exception that
+    stands for its failure (timeout, error reply, undecodable message)."""
+
+    def node_ids(self) -> list[int]: ...
+
+    def hello(self, nodes: list[int]) -> dict[int, dict | Exception]: ...
+
+    def train(self, requests: dict[int, TrainRequest]) -> dict[int, TrainReply | Exception]: ...
+
+    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str
+                 ) -> dict[int, dict | Exception]: ...
+
+
+def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(v).nbytes for v in arrays.values()))
+
+
+class FederatedServer:
+    def __init__(self, cfg: JobConfig, run_dir: str | Path, transport: Transport, min_nodes: int = 1,
+                 wait_s: float = 120.0, min_fraction: float = 0.5, max_retries: int = 3):
+        self.cfg, self.run_dir, self.t = cfg, Path(run_dir), transport
+        self.min_nodes, self.wait_s = min_nodes, wait_s
+        self.min_fraction, self.max_retries = min_fraction, max_retries
+        self.dp = dp_settings(cfg)
+        f, o = cfg.federation, cfg.optimizer
+        self.settings = FedSettings(strategy=f.strategy, rounds=f.rounds, fraction=f.fraction, schedule=o.schedule,
+                                    min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay,
+                                                                   o.clip_norm), seed=cfg.seed)
+        self.owner: dict[int, int] = {}          # user -> node id currently hosting it
+        self.known: set[int] = set()             # nodes that said hello and were accepted
+        self.catalogue: tuple[int, str] | None = None
+        self.shape: AEShape | None = None
+        self.global_p: dict[str, torch.Tensor] = {}
+        self.round = 0
+
+    # -- membership --------------------------------------------------------------------------
+    def _refresh_nodes(self) -> list[int]:
+        alive = set(self.t.node_ids())
+        gone = self.known - alive
+        if gone:
+            log.warning("%d node(s) disconnected: %s", len(gone), sorted(gone))
+            self.known -= gone
+            self.owner = {u: n for u, n in self.owner.items() if n in alive}
+        new = sorted(alive - self.known)
+        if new:
+            for node, rep in self.t.hello(new).items():
+                if isinstance(rep, Exception):
+                    log.warning("node %s did not answer hello: %s", node, rep)
+                    continue
+                why = self._check_hello(rep)
+                if why:
+                    log.warning("node %s refused: %s", node, why)
+                    continue
+                self.known.add(node)
+                for u in np.asarray(rep[HELLO_USERS]).tolist():
+                    self.owner[int(u)] = node
+                log.info("node %s joined with %d users", node, len(rep[HELLO_USERS]))
+        return sorted(self.known)
+
+    def _check_hello(self, rep: dict) -> str | None:
+        if rep[HELLO_CONFIG] != config_fingerprint(self.cfg):
+            return "it runs with a different job config (model/federation/optimizer/split/seed)"
+        cat = (int(rep[HELLO_N_ITEMS]), str(rep[HELLO_CATALOGUE]))
+        if self.catalogue is None:
+            self.catalogue = cat
+        elif cat != self.catalogue:
+            return f"its item catalogue {cat} differs from the federation's {self.catalogue}"
+        return None
+
+    def _wait_for_nodes(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            nodes = self._refresh_nodes()
+            if len(nodes) >= self.min_nodes:
+                return
+            if time.monotonic() - t0 > self.wait_s:
+                raise FedrecError(f"only {len(nodes)} usable node(s) after {self.wait_s:.0f} s "
+                                  f"(need {self.min_nodes}); are the SuperNodes started and pointed at this SuperLink?")
+            time.sleep(1.0)
+
+    # -- state -------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        n_items = self.catalogue[0]
+        m = self.cfg.model
+        self.shape = AEShape(n_items, m.hidden[0], m.hidden[1], m.dropout, m.mode, m.input_norm)
+        init = init_params(self.shape, self.cfg.seed, torch.float32)
+        self.global_p = {k: init[k] for k in DECODER_KEYS}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        man_p = self.run_dir / "manifest.json"
+        fp = config_fingerprint(self.cfg)
+        if man_p.exists():
+            man = json.loads(man_p.read_text())
+            if man.get("deployment") != "flower" or man.get("config_fingerprint") != fp:
+                raise ManifestError(f"{self.run_dir}: holds another run (different config or not a Flower run); "
+                                    "use a new run-dir")
+            if man.get("catalogue") != list(self.catalogue):
+                raise ManifestError(f"{self.run_dir}: was trained on another item catalogue")
+            self._load_checkpoint()
+        else:
+            write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+            write_json(man_p, {"format": RUN_FORMAT, "name": self.cfg.name, "status": "running", "deployment": "flower",
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_fingerprint": fp,
+                               "catalogue": list(self.catalogue), "versions": library_versions()})
+
+    def _save_checkpoint(self) -> None:
+        with atomic_path(self.run_dir / "checkpoint.safetensors") as tmp:
+            save_file({f"global.{k}": v.contiguous() for k, v in self.global_p.items()}, str(tmp),
+                      metadata={"round": str(self.round)})
+        write_json(self.run_dir / "checkpoint.json",
+                   {"round": self.round, "sha256": sha256_file(self.run_dir / "checkpoint.safetensors")})
+
+    def _load_checkpoint(self) -> None:
+        meta_p, ck = self.run_dir / "checkpoint.json", self.run_dir / "checkpoint.safetensors"
+        if not meta_p.exists() or not ck.exists():
+            return
+        meta = json.loads(meta_p.read_text())
+        if sha256_file(ck) != meta.get("sha256"):
+            raise ManifestError(f"{ck}: checksum does not match checkpoint.json (corrupt or partly written)")
+        t = load_file(str(ck))
+        for k in DECODER_KEYS:
+            if tuple(t[f"global.{k}"].shape) != tuple(self.global_p[k].shape):
+                raise ManifestError(f"{ck}: {k} shape does not match this config and catalogue")
+            self.global_p[k] = t[f"global.{k}"]
+        self.round = int(meta["round"])
+        log.info("resuming %s after round %d", self.run_dir, self.round)
+
+    def decoder_arrays(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.global_p.items()}
+
+    # -- rounds ------------------------------------------------------------------------------
+    def run(self, progress: bool = False) -> dict:
+        from tqdm.auto import tqdm
+
+        self._wait_for_nodes()
+        self._init_state()
+        R = self.cfg.federation.rounds
+        metrics_path = self.run_dir / "metrics.jsonl"
+        _trim_metrics(metrics_path, self.round)
+        cum_up = cum_down = 0
+        if metrics_path.exists():
+            for line in metrics_path.read_text().splitlines():
+                rec = json.loads(line)
+                cum_up, cum_down = rec.get("cum_bytes_up", 0), rec.get("cum_bytes_down", 0)
+        bar = tqdm(total=R, initial=self.round, desc=f"{self.cfg.name} (flower)", unit="round", disable=not progress)
+        with open(metrics_path, "a", encoding="utf-8") as mf:
+            while self.round < R:
+                rec = self._one_round()
+                cum_up += rec["bytes_up"]
+                cum_down += rec["bytes_down"]
+                rec.update(cum_bytes_up=cum_up, cum_bytes_down=cum_down)
+                every = self.cfg.eval.every
+                if (every and self.round % every == 0) or self.round == R:
+                    rec.update({f"{self.cfg.eval.split}_{k}": v for k, v in self.evaluate(self.cfg.eval.split).items()})
+                self._save_checkpoint()            # the round is done once this file is renamed in place
+                mf.write(json.dumps(rec) + "\n")
+                mf.flush()
+                bar.update(1)
+        bar.close()
+        summary = {part: self.evaluate(part) for part in ("valid", "test")}
+        summary.update(rounds=self.round, bytes_up_total=cum_up, bytes_down_total=cum_down)
+        if self.dp is not None:
+            summary["epsilon"] = epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round,
+                                         self.dp.delta)
+            summary["delta"] = self.dp.delta
+        write_json(self.run_dir / "summary.json", summary)
+        man = json.loads((self.run_dir / "manifest.json").read_text())
+        man["status"] = "completed"
+        write_json(self.run_dir / "manifest.json", man)
+        return summary
+
+    def _one_round(self) -> dict:
+        rnd = self.round
+        for attempt in range(self.max_retries + 1):
+            t0 = time.perf_counter()
+            self._refresh_nodes()
+            candidates = np.array(sorted(self.owner), dtype=np.int64)
+            if len(candidates) == 0:
+                raise FedrecError("no clients left: every node disconnected")
+            users = sample_clients(self.cfg.seed, rnd, candidates, self.cfg.federation.fraction)
+            lr = lr_at(self.settings, rnd)
+            dec = self.decoder_arrays()
+            by_node: dict[int, list[int]] = {}
+            for u in users.tolist():
+                by_node.setdefault(self.owner[u], []).append(u)
+            reqs = {n: TrainRequest(rnd, lr, np.array(us, np.int64), dec, self.dp.clip if self.dp else None)
+                    for n, us in by_node.items()}
+            replies = self.t.train(reqs)
+            msgs, loss_sum, n_loss, failed, up = [], 0.0, 0, [], 0
+            for node, rep in replies.items():
+                if isinstance(rep, Exception):
+                    failed.append(node)
+                    log.warning("round %d: node %s failed: %s", rnd + 1, node, rep)
+                    continue
+                asked = set(by_node[node])
+                for u, m in rep.updates.items():
+                    up += payload_bytes(m)
+                    if u in asked:
+                        msgs.append(m)
+                    else:
+                        log.warning("round %d: node %s sent an update for user %s it was not asked for; "
+                                    "ignored", rnd + 1, node, u)
+                loss_sum, n_loss = loss_sum + rep.loss_sum, n_loss + rep.num_users
+            new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd)
+            for _, why in rejected:
+                log.warning("round %d: update rejected: %s", rnd + 1, why)
+            need = max(1, int(np.ceil(self.min_fraction * len(users))))
+            if accepted >= need:
+                self.global_p = {k: new[k].cpu().float() for k in DECODER_KEYS}
+                self.round += 1
+                down = len(reqs) * payload_bytes(dec) + sum(r.users.nbytes for r in reqs.values())
+                rec = {"round": self.round, "lr": lr, "sampled": int(len(users)), "participants": accepted,
+                       "rejected": len(rejected), "failed_nodes": len(failed), "nodes": len(reqs),
+                       "loss": loss_sum / max(1, n_loss), "bytes_up": up, "bytes_down": down,
+                       "seconds": time.perf_counter() - t0, "attempt": attempt + 1}
+                if self.dp is not None:
+                    rec["epsilon"] = epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round,
+                                             self.dp.delta)
+                log.info("round %d: %d/%d updates accepted, loss %.4f", self.round, accepted, len(users), rec["loss"])
+                return rec
+            log.warning("round %d: only %d of %d sampled clients' updates accepted (need %d); retrying "
+                        "(attempt %d of %d)", rnd + 1, accepted, len(users), need, attempt + 1, self.max_retries)
+        raise FedrecError(f"round {rnd + 1} failed {self.max_retries + 1} times: too few clients answered")
+
+    def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
+        p = self.cfg.privacy
+        if self.dp is None:
+            new, res = aggregate_updates(self.global_p, msgs, self.shape, self.cfg.federation.row_average,
+                                         self.cfg.federation.server_lr, p.outlier_factor)
+            return new, res.accepted, res.rejected
+        # DP: malformed messages are still rejected; norms are bounded by clipping, not by outlier tests.
+        ok, rejected = [], []
+        from federation.messages import validate_update
+
+        for i, m in enumerate(msgs):
+            try:
+                validate_update(m, self.shape)
+                ok.append(m)
+            except RejectedUpdate as e:
+                rejected.append((i, str(e)))
+        expected = self.cfg.federation.fraction * n_candidates
+        return dp_aggregate(self.global_p, ok, self.dp, expected, self.cfg.federation.server_lr, rnd), len(ok), rejected
+
+    def evaluate(self, part: str) -> dict[str, float]:
+        """Federated evaluation: every node scores its own users; only sums come back."""
+        nodes = self._refresh_nodes()
+        reps = self.t.evaluate(nodes, self.decoder_arrays(), part)
+        s = c = 0.0
+        answered = 0
+        for node, r in reps.items():
+            if isinstance(r, Exception):
+                log.warning("evaluation: node %s failed: %s", node, r)
+                continue
+            s, c, answered = s + float(r[EVAL_SUM]), c + float(r[EVAL_COUNT]), answered + 1
+        k = self.cfg.eval.k[0]
+        name = "rmse" if self.cfg.model.mode == "explicit" else f"ndcg@{k}"
+        val = (s / c) ** 0.5 if name == "rmse" and c else (s / c if c else float("nan"))
+        return {name: val, "n": int(c), "nodes": answered}
