@@ -71,6 +71,7 @@ def _job_config(run_config) -> "JobConfig":  # noqa: F821
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)       # one line per HTTP poll otherwise
 
 
 # -- client side ---------------------------------------------------------------------------

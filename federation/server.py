@@ -295,7 +295,8 @@ class FederatedServer:
 
     def evaluate(self, part: str) -> dict[str, float]:
         """Federated evaluation: every node scores its own users; only sums come back."""
-        nodes = self._refresh_nodes()
+        self._refresh_nodes()
+        nodes = sorted(set(self.owner.values()))       # a node whose users moved (it reconnected) is skipped
         reps = self.t.evaluate(nodes, self.decoder_arrays(), part)
         s = c = 0.0
         answered = 0

@@ -1,0 +1,130 @@
+"""Real Flower deployments on 127.0.0.1: a flower-superlink, flower-supernode processes bound to
+partitions, ``flwr run`` of this repository's app. Slow (every Flower message starts a fresh ClientApp
+process that imports torch), so few rounds on a small synthetic catalogue."""
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from federation.config import parse_config
+from federation.deploy import LocalFederation, alive, make_certificates, make_node_key
+from federation.jobs import build_federation, prepare_data
+from recsys.synth import SynthSpec, write_catalogue
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flower")
+    write_catalogue(SynthSpec(n_users=90, n_items=40, mean_activity=10, seed=3), root / "data", images=False,
+                    progress=False)
+    cfg = {"name": "fl", "seed": 1, "data": {"path": str(root / "data")}, "model": {"mode": "explicit", "hidden": [16, 8]},
+           "federation": {"strategy": "personalfr", "rounds": 2, "fraction": 0.4}, "eval": {"every": 0}}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return root, parse_config(cfg)
+
+
+def _assert_all_gone(pids):
+    assert pids and not alive(pids)        # SuperLink, SuperNodes, SuperExecs, app processes: all gone
+
+
+def _records(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_flower_run_equals_the_in_process_engine(job, tmp_path):
+    root, cfg = job
+    fed = LocalFederation(tmp_path, 3)
+    try:
+        fed.start_superlink()
+        for i in range(3):
+            fed.start_node(i)
+        r = fed.run({"job-config": str(root / "cfg.yaml"), "run-dir": str(tmp_path / "run"), "min-nodes": 3,
+                     "wait-s": 90, "round-timeout": 120}, timeout=480)
+        pids = fed.all_pids()
+    finally:
+        fed.stop()
+    _assert_all_gone(pids)
+    assert r.returncode == 0, (tmp_path / "logs/flwr-run.log").read_text()[-3000:]
+    recs = _records(tmp_path / "run")
+    assert [x["round"] for x in recs] == [1, 2] and all(x["nodes"] == 3 and x["rejected"] == 0 for x in recs)
+    data, split = prepare_data(cfg)
+    sim = build_federation(cfg, data, split)
+    for _ in range(2):
+        sim.run_round()
+    ck = load_file(str(tmp_path / "run/checkpoint.safetensors"))
+    for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob"):
+        torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-5, rtol=0)
+    # measured bytes on the wire match the personalfr accounting of the in-process engine
+    from federation.comm import ID_BYTES
+    sampled = [sim.sample(r) for r in range(2)]
+    n = np.diff(sim.train.indptr)
+    for rec, users in zip(recs, sampled):
+        want = sum(int(n[u]) * (16 + 1) * 4 + int(n[u]) * ID_BYTES + (16 * 8 + 16) * 4 + 4 for u in users)
+        assert rec["bytes_up"] == want
+
+
+def test_flower_survives_client_crash_nan_updates_and_a_node_reconnecting(job, tmp_path):
+    root, cfg = job
+    fed = LocalFederation(tmp_path, 3)
+    run = tmp_path / "run"
+    try:
+        fed.start_superlink()
+        fed.start_node(0, {"FEDREC_FAULT_EXIT_AT_ROUND": "1"})   # its ClientApp process dies in round 1
+        fed.start_node(1, {"FEDREC_FAULT_NAN_AT_ROUND": "2"})    # sends NaN updates in round 2
+        fed.start_node(2)
+        import threading
+        box = {}
+        t = threading.Thread(target=lambda: box.update(r=fed.run(
+            {"job-config": str(root / "cfg.yaml"), "run-dir": str(run), "rounds": 3, "min-nodes": 3, "wait-s": 90,
+             "round-timeout": 60, "min-fraction": 0.3}, timeout=600)))
+        t.start()
+        # node 2 disconnects after round 1 and comes back (same state dir, new process, new node id)
+        t0 = time.monotonic()
+        while not (run / "checkpoint.json").exists() and time.monotonic() - t0 < 400:
+            time.sleep(0.5)
+        fed.stop_node(2)
+        fed.start_node(2)
+        t.join()
+        pids = fed.all_pids()
+    finally:
+        fed.stop()
+    _assert_all_gone(pids)
+    assert box["r"].returncode == 0, (tmp_path / "logs/flwr-run.log").read_text()[-3000:]
+    recs = _records(run)
+    assert [x["round"] for x in recs] == [1, 2, 3]
+    assert recs[0]["failed_nodes"] == 1 and recs[0]["participants"] < recs[0]["sampled"]
+    assert recs[1]["rejected"] > 0
+    ck = load_file(str(run / "checkpoint.safetensors"))
+    assert all(torch.isfinite(v).all() for v in ck.values())
+    log = (tmp_path / "logs/flwr-run.log").read_text()
+    assert "NaN or infinite" in log
+    node2 = (tmp_path / "logs/supernode-2.log").read_text()
+    assert "restored the state of" in node2                       # the reconnected node kept its users' state
+
+
+def test_flower_with_tls_and_supernode_authentication(job, tmp_path):
+    root, cfg = job
+    tls = make_certificates(tmp_path / "certs")
+    keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(2)]
+    fed = LocalFederation(tmp_path, 2, tls=tls, node_keys=[k for k, _ in keys])
+    try:
+        fed.start_superlink(node_auth=True)
+        for _, pub in keys:
+            fed.register_node(pub)
+        for i in range(2):
+            fed.start_node(i)
+        r = fed.run({"job-config": str(root / "cfg.yaml"), "run-dir": str(tmp_path / "run"), "rounds": 1,
+                     "min-nodes": 2, "wait-s": 90, "round-timeout": 120}, timeout=400)
+    finally:
+        fed.stop()
+    assert r.returncode == 0, (tmp_path / "logs/flwr-run.log").read_text()[-3000:]
+    assert _records(tmp_path / "run")[0]["nodes"] == 2
+    link = (tmp_path / "logs/superlink.log").read_text()
+    assert "running on https://127.0.0.1" in link                       # TLS, not plain HTTP
+    assert "authentication is disabled" not in link and link.count("register-node HTTP/1.1\" 200") == 2
