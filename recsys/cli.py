@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from federation.cli import flower_app
 from retrieval.cli import index_app
 from recsys.cliutil import _fail, cli_errors
 
@@ -17,6 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Fetch, generate and inspect datasets.")
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
+app.add_typer(flower_app, name="flower")
 log = logging.getLogger("fedrec")
 
 
@@ -119,7 +121,7 @@ def recommend(run_dir: Path, user: str = typer.Option(..., help="external user i
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds")):
     """Run benchmarks and print tables; --out updates those sections of a markdown file."""

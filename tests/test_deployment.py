@@ -236,3 +236,41 @@ def test_dp_run_reports_epsilon_and_clips(synth, tmp_path):
     assert summary["epsilon"] == pytest.approx(epsilon(1.2, 0.4, 3, 1e-3))
     ck = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tmp_path / "run/checkpoint.safetensors"))
     assert all(torch.isfinite(v).all() for v in ck.values())
+
+
+def test_dp_math_clip_and_noise_free_aggregate_by_hand():
+    from federation.messages import update_norm
+    from federation.privacy import DPSettings, clip_update, dp_aggregate, epsilon, noise_for_epsilon
+
+    g = {"dec_out": torch.zeros(4, 2), "dec_ob": torch.zeros(4), "dec_W1": torch.zeros(2, 3), "dec_b1": torch.zeros(2)}
+    m1 = {"item_ids": np.array([0, 2]), "dec_out": np.array([[3., 0], [0, 4]], np.float32),
+          "dec_ob": np.zeros(2, np.float32), "dec_W1": np.zeros((2, 3), np.float32),
+          "dec_b1": np.zeros(2, np.float32), "weight": np.asarray(1.0, np.float32)}
+    c, n = clip_update(m1, g, 1.0)
+    assert n == pytest.approx(5.0) and update_norm(c, g) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(c["dec_out"], [[0.6, 0], [0, 0.8]], atol=1e-6)
+    m2 = dict(m1, item_ids=np.array([2, 3]), dec_out=np.array([[0.5, 0], [0, 0]], np.float32))
+    new = dp_aggregate(g, [m1, m2], DPSettings(0.0, 1.0, 1e-5), expected_clients=4.0)
+    # sum of clipped deltas / 4: row 0 = (0.6, 0)/4, row 2 = ((0, .8) + (.5, 0))/4, rows 1, 3 unchanged (0)
+    np.testing.assert_allclose(new["dec_out"].numpy(), [[0.15, 0], [0, 0], [0.125, 0.2], [0, 0]], atol=1e-6)
+    noisy = dp_aggregate(g, [m1, m2], DPSettings(1.0, 1.0, 1e-5, noise_seed=3), expected_clients=4.0)
+    assert (noisy["dec_out"][1] != 0).all()                      # noise on rows nobody sent, too
+    assert epsilon(1.0, 0.1, 100, 1e-5) > epsilon(2.0, 0.1, 100, 1e-5) > epsilon(2.0, 0.1, 10, 1e-5) > 0
+    s = noise_for_epsilon(4.0, 0.3, 300, 1e-4)
+    assert epsilon(s, 0.3, 300, 1e-4) == pytest.approx(4.0, rel=1e-3)
+
+
+def test_flower_cli_bad_input_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fedrec = [str(Path(sys.executable).parent / "fedrec")]
+    cases = [(["flower", "run", "configs/ml100k-explicit.yaml", "--superlink", "127.0.0.1:1"], "does not answer"),
+             (["flower", "supernode", "--superlink", "127.0.0.1:1", "--partition", "3/3"], "--partition"),
+             (["flower", "run", str(tmp_path / "nope.yaml"), "--superlink", "127.0.0.1:1"], "no such config"),
+             (["flower", "superlink", "--certs", str(tmp_path)], "is missing")]
+    for args, want in cases:
+        r = subprocess.run([*fedrec, *args], capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+        assert r.returncode == 2 and len(lines) == 1 and want in lines[0] and "Traceback" not in r.stderr, r.stderr
