@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from federation.aggregation import accumulate_rows
 from federation.messages import KEY_DENSE_B, KEY_DENSE_W, KEY_ITEM_IDS, KEY_ROW_BIAS, KEY_ROWS, update_norm
 
 _RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
@@ -63,30 +62,34 @@ def dp_aggregate(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np.ndar
                  expected_clients: float, server_lr: float = 1.0, rnd: int = 0
                  ) -> dict[str, torch.Tensor]:
     """new = old + server_lr * (sum_c clip(delta_c) + N(0, (sigma*clip)^2 I)) / expected_clients,
-    over the whole decoder (dec_out (N, H1), dec_ob (N,), dec_W1 (H1, H2), dec_b1 (H1,))."""
-    dt = global_p["dec_W1"].dtype
-    n = global_p["dec_out"].shape[0]
-    sums = {k: torch.zeros(global_p[k].shape, dtype=torch.float64) for k in ("dec_W1", "dec_b1")}
-    row_sums = {k: torch.zeros(global_p[k].shape, dtype=torch.float64) for k in ("dec_out", "dec_ob")}
-    for m in msgs:
-        m, _ = clip_update(m, global_p, dp.clip)
-        ids = torch.as_tensor(m[KEY_ITEM_IDS])
-        for k, key in ((KEY_DENSE_W, "dec_W1"), (KEY_DENSE_B, "dec_b1")):
-            sums[key] += torch.as_tensor(m[k], dtype=torch.float64) - global_p[key].double().cpu()
-        for k, key in ((KEY_ROWS, "dec_out"), (KEY_ROW_BIAS, "dec_ob")):
-            delta = torch.as_tensor(m[k], dtype=torch.float64) - global_p[key][ids].double().cpu()
-            s, _ = accumulate_rows(n, ids, delta, torch.ones(len(ids), dtype=torch.float64), row_sums[key],
-                                   torch.zeros(n, dtype=torch.float64))
-            row_sums[key] = s
-    sums.update(row_sums)
+    over the whole decoder (dec_out (N, H1), dec_ob (N,), dec_W1 (H1, H2), dec_b1 (H1,)).
+    Vectorized over the round's messages; ``clip_update`` is the one-message version."""
+    f64 = torch.float64
+    g = {k: v.detach().cpu().to(f64) for k, v in global_p.items()}
+    sums = {k: torch.zeros_like(v) for k, v in g.items()}
+    if msgs:
+        lens = torch.tensor([len(m[KEY_ITEM_IDS]) for m in msgs])
+        seg = torch.repeat_interleave(torch.arange(len(msgs)), lens)                      # (T,)
+        ids = torch.as_tensor(np.concatenate([m[KEY_ITEM_IDS] for m in msgs]), dtype=torch.long)
+        d_rows = torch.as_tensor(np.concatenate([m[KEY_ROWS] for m in msgs]), dtype=f64) - g["dec_out"][ids]   # (T, H1)
+        d_ob = torch.as_tensor(np.concatenate([m[KEY_ROW_BIAS] for m in msgs]), dtype=f64) - g["dec_ob"][ids]  # (T,)
+        d_W = torch.as_tensor(np.stack([m[KEY_DENSE_W] for m in msgs]), dtype=f64) - g["dec_W1"]               # (C, H1, H2)
+        d_b = torch.as_tensor(np.stack([m[KEY_DENSE_B] for m in msgs]), dtype=f64) - g["dec_b1"]               # (C, H1)
+        sq = (d_W ** 2).sum((1, 2)) + (d_b ** 2).sum(1)                                    # (C,)
+        sq = sq.index_add(0, seg, (d_rows ** 2).sum(1) + d_ob ** 2)
+        f = (dp.clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)                         # (C,) clip factors
+        sums["dec_W1"] = torch.tensordot(f, d_W, dims=([0], [0]))
+        sums["dec_b1"] = f @ d_b
+        sums["dec_out"].index_add_(0, ids, d_rows * f[seg, None])
+        sums["dec_ob"].index_add_(0, ids, d_ob * f[seg])
     gen = torch.Generator().manual_seed(dp.noise_seed * 1_000_003 + rnd if dp.noise_seed is not None
                                         else secrets.randbits(63))
     std = dp.noise_multiplier * dp.clip
     out = dict(global_p)
     for k, s in sums.items():
-        noise = torch.randn(s.shape, generator=gen, dtype=torch.float64) * std
+        noise = torch.randn(s.shape, generator=gen, dtype=f64) * std
         step = server_lr * (s + noise) / max(expected_clients, 1e-12)
-        out[k] = (global_p[k].double().cpu() + step).to(dt).to(global_p[k].device)
+        out[k] = (g[k] + step).to(global_p[k].dtype).to(global_p[k].device)
     return out
 
 
