@@ -42,7 +42,7 @@ def bench_deployment(data_dir: Path, node_counts=(3, 20), rounds: int = 2) -> tu
         st = fed.run_round()
         t_in.append(st.seconds)
         up_in.append(st.bytes_up)
-    rows.append(["in-process engine", "-", float(np.mean(t_in)), int(np.mean(up_in)), "-"])
+    rows.append(["in-process engine", "-", float(np.mean(t_in)), int(np.mean(up_in)), "-", "-"])
     for n in node_counts:
         with tempfile.TemporaryDirectory(prefix="fedrec-bench-flower-") as tmp:
             tmp = Path(tmp)
@@ -59,9 +59,8 @@ def bench_deployment(data_dir: Path, node_counts=(3, 20), rounds: int = 2) -> tu
                 raise RuntimeError(f"flower benchmark with {n} nodes failed; see {tmp / 'logs'}")
             recs = [json.loads(x) for x in (tmp / "run/metrics.jsonl").read_text().splitlines()]
             rows.append([f"Flower, {n} SuperNodes", n, float(np.mean([x["seconds"] for x in recs])),
-                         int(np.mean([x["bytes_up"] for x in recs])), int(np.mean([x["bytes_down"] for x in recs]))])
-            rows[-1].append(round(wall, 1))
-    rows[0].append("-")
+                         int(np.mean([x["bytes_up"] for x in recs])), int(np.mean([x["bytes_down"] for x in recs])),
+                         round(wall, 1)])
     # bytes per client per round: partial compression vs full-model FedAvg (ml-100k, measured histories)
     n_per = np.diff(fed.train.indptr)
     users = n_per[n_per > 0]

@@ -23,12 +23,13 @@ def full_model_params(s: AEShape) -> int:
 def client_bytes(strategy: str, s: AEShape, n_rows: int) -> tuple[int, int]:
     """(upload, download) bytes of one client in one round.
 
-    personalfr: up = its n_rows item rows (+ bias, + int64 id) and the dense decoder; down = full decoder
+    personalfr: up = its n_rows item rows (+ bias, + int64 id), the dense decoder and its weight
+                (exactly federation.messages.UPDATE_KEYS); down = full decoder
     fedavg:     up = down = the full model
     local:      nothing
     """
     if strategy == "personalfr":
-        up = (n_rows * (s.h1 + 1) + dense_decoder_params(s)) * FLOAT_BYTES + n_rows * ID_BYTES
+        up = (n_rows * (s.h1 + 1) + dense_decoder_params(s) + 1) * FLOAT_BYTES + n_rows * ID_BYTES
         return up, full_decoder_params(s) * FLOAT_BYTES
     if strategy == "fedavg":
         b = full_model_params(s) * FLOAT_BYTES

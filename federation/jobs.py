@@ -26,7 +26,7 @@ from federation.config import JobConfig, load_config, parse_config
 from federation.local_sgd import SGDConfig
 from federation.simulation import FederatedAutoencoder, Federation, FedSettings
 from recsys.data import InteractionData
-from federation.privacy import DPSettings, noise_for_epsilon
+from federation.privacy import DPSettings, epsilon, noise_for_epsilon
 from recsys.errors import ConfigError, FedrecError, ManifestError
 from recsys.evaluation import evaluate_model
 from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
@@ -77,21 +77,25 @@ def dp_settings(cfg: JobConfig) -> DPSettings | None:
     return DPSettings(sigma, p.clip, p.delta)
 
 
-def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
-                     train: sp.csr_matrix | None = None) -> Federation:
-    """The in-process federation of a job. ``train``: a different training matrix (a SuperNode passes
-    its own users' rows only)."""
-    shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
-                    cfg.model.input_norm)
+def fed_settings(cfg: JobConfig) -> FedSettings:
+    """The engine settings of a job config (also the Flower server's: same schedule, same sampling)."""
     o = cfg.optimizer
-    settings = FedSettings(
+    return FedSettings(
         strategy=cfg.federation.strategy, rounds=cfg.federation.rounds, fraction=cfg.federation.fraction,
         local_epochs=cfg.federation.local_epochs, weighting=cfg.federation.weighting,
         row_average=cfg.federation.row_average, server_lr=cfg.federation.server_lr, schedule=o.schedule,
         min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm), seed=cfg.seed,
         max_cohort_clients=cfg.engine.max_cohort_clients, max_cohort_entries=cfg.engine.max_cohort_entries,
         dp=dp_settings(cfg))
-    return Federation(shape, settings, split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
+
+
+def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
+                     train: sp.csr_matrix | None = None) -> Federation:
+    """The in-process federation of a job. ``train``: a different training matrix (a SuperNode passes
+    its own users' rows only)."""
+    shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
+                    cfg.model.input_norm)
+    return Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
                       _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype])
 
 
@@ -242,6 +246,9 @@ def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | 
     summary = {split: evaluate_model(run.model(), run.data, run.split, split, cfg.model.mode, cfg.eval.k)
                for split in ("valid", "test")}
     summary["rounds"] = fed.round
+    if fed.cfg.dp is not None:
+        summary.update(epsilon=epsilon(fed.cfg.dp.noise_multiplier, cfg.federation.fraction, fed.round,
+                                       fed.cfg.dp.delta), delta=fed.cfg.dp.delta)
     summary["bytes_up_total"] = cum_up
     summary["fedavg_bytes_total"] = cum_fedavg
     write_json(run.dir / "summary.json", summary)

@@ -69,6 +69,18 @@ def validate_update(msg: dict[str, np.ndarray], shape: AEShape) -> None:
         raise RejectedUpdate("weight must be positive")
 
 
+def validate_updates(msgs: list[dict[str, np.ndarray]], shape: AEShape) -> tuple[list[int], list[tuple[int, str]]]:
+    """(indices of well-formed messages, [(index, reason)] of the others)."""
+    ok, rejected = [], []
+    for i, m in enumerate(msgs):
+        try:
+            validate_update(m, shape)
+            ok.append(i)
+        except RejectedUpdate as e:
+            rejected.append((i, str(e)))
+    return ok, rejected
+
+
 def update_norm(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor]) -> float:
     """L2 norm of the update's change against the global model it started from."""
     ids = torch.as_tensor(msg[KEY_ITEM_IDS])
@@ -99,13 +111,7 @@ def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np
                       ) -> tuple[dict[str, torch.Tensor], RoundResult]:
     """New shared decoder from the round's messages (the personalfr rule; see aggregation.py).
     Invalid or outlying messages are skipped and reported; the round goes on with the others."""
-    ok, rejected = [], []
-    for i, m in enumerate(msgs):
-        try:
-            validate_update(m, shape)
-            ok.append(i)
-        except RejectedUpdate as e:
-            rejected.append((i, str(e)))
+    ok, rejected = validate_updates(msgs, shape)
     if outlier_factor and ok:
         keep = filter_outliers(np.array([update_norm(msgs[i], global_p) for i in ok]), outlier_factor)
         rejected += [(i, "update norm far above the round's median") for i, k in zip(ok, keep) if not k]

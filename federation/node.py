@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from federation.config import JobConfig
 from federation.messages import RejectedUpdate
@@ -140,9 +140,8 @@ class ClientNode:
             coo = rows.tocoo()
             if coo.nnz == 0:
                 return {EVAL_SUM: 0.0, EVAL_COUNT: 0}
-            users = self.users[coo.row]
-            scores = self.fed.user_scores(np.unique(users)).float().cpu().numpy()
-            pos = np.searchsorted(np.unique(users), users)
+            uniq, pos = np.unique(self.users[coo.row], return_inverse=True)
+            scores = self.fed.user_scores(uniq).float().cpu().numpy()
             r = self.data.ratings.data
             pred = np.clip(scores[pos, coo.col], float(r.min()), float(r.max()))
             return {EVAL_SUM: float(((pred - coo.data) ** 2).sum()), EVAL_COUNT: int(coo.nnz)}
@@ -185,7 +184,7 @@ class ClientNode:
 
             with safe_open(str(p), "pt") as f:
                 meta = f.metadata() or {}
-            tensors = load_file(str(p))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
             if meta.get("fingerprint") != self.fingerprint:
                 raise ValueError("it belongs to another config, dataset or partition")
             for k, v in self.fed.store.tensors.items():

@@ -27,13 +27,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from federation.config import JobConfig
-from federation.jobs import RUN_FORMAT, _trim_metrics, dp_settings
-from federation.messages import RejectedUpdate, aggregate_updates
+from federation.jobs import RUN_FORMAT, _trim_metrics, fed_settings
+from federation.messages import aggregate_updates, validate_updates
 from federation.node import (DECODER_KEYS, EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_N_ITEMS,
                              HELLO_USERS, TrainReply, config_fingerprint)
 from federation.privacy import dp_aggregate, epsilon
-from federation.simulation import FedSettings, lr_at, sample_clients
-from federation.local_sgd import SGDConfig
+from federation.simulation import lr_at, sample_clients
 from recsys.errors import FedrecError, ManifestError
 from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
 from recsys.models.autoencoder import AEShape, init_params
@@ -74,11 +73,8 @@ class FederatedServer:
         self.cfg, self.run_dir, self.t = cfg, Path(run_dir), transport
         self.min_nodes, self.wait_s = min_nodes, wait_s
         self.min_fraction, self.max_retries = min_fraction, max_retries
-        self.dp = dp_settings(cfg)
-        f, o = cfg.federation, cfg.optimizer
-        self.settings = FedSettings(strategy=f.strategy, rounds=f.rounds, fraction=f.fraction, schedule=o.schedule,
-                                    min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay,
-                                                                   o.clip_norm), seed=cfg.seed)
+        self.settings = fed_settings(cfg)
+        self.dp = self.settings.dp
         self.owner: dict[int, int] = {}          # user -> node id currently hosting it
         self.known: set[int] = set()             # nodes that said hello and were accepted
         self.catalogue: tuple[int, str] | None = None
@@ -281,17 +277,10 @@ class FederatedServer:
                                          self.cfg.federation.server_lr, p.outlier_factor)
             return new, res.accepted, res.rejected
         # DP: malformed messages are still rejected; norms are bounded by clipping, not by outlier tests.
-        ok, rejected = [], []
-        from federation.messages import validate_update
-
-        for i, m in enumerate(msgs):
-            try:
-                validate_update(m, self.shape)
-                ok.append(m)
-            except RejectedUpdate as e:
-                rejected.append((i, str(e)))
+        ok, rejected = validate_updates(msgs, self.shape)
         expected = self.cfg.federation.fraction * n_candidates
-        return dp_aggregate(self.global_p, ok, self.dp, expected, self.cfg.federation.server_lr, rnd), len(ok), rejected
+        new = dp_aggregate(self.global_p, [msgs[i] for i in ok], self.dp, expected, self.cfg.federation.server_lr, rnd)
+        return new, len(ok), rejected
 
     def evaluate(self, part: str) -> dict[str, float]:
         """Federated evaluation: every node scores its own users; only sums come back."""

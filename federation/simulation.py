@@ -135,8 +135,6 @@ class Federation:
         losses = []
         if self.cfg.dp is not None:
             # DP needs each client's update on its own (to clip it): the message path, vectorized.
-            if self.strategy.name != "personalfr":
-                raise FedrecError("differential privacy is implemented for the personalfr strategy")
             msgs, lossd = self.client_messages(users, lr)
             expected = self.cfg.fraction * len(self.active_users)
             self.global_p.update(dp_aggregate(self.global_p, [msgs[int(u)] for u in users], self.cfg.dp,

@@ -50,7 +50,7 @@ def test_sgd_closed_form_matches_torch_sgd():
 def test_communication_bytes_by_hand():
     s = AEShape(n_items=100, h1=4, h2=2)
     up, down = client_bytes("personalfr", s, n_rows=3)
-    assert up == (3 * 5 + (4 * 2 + 4)) * 4 + 3 * 8
+    assert up == (3 * 5 + (4 * 2 + 4) + 1) * 4 + 3 * 8       # rows+bias, dense layer, weight; ids
     assert down == ((4 * 2 + 4) + 100 * 5) * 4
     full = (100 * 4 + 4 + 2 * 4 + 2) + (4 * 2 + 4) + 100 * 5
     assert fedavg_bytes(s) == full * 4 == client_bytes("fedavg", s, 3)[0]
