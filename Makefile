@@ -34,6 +34,14 @@ demo: $(STAMP)
 	$(FEDREC) index build histories $(DEMO_RUN) --out $(DEMO_IDX)/histories --quiet > /dev/null
 	$(FEDREC) index query $(DEMO_IDX)/content --run $(DEMO_RUN) --text "a funny animated film for children" -k 5
 	$(FEDREC) index query $(DEMO_IDX)/histories --run $(DEMO_RUN) --user 42 --text "space adventure" -k 3
+	@# Content: a synthetic multimodal catalogue, a CLIP model trained on it, a cold-start run,
+	@# personalized search and an explanation (docs/content.md).
+	@test -f data/synth-mm/MANIFEST.json || $(FEDREC) data synth --out data/synth-mm --users 3000 --items 1000
+	@test -f models/clip-synth-mm/open_clip_model.safetensors || $(FEDREC) clip train data/synth-mm --out models/clip-synth-mm --epochs 10
+	$(FEDREC) train configs/synth-cold.yaml --run-dir runs/demo-synth-cold --overwrite
+	$(FEDREC) search runs/demo-synth-cold --user 0 --query "a red striped lamp" -k 5
+	$(FEDREC) search runs/demo-synth-cold --user 1 --query "a red striped lamp" -k 5
+	$(FEDREC) explain runs/demo-synth-cold --user 0 --item 7
 	@if [ "$(DEMO_SERVE)" = "1" ]; then $(FEDREC) dashboard --runs runs --indices indices --port $(PORT); fi
 
 test: $(STAMP)

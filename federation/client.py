@@ -8,7 +8,7 @@ from torch import nn
 
 from federation.local_sgd import SGDConfig
 from federation.strategies import Strategy
-from recsys.models.autoencoder import ITEM_ROW_KEYS, AEShape, dropout_keep
+from recsys.models.autoencoder import CONTENT_KEY, ITEM_ROW_KEYS, AEShape, dropout_keep
 
 
 class ClientModel(nn.Module):
@@ -16,12 +16,14 @@ class ClientModel(nn.Module):
     rows it holds (its own items, or all of them)."""
 
     def __init__(self, shape: AEShape, start: dict[str, torch.Tensor], out_items: torch.Tensor,
-                 frozen_out: torch.Tensor | None, frozen_ob: torch.Tensor | None):
+                 frozen_out: torch.Tensor | None, frozen_ob: torch.Tensor | None,
+                 content: torch.Tensor | None = None):
         super().__init__()
         self.shape = shape
         self.p = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in start.items()})
         self.out_items = out_items
         self.frozen_out, self.frozen_ob = frozen_out, frozen_ob
+        self.content = content                                   # (N, F) fixed item content, or None
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """x (L,) input values of the client's items -> scores of its held rows (M,) or all items (N,)."""
@@ -30,17 +32,22 @@ class ClientModel(nn.Module):
         h2 = torch.tanh(p["enc_W2"] @ h1 + p["enc_b2"])
         h3 = torch.tanh(p["dec_W1"] @ (h2 * keep) + p["dec_b1"])
         local = p["dec_out"] @ h3 + p["dec_ob"]
+        g = h3 @ p[CONTENT_KEY] if CONTENT_KEY in p else None                       # (F,) projected user
+        if g is not None:
+            local = local + self.content[self.out_items] @ g
         if self.frozen_out is None:
             return local
         full = self.frozen_out @ h3 + self.frozen_ob
+        if g is not None:
+            full = full + self.content @ g
         full = full.index_put((self.out_items,), local)
         return full
 
 
 def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Tensor, values: torch.Tensor,
                             global_p: dict[str, torch.Tensor], personal: dict[str, torch.Tensor], sgd: SGDConfig,
-                            lr: float, local_epochs: int, seed: int, rnd: int, user: int
-                            ) -> tuple[dict[str, torch.Tensor], float]:
+                            lr: float, local_epochs: int, seed: int, rnd: int, user: int,
+                            content: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """Train one client. items (L,) its item ids, values (L,) its encoder inputs (see input_values).
 
     personal: this client's personal parameters (item-row keys hold only its items' rows)
@@ -49,7 +56,8 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
     n = shape.n_items
     out_items = items if strategy.rows == "touched" else torch.arange(n)
     start = {}
-    for k in ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1", "dec_out", "dec_ob"):
+    keys = ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1", "dec_out", "dec_ob")
+    for k in keys + ((CONTENT_KEY,) if CONTENT_KEY in global_p else ()):
         if k in strategy.personal:
             start[k] = personal[k]
         elif k in ITEM_ROW_KEYS:
@@ -58,7 +66,8 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
             start[k] = global_p[k]
     frozen = strategy.rows == "touched" and shape.mode == "implicit"
     model = ClientModel(shape, start, out_items, global_p["dec_out"] if frozen else None,
-                        global_p["dec_ob"] if frozen else None)
+                        global_p["dec_ob"] if frozen else None,
+                        content.to(start["enc_in"].dtype) if content is not None else None)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
                           weight_decay=sgd.weight_decay)
     x = values.to(start["enc_in"].dtype)

@@ -22,12 +22,14 @@ import torch
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
-from recsys.models.autoencoder import AEShape, client_loss, dropout_keep, segment_sum
+from recsys.models.autoencoder import CONTENT_KEY, AEShape, client_loss, dropout_keep, segment_sum
 
 # For each parameter: the names of its (u, v) gradient factors; v None for vectors.
 # enc_in rows use u = delta1 per interaction scaled by the input value x; rows use u = e per row.
 _FACTORS = {"enc_b1": ("d1", None), "enc_W2": ("d2", "h1"), "enc_b2": ("d2", None),
-            "dec_W1": ("d3", "z"), "dec_b1": ("d3", None)}
+            "dec_W1": ("d3", "z"), "dec_b1": ("d3", None),
+            # content projection: y_i += h3 . (P c_i)  =>  dL/dP = h3 (sum_i e_i c_i)^T = h3 q^T
+            CONTENT_KEY: ("h3", "q")}
 
 
 @dataclass
@@ -135,7 +137,8 @@ def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     """Start value of every parameter a client of the cohort holds; which keys start per client
     (B, ...) and which item-row keys start per interaction (T, ...)."""
     start, per_client, per_row = {}, set(), {"enc_in"}
-    for k in ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1", "dec_out", "dec_ob"):
+    keys = ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1", "dec_out", "dec_ob")
+    for k in keys + ((CONTENT_KEY,) if CONTENT_KEY in global_p else ()):
         if k in strategy.personal:
             start[k] = store.gather(k, cohort, dtype)
             (per_row if k in ("enc_in", "dec_out", "dec_ob") else per_client).add(k)
@@ -156,8 +159,10 @@ def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
 
 def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
                  store: ClientStore | None, sgd: SGDConfig, lr: float, local_epochs: int, seed: int, rnd: int,
-                 dtype: torch.dtype = torch.float32) -> FactoredResult:
-    """Run ``local_epochs`` SGD steps (one per local epoch: a client has one example) for all clients."""
+                 dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None) -> FactoredResult:
+    """Run ``local_epochs`` SGD steps (one per local epoch: a client has one example) for all clients.
+
+    content (N, F): item content vectors when the model has a content projection (global_p['dec_P'])."""
     a, b = sgd_coefficients(local_epochs, lr, sgd)
     start, per_client, per_row = start_values(shape, strategy, cohort, global_p, store, dtype)
     all_rows = strategy.rows == "all"
@@ -171,6 +176,13 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     E0x = segment_sum(x[:, None] * start["enc_in"], seg, B) + start["enc_b1"]    # (B, H1): constant
     loss_sum = torch.zeros(B, dtype=dtype, device=x.device)
     F = res.steps
+    use_content = CONTENT_KEY in start
+    if use_content:
+        if CONTENT_KEY in per_client:
+            raise ValueError("a personal content projection is not supported (strategy 'local')")
+        C = content.to(dtype)                                                    # (N, F)
+        Ct = C.index_select(0, items)                                            # (T, F) the clients' items
+        P0 = start[CONTENT_KEY]                                                  # (H1, F)
     for s in range(local_epochs):
         k = [b[s][j] * F[j]["c"] for j in range(s)]                              # (B,) per earlier step
         pre1 = a[s] * E0x
@@ -186,6 +198,11 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         for j in range(s):
             pre3 = pre3 + (k[j] * ((F[j]["z"] * z).sum(1) + 1))[:, None] * F[j]["d3"]
         h3 = torch.tanh(pre3)                                                    # (B, H1)
+        if use_content:
+            # m = h3^T P_s in closed form: P_s = a_s P0 + sum_j k_j h3_j q_j^T (no bias term)
+            m = a[s] * (h3 @ P0)                                                 # (B, F)
+            for j in range(s):
+                m = m + (k[j] * (F[j]["h3"] * h3).sum(1))[:, None] * F[j]["q"]
         if all_rows:
             y = a[s] * (h3 @ start["dec_out"].T + start["dec_ob"])               # (B, N)
             for j in range(s):
@@ -203,15 +220,29 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             y = a[s] * ((start["dec_out"] * h3.index_select(0, seg)).sum(1) + start["dec_ob"])   # (T,)
             for j in range(s):
                 y = y + (k[j] * ((F[j]["h3"] * h3).sum(1) + 1)).index_select(0, seg) * F[j]["e"]
-        loss = client_loss(shape, y, seg, items, x, B, full0 if frozen else None)
-        d1, d2, d3, e = torch.autograd.grad(loss.sum(), [pre1, pre2, pre3, y])
+        frozen_scores = full0 if frozen else None
+        if use_content:
+            if all_rows:
+                y = y + m @ C.T                                                  # (B, N)
+            else:
+                y = y + (m.index_select(0, seg) * Ct).sum(1)                    # (T,)
+                if frozen:   # the other items' scores move with the projection the client trains
+                    frozen_scores = full0 + m @ C.T                              # (B, N)
+        loss = client_loss(shape, y, seg, items, x, B, frozen_scores)
+        roots = [pre1, pre2, pre3, y] + ([m] if use_content else [])
+        grads = torch.autograd.grad(loss.sum(), roots)
+        d1, d2, d3, e = grads[:4]
+        q = grads[4] if use_content else None                                    # (B, F) = sum_i e_i c_i
         # Per-client gradient norm over all parameters: |u v^T|^2 = |u|^2 |v|^2 (+ bias |u|^2).
         h1, z, h3 = h1.detach(), z.detach(), h3.detach()
         e_sq = (e * e).sum(1) if all_rows else segment_sum(e * e, seg, B)
         sq = ((d1 * d1).sum(1) * xx1 + (d2 * d2).sum(1) * ((h1 * h1).sum(1) + 1)
               + (d3 * d3).sum(1) * ((z * z).sum(1) + 1) + e_sq * ((h3 * h3).sum(1) + 1))
+        if use_content:
+            sq = sq + (q * q).sum(1) * (h3 * h3).sum(1)
         c = (sgd.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0) if sgd.clip_norm else torch.ones_like(sq)
-        F.append({"d1": d1, "h1": h1, "d2": d2, "z": z, "d3": d3, "h3": h3, "e": e, "c": c})
+        F.append({"d1": d1, "h1": h1, "d2": d2, "z": z, "d3": d3, "h3": h3, "e": e, "c": c,
+                  **({"q": q} if use_content else {})})
         loss_sum += loss.detach()
     res.loss = loss_sum / max(1, local_epochs)
     return res

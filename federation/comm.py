@@ -8,7 +8,8 @@ ID_BYTES = 8
 
 
 def dense_decoder_params(s: AEShape) -> int:
-    return s.h1 * s.h2 + s.h1
+    """Dense decoder layer (+ the content projection of a content-aware model)."""
+    return s.h1 * s.h2 + s.h1 + s.h1 * s.content_dim
 
 
 def full_decoder_params(s: AEShape) -> int:

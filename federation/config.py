@@ -41,6 +41,21 @@ class ModelCfg(_Strict):
     input_norm: Literal["none", "l2"] = "none"     # implicit only: l2 = unit-norm input rows
 
 
+class ContentCfg(_Strict):
+    """Item content features for a content-aware decoder (recsys/features.py, recsys/content_graph.py).
+    Off by default. The features are cached under <data.path>/features/ with a manifest."""
+    enabled: bool = False
+    backend: Literal["open_clip", "sentence"] = "open_clip"
+    model: str = "fedrec-clip-tiny"        # open_clip name, a `fedrec clip train` dir, or (sentence) a model dir
+    pretrained: str | None = None          # open_clip tag (needs network) or a local checkpoint file
+    fusion: Literal["mean", "text", "image"] = "mean"
+    graph: Literal["none", "co_interaction", "kg"] = "none"
+    graph_layers: int = Field(2, ge=1, le=8)
+    graph_neighbors: int = Field(20, ge=1)
+    scale: float = Field(6.0, gt=0)      # content vector norm: the projection's effective step is ~scale^2
+    device: Literal["cpu", "cuda"] | None = None   # extraction device (default: engine.device)
+
+
 class FederationCfg(_Strict):
     strategy: Literal["personalfr", "fedavg", "local"] = "personalfr"
     rounds: int = Field(100, ge=1)
@@ -102,6 +117,7 @@ class JobConfig(_Strict):
     eval: EvalCfg = Field(default_factory=EvalCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     privacy: PrivacyCfg = Field(default_factory=PrivacyCfg)
+    content: ContentCfg = Field(default_factory=ContentCfg)
     output: OutputCfg = Field(default_factory=OutputCfg)
 
 

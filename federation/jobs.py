@@ -29,7 +29,7 @@ from recsys.data import InteractionData
 from federation.privacy import DPSettings, epsilon, noise_for_epsilon
 from recsys.errors import ConfigError, FedrecError, ManifestError
 from recsys.evaluation import evaluate_model
-from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
+from recsys.io import atomic_path, library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
 from recsys.loaders import load_dataset
 from recsys.models.autoencoder import AEShape
 from recsys.splits import Split, load_split, make_split, save_split
@@ -89,14 +89,50 @@ def fed_settings(cfg: JobConfig) -> FedSettings:
         dp=dp_settings(cfg))
 
 
+def item_content(cfg: JobConfig, data: InteractionData, split: Split, progress: bool = False) -> np.ndarray | None:
+    """(N, F+1) float32 content vectors of a content-aware job, or None: cached item features
+    (recsys.features), optionally propagated over an item graph (recsys.content_graph), unit-normed,
+    plus a constant 1 column (lets the projection learn a shared offset for items with no free row),
+    times content.scale."""
+    c = cfg.content
+    if not c.enabled:
+        return None
+    from recsys.content_graph import build_graph, propagate
+    from recsys.features import ClipSpec, build_features
+
+    spec = ClipSpec(c.backend, c.model, c.pretrained, c.fusion)
+    feats, _ = build_features(data, Path(cfg.data.path), spec, resolve_device(c.device or cfg.engine.device),
+                              progress=progress)
+    if c.graph != "none":
+        ei, ew = build_graph(c.graph, split.matrix(data, "train"), data, Path(cfg.data.path), c.graph_neighbors)
+        feats = propagate(feats, ei, ew, c.graph_layers)
+        log.info("content propagated over the %s graph (%d edges, %d layers)", c.graph, ei.shape[1], c.graph_layers)
+    # Scaling matters: the free item rows absorb warm items' signal quickly, and the projection (the only
+    # thing cold items are scored by) trains with an effective step ~scale^2 (docs/benchmarks.md).
+    return (c.scale * np.hstack([feats, np.ones((len(feats), 1), np.float32)])).astype(np.float32)
+
+
 def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
-                     train: sp.csr_matrix | None = None) -> Federation:
+                     train: sp.csr_matrix | None = None, content: np.ndarray | None = None) -> Federation:
     """The in-process federation of a job. ``train``: a different training matrix (a SuperNode passes
-    its own users' rows only)."""
+    its own users' rows only). ``content``: the job's item content (computed when the config enables
+    it and none is given)."""
+    if content is None and cfg.content.enabled:
+        content = item_content(cfg, data, split)
     shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
-                    cfg.model.input_norm)
+                    cfg.model.input_norm, 0 if content is None else content.shape[1])
     return Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
-                      _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype])
+                      _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype], content)
+
+
+CONTENT_FILE = "content.safetensors"      # the exact item content a content-aware run was trained with
+
+
+def _load_content(run_dir: Path, data: InteractionData) -> np.ndarray:
+    c = load_arrays(run_dir / CONTENT_FILE)["content"]
+    if c.ndim != 2 or c.shape[0] != data.n_items:
+        raise ManifestError(f"{run_dir / CONTENT_FILE}: content of shape {c.shape} for {data.n_items} items")
+    return c
 
 
 def _manifest(cfg: JobConfig, data: InteractionData, split: Split, status: str) -> dict:
@@ -195,7 +231,14 @@ def train(config_path: str | Path, run_dir: str | Path | None = None, device: st
         save_split(split, run_dir / "split", data)
         write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         write_json(run_dir / "manifest.json", _manifest(cfg, data, split, "running"))
-    fed = build_federation(cfg, data, split)
+    content = None
+    if cfg.content.enabled:
+        if resume and (run_dir / CONTENT_FILE).exists():
+            content = _load_content(run_dir, data)
+        else:
+            content = item_content(cfg, data, split, progress)
+            save_arrays(run_dir / CONTENT_FILE, {"content": content})
+    fed = build_federation(cfg, data, split, content=content)
     if resume:
         _load_checkpoint(run_dir, fed)
         log.info("resuming %s after round %d", run_dir, fed.round)
@@ -268,7 +311,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     if manifest["dataset_checksum"] != data.checksum():
         raise ManifestError(f"{run_dir}: dataset at {cfg.data.path} differs from the one this run was trained on")
     split = load_split(run_dir / "split", data)
-    fed = build_federation(cfg, data, split)
+    content = _load_content(run_dir, data) if cfg.content.enabled else None
+    fed = build_federation(cfg, data, split, content=content)
     if not (run_dir / "checkpoint.safetensors").exists():
         raise ManifestError(f"{run_dir}: no checkpoint yet (the run has not completed a checkpointed round)")
     _load_checkpoint(run_dir, fed)

@@ -8,6 +8,8 @@ in-process tests call the same functions. A client update holds exactly:
     dec_W1   (H1, H2)      its trained dense decoder layer
     dec_b1   (H1,)
     weight   ()            its aggregation weight (1, or its interaction count)
+    dec_P    (H1, F)       content-aware models only: its trained content projection (item content is
+                           public catalogue data, so the projection reveals nothing item-specific)
 No encoder parameter, rating, timestamp or optimizer state is ever part of it. Anything else in a
 message is rejected, as are wrong shapes, unknown or repeated ids, non-finite values and updates
 whose size is far outside the round's (``filter_outliers``).
@@ -24,7 +26,18 @@ from recsys.models.autoencoder import AEShape
 
 KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS = "item_ids", "dec_out", "dec_ob"
 KEY_DENSE_W, KEY_DENSE_B, KEY_WEIGHT = "dec_W1", "dec_b1", "weight"
+KEY_PROJ = "dec_P"
 UPDATE_KEYS = (KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS, KEY_DENSE_W, KEY_DENSE_B, KEY_WEIGHT)
+
+
+def update_keys(shape: AEShape) -> tuple[str, ...]:
+    """The exact key set of an update for this model."""
+    return UPDATE_KEYS + ((KEY_PROJ,) if shape.content_dim else ())
+
+
+def dense_keys(shape: AEShape) -> tuple[str, ...]:
+    """Shared parameters every client sends whole (averaged over clients)."""
+    return (KEY_DENSE_W, KEY_DENSE_B) + ((KEY_PROJ,) if shape.content_dim else ())
 
 
 class RejectedUpdate(ValueError):
@@ -33,26 +46,32 @@ class RejectedUpdate(ValueError):
 
 def encode_update(items: np.ndarray, trained: dict[str, torch.Tensor], weight: float) -> dict[str, np.ndarray]:
     """A client's message from its trained shared parameters (rows already restricted to ``items``)."""
-    return {KEY_ITEM_IDS: np.asarray(items, np.int64),
-            KEY_ROWS: trained["dec_out"].detach().cpu().numpy().astype(np.float32),
-            KEY_ROW_BIAS: trained["dec_ob"].detach().cpu().numpy().astype(np.float32),
-            KEY_DENSE_W: trained["dec_W1"].detach().cpu().numpy().astype(np.float32),
-            KEY_DENSE_B: trained["dec_b1"].detach().cpu().numpy().astype(np.float32),
-            KEY_WEIGHT: np.asarray(weight, np.float32)}
+    out = {KEY_ITEM_IDS: np.asarray(items, np.int64),
+           KEY_ROWS: trained["dec_out"].detach().cpu().numpy().astype(np.float32),
+           KEY_ROW_BIAS: trained["dec_ob"].detach().cpu().numpy().astype(np.float32),
+           KEY_DENSE_W: trained["dec_W1"].detach().cpu().numpy().astype(np.float32),
+           KEY_DENSE_B: trained["dec_b1"].detach().cpu().numpy().astype(np.float32),
+           KEY_WEIGHT: np.asarray(weight, np.float32)}
+    if KEY_PROJ in trained:
+        out[KEY_PROJ] = trained[KEY_PROJ].detach().cpu().numpy().astype(np.float32)
+    return out
 
 
 def validate_update(msg: dict[str, np.ndarray], shape: AEShape) -> None:
     """Raise RejectedUpdate naming the first problem; return None for a well-formed update."""
-    missing = [k for k in UPDATE_KEYS if k not in msg]
+    keys = update_keys(shape)
+    missing = [k for k in keys if k not in msg]
     if missing:
         raise RejectedUpdate(f"missing key(s): {', '.join(missing)}")
-    extra = sorted(set(msg) - set(UPDATE_KEYS))
+    extra = sorted(set(msg) - set(keys))
     if extra:
         raise RejectedUpdate(f"unexpected key(s): {', '.join(extra)}")
     ids = np.asarray(msg[KEY_ITEM_IDS])
     R = len(ids) if ids.ndim == 1 else -1
     want = {KEY_ITEM_IDS: (R,), KEY_ROWS: (R, shape.h1), KEY_ROW_BIAS: (R,), KEY_DENSE_W: (shape.h1, shape.h2),
             KEY_DENSE_B: (shape.h1,), KEY_WEIGHT: ()}
+    if shape.content_dim:
+        want[KEY_PROJ] = (shape.h1, shape.content_dim)
     for k, s in want.items():
         if np.asarray(msg[k]).shape != s or R < 0:
             raise RejectedUpdate(f"{k}: shape {np.asarray(msg[k]).shape}, expected {s}")
@@ -62,7 +81,7 @@ def validate_update(msg: dict[str, np.ndarray], shape: AEShape) -> None:
         raise RejectedUpdate(f"unknown item id(s) outside 0..{shape.n_items - 1}")
     if len(np.unique(ids)) != R:
         raise RejectedUpdate("repeated item ids")
-    for k in (KEY_ROWS, KEY_ROW_BIAS, KEY_DENSE_W, KEY_DENSE_B, KEY_WEIGHT):
+    for k in (KEY_ROWS, KEY_ROW_BIAS, KEY_WEIGHT) + dense_keys(shape):
         if not np.isfinite(np.asarray(msg[k], np.float64)).all():
             raise RejectedUpdate(f"{k}: NaN or infinite values")
     if float(msg[KEY_WEIGHT]) <= 0:
@@ -85,8 +104,11 @@ def update_norm(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor]) -
     """L2 norm of the update's change against the global model it started from."""
     ids = torch.as_tensor(msg[KEY_ITEM_IDS])
     sq = 0.0
-    for k, ref in ((KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids]),
-                   (KEY_DENSE_W, global_p["dec_W1"]), (KEY_DENSE_B, global_p["dec_b1"])):
+    pairs = [(KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids]),
+             (KEY_DENSE_W, global_p["dec_W1"]), (KEY_DENSE_B, global_p["dec_b1"])]
+    if KEY_PROJ in msg and KEY_PROJ in global_p:
+        pairs.append((KEY_PROJ, global_p[KEY_PROJ]))
+    for k, ref in pairs:
         d = torch.as_tensor(msg[k], dtype=torch.float64) - ref.double().cpu()
         sq += float((d * d).sum())
     return sq ** 0.5
@@ -122,7 +144,7 @@ def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np
     dt = global_p["dec_W1"].dtype
     w = torch.tensor([float(msgs[i][KEY_WEIGHT]) for i in ok], dtype=dt)
     W = float(w.sum())
-    for k in (KEY_DENSE_W, KEY_DENSE_B):
+    for k in dense_keys(shape):
         new[k] = weighted_average(torch.stack([torch.as_tensor(msgs[i][k], dtype=dt) for i in ok]), w)
     ids = torch.cat([torch.as_tensor(msgs[i][KEY_ITEM_IDS]) for i in ok])
     wrow = torch.cat([w[j].repeat(len(msgs[i][KEY_ITEM_IDS])) for j, i in enumerate(ok)])

@@ -70,6 +70,9 @@ def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
 class FederatedServer:
     def __init__(self, cfg: JobConfig, run_dir: str | Path, transport: Transport, min_nodes: int = 1,
                  wait_s: float = 120.0, min_fraction: float = 0.5, max_retries: int = 3):
+        if cfg.content.enabled:
+            raise FedrecError("content features (content.enabled) are not supported on the Flower deployment yet; "
+                              "train content-aware models with `fedrec train`")
         self.cfg, self.run_dir, self.t = cfg, Path(run_dir), transport
         self.min_nodes, self.wait_s = min_nodes, wait_s
         self.min_fraction, self.max_retries = min_fraction, max_retries

@@ -24,8 +24,8 @@ from federation.privacy import DPSettings, dp_aggregate, epsilon
 from federation.state import ClientStore, Cohort, make_cohorts
 from federation.strategies import get_strategy
 from recsys.errors import FedrecError
-from recsys.models.autoencoder import (ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores, init_params,
-                                      input_values)
+from recsys.models.autoencoder import (CONTENT_KEY, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
+                                      init_params, input_values, item_rows)
 from recsys.models.base import Recommender
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,23 @@ class Federation:
     """Global (server) parameters plus the simulated clients' personal state."""
 
     def __init__(self, shape: AEShape, cfg: FedSettings, train: sp.csr_matrix, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, state_dtype: torch.dtype | None = None):
+                 dtype: torch.dtype = torch.float32, state_dtype: torch.dtype | None = None,
+                 content: np.ndarray | torch.Tensor | None = None):
+        """content (N, F): fixed item content vectors (public catalogue data, the same on every client)
+        for a content-aware decoder; shape.content_dim must be F."""
         self.shape, self.cfg = shape, cfg
         self.strategy = get_strategy(cfg.strategy)
+        if (content is None) != (shape.content_dim == 0) or (
+                content is not None and tuple(content.shape) != (shape.n_items, shape.content_dim)):
+            raise FedrecError(f"content features of shape {None if content is None else tuple(content.shape)} "
+                              f"do not fit the model (items {shape.n_items}, content_dim {shape.content_dim})")
+        if content is not None and self.strategy.name == "local":
+            raise FedrecError("content features need a federated strategy (personalfr or fedavg), not 'local'")
+        if content is not None and cfg.dp is not None:
+            raise FedrecError("differential privacy is not implemented for the content projection yet; "
+                              "turn off privacy.dp or content")
+        self.content = (torch.as_tensor(np.asarray(content, np.float32) if not torch.is_tensor(content) else content)
+                        .to(device, dtype) if content is not None else None)
         self.train = train.tocsr()
         self.train.sort_indices()
         # From here on train.data holds encoder inputs (ratings, or implicit ones / normalized ones).
@@ -143,7 +157,7 @@ class Federation:
         elif engine == "vectorized":
             for c in self.cohorts(users):
                 res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
-                                   self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype)
+                                   self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype, self.content)
                 self._absorb(c, res, agg)
                 losses.append(res.loss)
         elif engine == "reference":
@@ -184,6 +198,8 @@ class Federation:
             self.store.scatter(k, c, res.value(k))
         v = res.values
         trained = {"dec_out": v["dec_out"], "dec_ob": v["dec_ob"], "dec_W1": v["dec_W1"][0], "dec_b1": v["dec_b1"][0]}
+        if CONTENT_KEY in v:
+            trained[CONTENT_KEY] = v[CONTENT_KEY][0]
         w = float(self.weights(c.users)[0])
         return encode_update(c.items.cpu().numpy(), trained, w)
 
@@ -202,18 +218,21 @@ class Federation:
         losses: dict[int, float] = {}
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
             res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
-                               self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype)
+                               self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype, self.content)
             for k in self.strategy.personal:
                 self.store.scatter(k, c, res.value(k))
             rows, rb = res.value("dec_out"), res.value("dec_ob")                       # (T, H1), (T,)
             W1, b1 = res.value("dec_W1"), res.value("dec_b1")                          # (B, H1, H2), (B, H1)
+            P = res.value(CONTENT_KEY) if self.content is not None else None           # (B, H1, F)
             w = self.weights(c.users)
             ends = np.cumsum(np.bincount(c.seg.cpu().numpy(), minlength=c.size))  # seg is contiguous per client
             items = c.items.cpu().numpy()
             for j, u in enumerate(c.users.cpu().numpy()):
                 a, b = (ends[j - 1] if j else 0), ends[j]
-                out[int(u)] = encode_update(items[a:b], {"dec_out": rows[a:b], "dec_ob": rb[a:b],
-                                                         "dec_W1": W1[j], "dec_b1": b1[j]}, float(w[j]))
+                trained = {"dec_out": rows[a:b], "dec_ob": rb[a:b], "dec_W1": W1[j], "dec_b1": b1[j]}
+                if P is not None:
+                    trained[CONTENT_KEY] = P[j]
+                out[int(u)] = encode_update(items[a:b], trained, float(w[j]))
                 losses[int(u)] = float(res.loss[j])
         return out, losses
 
@@ -224,7 +243,8 @@ class Federation:
         new, loss = reference_client_update(self.shape, self.strategy, c.items.cpu(), c.x.cpu(),
                                             {k: v.cpu() for k, v in self.global_p.items()},
                                             {k: v.cpu() for k, v in personal.items()}, self.cfg.sgd, lr,
-                                            self.cfg.local_epochs, self.cfg.seed, rnd, u)
+                                            self.cfg.local_epochs, self.cfg.seed, rnd, u,
+                                            self.content.cpu() if self.content is not None else None)
         values = {}
         for k, v in new.items():
             per_entry = k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched")
@@ -240,7 +260,7 @@ class Federation:
             return
         w = self.weights(c.users)                                                     # (B,)
         agg.total_weight += float(w.sum())
-        for k in self.strategy.shared:
+        for k in self.strategy.shared + ((CONTENT_KEY,) if self.content is not None else ()):
             if k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched"):
                 if hasattr(res, "row_sums"):
                     s_, ws_ = res.row_sums(k, w, self.shape.n_items)
@@ -299,7 +319,7 @@ class Federation:
         users = np.asarray(users, dtype=np.int64)
         uniq, inverse = np.unique(users, return_inverse=True)
         h3, parts = self.user_hidden(uniq)                                                # (U, H1)
-        out = full_scores(self.global_p, h3)                                              # (U, N)
+        out = full_scores(self.global_p, h3, self.content)                                # (U, N)
         if "dec_out" in self.strategy.personal:
             for c, idx in parts:
                 rows = self.store.gather("dec_out", c, self.dtype)                        # (T, H1)
@@ -372,7 +392,8 @@ class FederatedAutoencoder(Recommender):
             raise FedrecError(f"strategy {self.fed.strategy.name!r} keeps personal decoder rows: "
                               "there is no single item vector to index")
         g = self.fed.global_p
-        return torch.cat([g["dec_out"], g["dec_ob"][:, None]], 1).float().cpu().numpy()
+        rows = item_rows(g, self.fed.content)                                             # (N, H1)
+        return torch.cat([rows, g["dec_ob"][:, None]], 1).float().cpu().numpy()
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         p = super().predict(users, items)

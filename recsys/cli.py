@@ -119,9 +119,103 @@ def recommend(run_dir: Path, user: str = typer.Option(..., help="external user i
         typer.echo(f"{r['rank']:>3}. {r['title']}  (item {r['item_id']}, score {r['score']:.3f})")
 
 
+features_app = typer.Typer(no_args_is_help=True, help="Item content features (open_clip image + text).")
+clip_app = typer.Typer(no_args_is_help=True, help="Train or fine-tune a CLIP model on a catalogue.")
+app.add_typer(features_app, name="features")
+app.add_typer(clip_app, name="clip")
+
+
+@features_app.command("build")
+@cli_errors
+def features_build(data: Path = typer.Argument(..., help="dataset directory, e.g. data/synth-mm"),
+                   model: str = typer.Option("fedrec-clip-tiny", help="open_clip name, a `fedrec clip train` dir, "
+                                                                      "or with --backend sentence a model dir"),
+                   pretrained: Optional[str] = typer.Option(None, help="open_clip tag or local checkpoint file"),
+                   backend: str = typer.Option("open_clip", help="open_clip or sentence (text-only)"),
+                   fusion: str = typer.Option("mean", help="mean (image+text), text or image"),
+                   device: str = typer.Option("cpu"), batch_size: int = typer.Option(64, min=1),
+                   rebuild: bool = typer.Option(False, help="rebuild even if a matching cache exists")):
+    """Extract (or reuse a matching cache of) one content vector per item under DATA/features/."""
+    from federation.jobs import resolve_device
+    from recsys.features import ClipSpec, build_features
+    from recsys.loaders import load_dataset
+
+    ds = load_dataset(data)
+    feats, man = build_features(ds, data, ClipSpec(backend, model, pretrained, fusion, batch_size),
+                                resolve_device(device), rebuild=rebuild)
+    typer.echo(f"{feats.shape[0]} items x {feats.shape[1]} dims ({man['extractor']}, fusion {man['fusion']}); "
+               f"images used {man['images_used']}, missing {man['images_missing']}; "
+               f"{man['items_per_s']:.0f} items/s when built")
+
+
+@clip_app.command("train")
+@cli_errors
+def clip_train(data: Path = typer.Argument(..., help="dataset directory with item images and texts"),
+               out: Path = typer.Option(..., help="model directory to write (open_clip local-dir layout)"),
+               model: str = typer.Option("fedrec-clip-tiny", help="open_clip config name or a model dir"),
+               pretrained: Optional[str] = typer.Option(None, help="start from these weights (tag or file)"),
+               epochs: int = typer.Option(10, min=1), batch_size: int = typer.Option(128, min=2),
+               lr: float = typer.Option(1e-3, min=0), seed: int = typer.Option(0),
+               max_items: Optional[int] = typer.Option(None, min=20), device: str = typer.Option("cpu")):
+    """Contrastive (ClipLoss) training on the catalogue's image–text pairs; reports held-out recall."""
+    from federation.jobs import resolve_device
+    from recsys.clip_train import ClipTrainSpec, train_clip
+    from recsys.loaders import load_dataset
+
+    ds = load_dataset(data)
+    rep = train_clip(ds, data, out, ClipTrainSpec(model, pretrained, epochs, batch_size, lr, seed=seed,
+                                                  max_items=max_items), resolve_device(device))
+    r, c = rep["text_to_image"], rep["chance"]
+    typer.echo(f"wrote {out}: text->image on {rep['items_held_out']} held-out items recall@1 {r['recall@1']:.3f} "
+               f"(chance {c['recall@1']:.3f}), recall@10 {r['recall@10']:.3f} (chance {c['recall@10']:.3f}); "
+               f"{rep['seconds_per_epoch']:.1f} s/epoch")
+
+
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy"),
+def search(run_dir: Path, user: str = typer.Option(..., help="external user id"),
+           query: str = typer.Option(..., help="text query"), k: int = typer.Option(10, "-k", "--k", min=1),
+           candidates: int = typer.Option(100, min=1, help="content matches re-ranked for the user"),
+           relevance: float = typer.Option(0.5, min=0, max=1, help="weight of query similarity vs the user's taste"),
+           device: str = typer.Option("cpu")):
+    """Personalized search: items matching QUERY in CLIP space, ordered by this user's own model."""
+    from federation.serve import search_for
+
+    hits = search_for(run_dir, user, query, k, candidates, relevance, device)
+    typer.echo(f"{query!r} for user {user}:")
+    for h in hits:
+        typer.echo(f"{h['rank']:>3}. {h['title']}  (item {h['item_id']}, match {h['similarity']:.2f}, score {h['score']:.2f})")
+
+
+@app.command()
+@cli_errors
+def explain(run_dir: Path, user: str = typer.Option(..., help="external user id"),
+            item: str = typer.Option(..., help="external item id"), device: str = typer.Option("cpu")):
+    """Why ITEM would be recommended to USER: supporting history items and shared content."""
+    from federation.serve import explain_for
+
+    e = explain_for(run_dir, user, item, device)
+    typer.echo(e["sentence"])
+    extra = f", predicted rating {e['predicted_rating']:.2f}" if "predicted_rating" in e else ""
+    typer.echo(f"(rank {e['rank']} of the user's scores{extra})")
+
+
+@app.command()
+@cli_errors
+def prefer(run_dir: Path, user: str = typer.Option(..., help="external user id"),
+           a: str = typer.Option(..., help="first item id"), b: str = typer.Option(..., help="second item id"),
+           device: str = typer.Option("cpu")):
+    """Which of two items USER would prefer, with the model's probability."""
+    from federation.serve import prefer_for
+
+    r = prefer_for(run_dir, user, a, b, device)
+    pr = f"; predicted ratings {r['predicted_ratings'][0]:.2f} vs {r['predicted_ratings'][1]:.2f}" if "predicted_ratings" in r else ""
+    typer.echo(f"prefers {r['title']} (item {r['preferred']}); P({a} over {b}) = {r['p_first_over_second']:.3f}{pr}")
+
+
+@app.command()
+@cli_errors
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, content"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds")):
     """Run benchmarks and print tables; --out updates those sections of a markdown file."""

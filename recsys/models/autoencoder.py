@@ -8,6 +8,13 @@ Parameter names (Linear layout: weight is (out, in); W1 and V2 are stored item-m
     enc_in (N, H1) = W1^T   enc_b1 (H1)   enc_W2 (H2, H1)   enc_b2 (H2)        personal (encoder)
     dec_W1 (H1, H2)         dec_b1 (H1)   dec_out (N, H1) = V2   dec_ob (N)      shared (decoder)
 
+Content-aware decoder (``content_dim`` F > 0, issue: multimodal features): item i's output row is
+    dec_out[i] + dec_P @ c_i        c_i (F) the item's fixed content vector (CLIP features, + a constant 1)
+with dec_P (H1, F) a shared projection, federated like the dense decoder layer. Its score is
+    y_i = h3 . dec_out[i] + (h3 @ dec_P) . c_i + dec_ob[i]
+so an item nobody has rated (dec_out, dec_ob still at their zero init) is scored from content alone,
+and a client still sends only its own items' rows plus the (H1, F) projection.
+
 Because x_u is zero outside the user's items, only the rows of enc_in for those items matter:
 a client holds just those rows. With partial compression a client likewise trains and sends
 only the rows of dec_out/dec_ob for its own items.
@@ -25,6 +32,7 @@ DENSE_DECODER_KEYS = ("dec_W1", "dec_b1")
 ROW_DECODER_KEYS = ("dec_out", "dec_ob")
 ALL_KEYS = ENCODER_KEYS + DENSE_DECODER_KEYS + ROW_DECODER_KEYS
 ITEM_ROW_KEYS = ("enc_in", "dec_out", "dec_ob")   # indexed by item
+CONTENT_KEY = "dec_P"                              # (H1, F) content projection, shared; only when F > 0
 
 
 @dataclass(frozen=True)
@@ -35,22 +43,39 @@ class AEShape:
     dropout: float = 0.5
     mode: str = "explicit"          # explicit | implicit
     input_norm: str = "none"        # none | l2: scale a user's input row to unit L2 norm (Mult-DAE style)
+    content_dim: int = 0            # F: width of the item content vectors (0: content-free model)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
-                "enc_b2": (self.h2,), "dec_W1": (self.h1, self.h2), "dec_b1": (self.h1,),
-                "dec_out": (self.n_items, self.h1), "dec_ob": (self.n_items,)}
+        out = {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
+               "enc_b2": (self.h2,), "dec_W1": (self.h1, self.h2), "dec_b1": (self.h1,),
+               "dec_out": (self.n_items, self.h1), "dec_ob": (self.n_items,)}
+        if self.content_dim:
+            out[CONTENT_KEY] = (self.h1, self.content_dim)
+        return out
 
 
 def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from one seed."""
+    """PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from one seed.
+
+    With content, the free item rows and biases start at zero: an item's score starts as its content
+    score, and an item no client ever holds keeps a pure content row (cold start)."""
     g = torch.Generator().manual_seed(seed)
     fan_in = {"enc_in": shape.n_items, "enc_b1": shape.n_items, "enc_W2": shape.h1, "enc_b2": shape.h1,
-              "dec_W1": shape.h2, "dec_b1": shape.h2, "dec_out": shape.h1, "dec_ob": shape.h1}
+              "dec_W1": shape.h2, "dec_b1": shape.h2, "dec_out": shape.h1, "dec_ob": shape.h1,
+              CONTENT_KEY: max(1, shape.content_dim)}
     out = {}
     for k, s in shape.param_shapes().items():
+        if k == CONTENT_KEY:   # drawn last from its own stream: content-free parameters stay identical
+            continue
         bound = 1.0 / math.sqrt(fan_in[k])
         out[k] = (torch.rand(s, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).to(dtype)
+    if shape.content_dim:
+        gp = torch.Generator().manual_seed(seed + 7_777)
+        bound = 1.0 / math.sqrt(shape.content_dim)
+        out[CONTENT_KEY] = (torch.rand(shape.h1, shape.content_dim, generator=gp, dtype=torch.float64) * 2 - 1
+                            ).mul_(bound).to(dtype)
+        out["dec_out"].zero_()
+        out["dec_ob"].zero_()
     return out
 
 
@@ -119,9 +144,20 @@ def decode_hidden(p: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
     return torch.tanh(_bmv(p["dec_W1"], z) + p["dec_b1"])
 
 
-def full_scores(p: dict[str, torch.Tensor], h3: torch.Tensor) -> torch.Tensor:
-    """Scores for all items with shared rows: h3 (B, H1) -> (B, N)."""
-    return h3 @ p["dec_out"].T + p["dec_ob"]
+def full_scores(p: dict[str, torch.Tensor], h3: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores for all items with shared rows: h3 (B, H1) -> (B, N). content (N, F) when the model has
+    a projection (p['dec_P'] (H1, F))."""
+    out = h3 @ p["dec_out"].T + p["dec_ob"]
+    if content is not None and CONTENT_KEY in p:
+        out = out + (h3 @ p[CONTENT_KEY]) @ content.T                                 # (B, F) @ (F, N)
+    return out
+
+
+def item_rows(p: dict[str, torch.Tensor], content: torch.Tensor | None = None) -> torch.Tensor:
+    """Effective output rows (N, H1): dec_out + content @ dec_P^T (so h3 . row + dec_ob is the score)."""
+    if content is not None and CONTENT_KEY in p:
+        return p["dec_out"] + content @ p[CONTENT_KEY].T
+    return p["dec_out"]
 
 
 def client_loss(shape: AEShape, y: torch.Tensor, seg: torch.Tensor, items: torch.Tensor, x: torch.Tensor,

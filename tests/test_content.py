@@ -1,0 +1,216 @@
+"""Item content: open_clip extraction + cache manifest, `clip train`, graph propagation, the content-aware
+job and the tasks it serves (search, preference, explanation), and their bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import yaml
+
+from recsys.errors import ConfigError, ManifestError
+from recsys.synth import SynthSpec, write_catalogue
+
+FEDREC = [sys.executable, "-m", "recsys.cli"]
+
+
+def run(*args):
+    return subprocess.run([*FEDREC, *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data") / "mm"
+    write_catalogue(SynthSpec(n_users=150, n_items=80, mean_activity=12, seed=2), d, images=True, workers=1,
+                    progress=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def clip_dir(catalogue, tmp_path_factory):
+    from recsys.clip_train import ClipTrainSpec, train_clip
+    from recsys.loaders import load_dataset
+
+    out = tmp_path_factory.mktemp("models") / "clip"
+    rep = train_clip(load_dataset(catalogue), catalogue, out, ClipTrainSpec(epochs=12, batch_size=35, lr=3e-3),
+                     progress=False)
+    return out, rep
+
+
+def test_clip_train_writes_an_open_clip_local_dir(clip_dir):
+    out, rep = clip_dir
+    assert (out / "open_clip_config.json").exists() and (out / "open_clip_model.safetensors").exists()
+    losses = [e["loss"] for e in rep["epochs"]]
+    assert losses[-1] < losses[0] * 0.8, losses            # contrastive training makes progress
+    assert rep["items_held_out"] == 10 and rep["chance"]["recall@1"] == pytest.approx(0.1)
+    # plain open_clip loads it like any local model
+    import open_clip
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    assert model.text_projection.shape[1] == 128
+
+
+def test_features_cache_reused_only_when_manifest_matches(catalogue, clip_dir, tmp_path):
+    from recsys.features import ClipSpec, build_features, load_features
+    from recsys.loaders import load_dataset
+
+    ds = load_dataset(catalogue)
+    spec = ClipSpec(model=str(clip_dir[0]))
+    f1, m1 = build_features(ds, catalogue, spec, cache_root=tmp_path, progress=False)
+    assert f1.shape == (80, 128) and m1["images_used"] == 80 and m1["images_missing"] == 0
+    np.testing.assert_allclose(np.linalg.norm(f1, axis=1), 1, atol=1e-5)
+    f2, m2 = build_features(ds, catalogue, spec, cache_root=tmp_path, progress=False)
+    assert m2["seconds"] == m1["seconds"] and np.array_equal(f1, f2)          # reused, not recomputed
+    # text-only fusion is a different cache entry with different vectors
+    f3, _ = build_features(ds, catalogue, ClipSpec(model=str(clip_dir[0]), fusion="text"), cache_root=tmp_path,
+                           progress=False)
+    assert len(list(tmp_path.iterdir())) == 2 and not np.allclose(f1, f3)
+    # a cache whose manifest does not match is refused on load and rebuilt by build_features
+    cache = next(p for p in tmp_path.iterdir() if json.loads((p / "MANIFEST.json").read_text())["fusion"] == "mean")
+    man = json.loads((cache / "MANIFEST.json").read_text())
+    man["extractor"] = "open_clip:other-model:0"
+    (cache / "MANIFEST.json").write_text(json.dumps(man))
+    with pytest.raises(ManifestError, match="extractor"):
+        load_features(cache, expect={"extractor": m1["extractor"]})
+    f4, m4 = build_features(ds, catalogue, spec, cache_root=tmp_path, progress=False)
+    assert m4["extractor"] == m1["extractor"] and np.allclose(f4, f1, atol=1e-5)
+
+
+def test_missing_or_corrupt_images_fall_back_to_text(catalogue, clip_dir, tmp_path):
+    import shutil
+    from recsys.features import ClipSpec, build_features
+    from recsys.loaders import load_dataset
+
+    d = tmp_path / "mm"
+    shutil.copytree(catalogue, d, ignore=shutil.ignore_patterns("features"))
+    (d / "images" / "0.png").unlink()
+    (d / "images" / "1.png").write_bytes(b"not a png")
+    ds = load_dataset(d)
+    feats, man = build_features(ds, d, ClipSpec(model=str(clip_dir[0])), progress=False)
+    assert man["images_missing"] == 2 and man["images_used"] == 78
+    text, _ = build_features(ds, d, ClipSpec(model=str(clip_dir[0]), fusion="text"), progress=False)
+    i0, i1 = ds.item_index("0"), ds.item_index("1")
+    np.testing.assert_allclose(feats[[i0, i1]], text[[i0, i1]], atol=1e-6)     # text features only
+    assert not np.allclose(feats[ds.item_index("2")], text[ds.item_index("2")])
+
+
+def test_fusion_by_hand():
+    from recsys.features import fuse
+
+    t = np.array([[3.0, 0.0], [0.0, 2.0]])
+    im = np.array([[0.0, 1.0], [5.0, 5.0]])
+    out = fuse(t, im, np.array([True, False]))
+    np.testing.assert_allclose(out[0], [2 ** -0.5, 2 ** -0.5])      # mean of unit text and unit image
+    np.testing.assert_allclose(out[1], [0.0, 1.0])                  # no image: unit text
+
+
+def test_bad_models_are_clear_errors(tmp_path):
+    from recsys.features import ClipExtractor, ClipSpec
+
+    with pytest.raises(ConfigError, match="unknown open_clip model"):
+        ClipExtractor(ClipSpec(model="no-such-model"))
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        ClipExtractor(ClipSpec(model="fedrec-clip-tiny", pretrained=str(tmp_path / "missing.safetensors")))
+    with pytest.raises(ConfigError, match="no such model directory"):
+        ClipExtractor(ClipSpec(model=f"local-dir:{tmp_path / 'nope'}"))
+
+
+def test_graphs_and_propagation_by_hand():
+    from recsys.content_graph import co_interaction_graph, propagate
+
+    # co-counts 0-1: 2, 1-2: 2, 0-2: 1; item 3 never rated (cold: no edges)
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0]], float))
+    ei, ew = co_interaction_graph(train, k=1)
+    edges = set(map(tuple, ei.T.tolist()))
+    assert edges == {(0, 1), (1, 0), (1, 2), (2, 1)}             # top-1 each, symmetrized; 0-2 dropped
+    x = np.eye(4, dtype=np.float32)
+    y = propagate(x, ei, ew, layers=1)
+    np.testing.assert_allclose(y[3], x[3])                       # isolated item keeps its own content
+    assert y[0, 1] > 0 and y[0, 2] == 0                          # 0 hears from its neighbour 1 only
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1, atol=1e-6)
+
+
+def test_tasks_by_hand():
+    from recsys.tasks import explain, personalized_search, prefer
+
+    feats = np.eye(4)[[0, 0, 1, 1, 2]] * 1.0                     # items 0,1 alike; 2,3 alike; 4 apart
+    q = np.array([1.0, 0.2, 0, 0])
+    a = personalized_search(q, feats, np.array([0.0, 5.0, 0, 0, 0]), k=2, candidates=2, relevance=0.3)[0]
+    b = personalized_search(q, feats, np.array([5.0, 0.0, 0, 0, 0]), k=2, candidates=2, relevance=0.3)[0]
+    assert set(a) == set(b) == {0, 1} and list(a) == [1, 0] and list(b) == [0, 1]   # same matches, own order
+    assert prefer(np.array([2.0, 1.0]), 0, 1) == (0, pytest.approx(1 / (1 + np.exp(-1))))
+    titles = ["A", "B", "C", "D", "E"]
+    texts = ["red striped lamp", "red striped mug", "blue lamp", "blue mug", "green vase"]
+    e = explain(0, np.array([1, 2, 4]), np.array([5.0, 5.0, 1.0]), feats, texts, titles)
+    assert e["support"][0]["item"] == 1 and e["shared"][:2] == ["red", "striped"]
+    assert "B (similarity 1.00, rated 5)" in e["sentence"]
+
+
+@pytest.fixture(scope="module")
+def content_run(catalogue, clip_dir, tmp_path_factory):
+    from federation.jobs import train
+
+    tmp = tmp_path_factory.mktemp("runs")
+    cfg = {"name": "c", "seed": 0, "data": {"path": str(catalogue)},
+           "split": {"kind": "cold_items", "cold_fraction": 0.1},
+           "model": {"mode": "explicit", "hidden": [16, 8]},
+           "federation": {"strategy": "personalfr", "rounds": 4, "fraction": 0.5},
+           "content": {"enabled": True, "model": str(clip_dir[0]), "scale": 1.0},
+           "eval": {"every": 0}, "output": {"checkpoint_every": 2}}
+    p = tmp / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return train(p, tmp / "run", progress=False), p
+
+
+def test_content_run_scores_cold_items_from_content(content_run):
+    from federation.jobs import load_run
+
+    run = load_run(content_run[0])
+    assert run.fed.shape.content_dim == 129 and (content_run[0] / "content.safetensors").exists()
+    cold = run.split.cold_items
+    assert len(cold) == 8
+    s = run.model().score(np.arange(5))
+    assert np.isfinite(s).all() and np.ptp(s[:, cold], axis=1).min() > 0      # cold items get real scores
+    iv, uv = run.model().item_vectors(), run.model().user_vectors(np.arange(5))
+    np.testing.assert_allclose(uv @ iv.T, s, atol=1e-4)                      # FAISS-ready vectors == score()
+    assert (run.fed.global_p["dec_out"][cold] == 0).all()                    # no free row: content alone
+
+
+def test_search_explain_prefer_cli(content_run):
+    run_dir = str(content_run[0])
+    from federation.jobs import load_run
+    job = load_run(run_dir)
+    counts = np.diff(job.train.indptr)
+    u1, u2 = (str(job.data.user_ids[i]) for i in np.argsort(-counts)[:2])
+    r1 = run("search", run_dir, "--user", u1, "--query", "a red striped lamp", "-k", "5")
+    r2 = run("search", run_dir, "--user", u2, "--query", "a red striped lamp", "-k", "5")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr[-500:]
+    lines1, lines2 = r1.stdout.strip().splitlines()[1:], r2.stdout.strip().splitlines()[1:]
+    assert len(lines1) == 5 and lines1 != lines2                              # personalized order
+    item = str(job.data.item_ids[job.split.cold_items[0]])
+    e = run("explain", run_dir, "--user", u1, "--item", item)
+    assert e.returncode == 0 and "recommended because you liked" in e.stdout and "predicted rating" in e.stdout
+    p = run("prefer", run_dir, "--user", u1, "--a", item, "--b", str(job.data.item_ids[0]))
+    assert p.returncode == 0 and "prefers" in p.stdout
+
+
+def test_content_bad_input_cli(content_run, tmp_path, catalogue):
+    run_dir = str(content_run[0])
+    r = run("search", run_dir, "--user", "no-such-user", "--query", "lamp")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run("explain", run_dir, "--user", "0", "--item", "no-such-item")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run("features", "build", str(catalogue), "--model", "no-such-model")
+    assert r.returncode == 2 and "unknown open_clip model" in r.stderr and "Traceback" not in r.stderr
+    r = run("clip", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "m"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "m").exists()
+    # a run without content: search says so in one line
+    cfg = yaml.safe_load(Path(content_run[1]).read_text())
+    cfg["content"] = {"enabled": False}
+    cfg["name"] = "plain"
+    p = tmp_path / "plain.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert run("train", str(p), "--run-dir", str(tmp_path / "plain")).returncode == 0
+    r = run("search", str(tmp_path / "plain"), "--user", "0", "--query", "lamp")
+    assert r.returncode == 2 and "no content features" in r.stderr
