@@ -298,7 +298,8 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
     rounds = 50 if quick else 100
     md += "\n" + _table(f"Cold-start: configs/synth-cold.yaml (implicit, personalfr, {rounds} rounds); NDCG@10 "
                         "ranking only cold items (100) / only warm items (900), test part",
-                        ["model", "cold NDCG@10", "warm NDCG@10", "train s"], bench_cold_start(data_dir, model_dir, rounds))
+                        ["model", "server_lr", "cold NDCG@10", "warm NDCG@10", "train s (incl. features)"],
+                        bench_cold_start(data_dir, model_dir, rounds))
     md += "\n" + _table("ml-100k, per-user 80/10/10: shipped configs + content "
                         + ("(100 rounds)" if quick else "(300 rounds)"),
                         ["content", "implicit test NDCG@10", "explicit test RMSE", "implicit train s", "explicit train s"],

@@ -214,3 +214,14 @@ def test_content_bad_input_cli(content_run, tmp_path, catalogue):
     assert run("train", str(p), "--run-dir", str(tmp_path / "plain")).returncode == 0
     r = run("search", str(tmp_path / "plain"), "--user", "0", "--query", "lamp")
     assert r.returncode == 2 and "no content features" in r.stderr
+
+
+def test_shipped_configs_validate():
+    from federation.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"synth-cold.yaml", "ml100k-implicit-content.yaml"} <= set(names)
+    for p in root.glob("*.yaml"):
+        load_config(p)                                   # strict: an unknown key or bad value raises
+    assert load_config(root / "synth-cold.yaml").content.enabled
