@@ -254,6 +254,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("faiss.loader", "sentence_transformers", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)               # load-time chatter
+    # open_clip logs its model-loading steps through the root logger at INFO: keep its warnings only.
+    quiet_open_clip = logging.Filter()
+    quiet_open_clip.filter = lambda r: not (r.levelno < logging.WARNING and "open_clip" in r.pathname)
+    for h in logging.getLogger().handlers:
+        h.addFilter(quiet_open_clip)
     app()
 
 
