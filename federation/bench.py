@@ -283,7 +283,8 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
                                           ensure_synth)
 
     ensure_synth(data_dir)
-    model_dir = Path("models") / "clip-synth-mm"
+    # --quick trains a 3-epoch model: keep it away from models/clip-synth-mm (the demo reuses that one)
+    model_dir = Path("models") / ("clip-synth-mm-quick" if quick else "clip-synth-mm")
     rep = ensure_clip(data_dir, model_dir, epochs=3 if quick else 10)
     r, c = rep["text_to_image"], rep["chance"]
     md = _table(f"`fedrec clip train data/synth-mm --out {model_dir}` (fedrec-clip-tiny from random init, ClipLoss, "

@@ -181,7 +181,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         if CONTENT_KEY in per_client:
             raise ValueError("a personal content projection is not supported (strategy 'local')")
         C = content.to(dtype)                                                    # (N, F)
-        Ct = C.index_select(0, items)                                            # (T, F) the clients' items
+        Ct = None if all_rows else C.index_select(0, items)                      # (T, F) the clients' items
         P0 = start[CONTENT_KEY]                                                  # (H1, F)
     for s in range(local_epochs):
         k = [b[s][j] * F[j]["c"] for j in range(s)]                              # (B,) per earlier step

@@ -89,6 +89,14 @@ def fed_settings(cfg: JobConfig) -> FedSettings:
         dp=dp_settings(cfg))
 
 
+def content_spec(cfg: JobConfig):
+    """The feature extractor spec of a job's ``content`` section."""
+    from recsys.features import ClipSpec
+
+    c = cfg.content
+    return ClipSpec(c.backend, c.model, c.pretrained, c.fusion)
+
+
 def item_content(cfg: JobConfig, data: InteractionData, split: Split, progress: bool = False) -> np.ndarray | None:
     """(N, F+1) float32 content vectors of a content-aware job, or None: cached item features
     (recsys.features), optionally propagated over an item graph (recsys.content_graph), unit-normed,
@@ -98,11 +106,10 @@ def item_content(cfg: JobConfig, data: InteractionData, split: Split, progress: 
     if not c.enabled:
         return None
     from recsys.content_graph import build_graph, propagate
-    from recsys.features import ClipSpec, build_features
+    from recsys.features import build_features
 
-    spec = ClipSpec(c.backend, c.model, c.pretrained, c.fusion)
-    feats, _ = build_features(data, Path(cfg.data.path), spec, resolve_device(c.device or cfg.engine.device),
-                              progress=progress)
+    feats, _ = build_features(data, Path(cfg.data.path), content_spec(cfg),
+                              resolve_device(c.device or cfg.engine.device), progress=progress)
     if c.graph != "none":
         ei, ew = build_graph(c.graph, split.matrix(data, "train"), data, Path(cfg.data.path), c.graph_neighbors)
         feats = propagate(feats, ei, ew, c.graph_layers)

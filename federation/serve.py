@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.jobs import Run, load_run, resolve_device
+from federation.jobs import Run, content_spec, load_run, resolve_device
 from recsys.errors import FedrecError
-from recsys.features import ClipSpec, build_features, item_texts, make_extractor
+from recsys.features import build_features, item_texts, make_extractor
 from recsys.tasks import explain, personalized_search, prefer
 
 
@@ -20,15 +20,11 @@ def _content_run(run_dir: str | Path, device: str) -> Run:
     return run
 
 
-def _spec(run: Run) -> ClipSpec:
-    c = run.cfg.content
-    return ClipSpec(c.backend, c.model, c.pretrained, c.fusion)
-
-
-def raw_features(run: Run, device: str = "cpu") -> np.ndarray:
+def raw_features(run: Run, device: str = "cpu", extractor=None) -> np.ndarray:
     """(N, D) unit-norm item features in the query space (the cached extractor output, before any
     graph propagation)."""
-    feats, _ = build_features(run.data, Path(run.cfg.data.path), _spec(run), device, progress=False)
+    feats, _ = build_features(run.data, Path(run.cfg.data.path), content_spec(run.cfg), device, progress=False,
+                              extractor=extractor)
     return feats
 
 
@@ -44,8 +40,9 @@ def search_for(run_dir: str | Path, user: str, query: str, k: int = 10, candidat
         raise FedrecError("--query: empty query")
     run = _content_run(run_dir, device)
     u = run.data.user_index(user)
-    feats = raw_features(run, resolve_device(device))
-    q = make_extractor(_spec(run), resolve_device(device)).encode_text([query])[0]       # (D,)
+    ext = make_extractor(content_spec(run.cfg), resolve_device(device))                # loaded once
+    feats = raw_features(run, resolve_device(device), ext)
+    q = ext.encode_text([query])[0]                                                      # (D,)
     seen = run.train[u].indices
     ids, final, sim = personalized_search(q, feats, _user_scores(run, u), k, candidates, relevance, seen)
     return [{"rank": r + 1, "item_id": str(run.data.item_ids[i]), "title": run.data.title(i),

@@ -220,14 +220,15 @@ def cache_key(spec: ClipSpec, extractor_id: str) -> str:
 
 
 def build_features(data, base: Path, spec: ClipSpec = ClipSpec(), device: str = "cpu",
-                   cache_root: Path | None = None, progress: bool = True, rebuild: bool = False
-                   ) -> tuple[np.ndarray, dict]:
+                   cache_root: Path | None = None, progress: bool = True, rebuild: bool = False,
+                   extractor=None) -> tuple[np.ndarray, dict]:
     """(N, D) float32 item features for ``data`` (an InteractionData) and the cache manifest.
 
     base: directory image paths are relative to (the dataset directory). Reuses the cache only when
     its manifest matches model, weights, fusion and item ids; otherwise (re)builds it atomically.
+    extractor: an already loaded ``make_extractor(spec, device)`` (callers that also embed queries).
     """
-    ext = make_extractor(spec, device)
+    ext = extractor or make_extractor(spec, device)
     root = Path(cache_root) if cache_root else base / "features"
     key = cache_key(spec, ext.id)
     out = root / key

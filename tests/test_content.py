@@ -225,3 +225,31 @@ def test_shipped_configs_validate():
     for p in root.glob("*.yaml"):
         load_config(p)                                   # strict: an unknown key or bad value raises
     assert load_config(root / "synth-cold.yaml").content.enabled
+
+
+def test_evaluate_candidates_matches_full_ranking_and_restricts(tiny_data):
+    """With every item a candidate it equals evaluate_model's full ranking; with a subset, the ranking
+    is over those items only (a model preferring the excluded items still ranks the subset by hand)."""
+    from recsys.evaluation import evaluate_candidates, evaluate_model
+    from recsys.models.baselines import Popularity
+    from recsys.splits import ratio_split
+
+    split = ratio_split(tiny_data, seed=0)
+    pop = Popularity().fit(split.matrix(tiny_data, "train"))
+    full = evaluate_model(pop, tiny_data, split, "test", "implicit", (5,))
+    cand = evaluate_candidates(pop, tiny_data, split, np.arange(tiny_data.n_items), "test", (5,))
+    assert cand["ndcg@5"] == pytest.approx(full["ndcg@5"]) and cand["recall@5"] == pytest.approx(full["recall@5"])
+
+    class Anti:                                       # loves items 0-14, which are not candidates
+        def score(self, u):
+            return np.tile(-np.arange(tiny_data.n_items, dtype=float), (len(u), 1))
+    sub = np.arange(15, 30)
+    r = evaluate_candidates(Anti(), tiny_data, split, sub, "test", (5,))
+    truth = split.matrix(tiny_data, "test").tocsc()[:, sub].tocsr()
+    assert r["n_candidates"] == 15 and r["n_users"] == int((np.diff(truth.indptr) > 0).sum())
+    from recsys.evaluation import _seen
+    from recsys.metrics import ranking_metrics_reference
+    seen = _seen(tiny_data, split, "test").tocsc()[:, sub].tocsr()
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    topk = np.array([[j for j in range(15) if j not in set(seen[u].indices)][:5] for u in users])
+    assert r["ndcg@5"] == pytest.approx(ranking_metrics_reference(topk, truth, users, (5,))["ndcg@5"])
