@@ -36,8 +36,8 @@ demo: $(STAMP)
 	$(FEDREC) index query $(DEMO_IDX)/histories --run $(DEMO_RUN) --user 42 --text "space adventure" -k 3
 	@# Content: a synthetic multimodal catalogue, a CLIP model trained on it, a cold-start run,
 	@# personalized search and an explanation (docs/content.md).
-	@test -f data/synth-mm/MANIFEST.json || $(FEDREC) data synth --out data/synth-mm --users 3000 --items 1000
-	@test -f models/clip-synth-mm/open_clip_model.safetensors || $(FEDREC) clip train data/synth-mm --out models/clip-synth-mm --epochs 10
+	$(FEDREC) data synth --out data/synth-mm --users 3000 --items 1000
+	$(FEDREC) clip train data/synth-mm --out models/clip-synth-mm --epochs 40 --if-stale
 	$(FEDREC) train configs/synth-cold.yaml --run-dir runs/demo-synth-cold --overwrite
 	$(FEDREC) search runs/demo-synth-cold --user 0 --query "a red striped lamp" -k 5
 	$(FEDREC) search runs/demo-synth-cold --user 1 --query "a red striped lamp" -k 5

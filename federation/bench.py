@@ -285,7 +285,7 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
     ensure_synth(data_dir)
     # --quick trains a 3-epoch model: keep it away from models/clip-synth-mm (the demo reuses that one)
     model_dir = Path("models") / ("clip-synth-mm-quick" if quick else "clip-synth-mm")
-    rep = ensure_clip(data_dir, model_dir, epochs=3 if quick else 10)
+    rep = ensure_clip(data_dir, model_dir, epochs=3 if quick else 40)
     r, c = rep["text_to_image"], rep["chance"]
     md = _table(f"`fedrec clip train data/synth-mm --out {model_dir}` (fedrec-clip-tiny from random init, ClipLoss, "
                 f"{len(rep['epochs'])} epochs, {rep['items_trained']} training items)",

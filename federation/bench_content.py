@@ -14,21 +14,23 @@ from federation.config import parse_config
 from federation.jobs import build_federation, item_content, prepare_data
 from federation.simulation import FederatedAutoencoder
 from recsys.evaluation import evaluate_candidates, evaluate_model
+from recsys.synth import ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = dict(users=3000, items=1000)
 
 
 def ensure_synth(data_dir: Path) -> Path:
-    from recsys.synth import SynthSpec, write_catalogue
+    from recsys.synth import SynthSpec, catalogue_is_current, write_catalogue
 
     out = data_dir / "synth-mm"
-    if not (out / "MANIFEST.json").exists():
-        write_catalogue(SynthSpec(n_users=SYNTH["users"], n_items=SYNTH["items"]), out, progress=False)
+    spec = SynthSpec(n_users=SYNTH["users"], n_items=SYNTH["items"])
+    if not catalogue_is_current(out, spec):
+        write_catalogue(spec, out, progress=False)
     return out
 
 
-def ensure_clip(data_dir: Path, model_dir: Path, epochs: int = 10) -> dict:
+def ensure_clip(data_dir: Path, model_dir: Path, epochs: int = 40) -> dict:
     """Train the catalogue's CLIP model (always, so the epoch time is measured now)."""
     from recsys.clip_train import ClipTrainSpec, train_clip
     from recsys.loaders import load_dataset
@@ -48,15 +50,43 @@ def _cfg(path: str, data_path: Path, rounds: int | None = None, **over) -> dict:
     return cfg
 
 
-def _train(cfgd: dict):
+def _train(cfgd: dict, content_fn=None):
+    """Train a job; ``content_fn(data) -> (N, F)`` replaces the config's item features (reference rows)."""
     cfg = parse_config(cfgd)
     data, split = prepare_data(cfg)
     t = time.perf_counter()
-    fed = build_federation(cfg, data, split)
+    content = None
+    if content_fn is not None:
+        f = content_fn(data)
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)       # as item_content: unit rows, a 1 column, scale
+        content = (cfg.content.scale * np.hstack([f, np.ones((len(f), 1))])).astype(np.float32)
+    fed = build_federation(cfg, data, split, content=content)
     for _ in range(cfg.federation.rounds):
         fed.run_round()
     return cfg, data, split, FederatedAutoencoder(fed, (1.0, 5.0) if cfg.model.mode == "explicit" else None), \
         time.perf_counter() - t
+
+
+def _truth(path: Path, data) -> dict[str, np.ndarray]:
+    """The generator's ground truth, rows in the dataset's internal item/user order."""
+    from recsys.io import load_arrays
+
+    t = load_arrays(path / "ground_truth.safetensors")
+    it = np.array([int(x) for x in data.item_ids])
+    us = np.array([int(x) for x in data.user_ids])
+    onehot = np.hstack([np.eye(len(v), dtype=np.float32)[t[f"attr_{k}"][it]] for k, v in ATTRIBUTES.items()])
+    return {"attributes": onehot, "item_vec": t["item_vec"][it], "user_vec": t["user_vec"][us]}
+
+
+class _Oracle:
+    """Scores with the generator's own user and item vectors: not learnable from the data, an upper
+    reference for what any content model could reach on this catalogue."""
+
+    def __init__(self, user_vec: np.ndarray, item_vec: np.ndarray):
+        self.u, self.i = user_vec, item_vec
+
+    def score(self, users):
+        return self.u[np.asarray(users)] @ self.i.T
 
 
 class _Random:
@@ -84,9 +114,12 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int = 100) -> list
                 ("no content (PersonalFR)", {"enabled": False}, 3.0),
                 ("open_clip image+text", clip, 3.0),
                 ("MiniLM text", minilm, 3.0)]
+    truth = {"enabled": True, "backend": "sentence", "model": "minilm"}     # features replaced below
+    variants += [("reference: the generator's true attributes as content (one-hot, 28-d)", truth, 1.0)]
     for name, content, slr in variants:
+        fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
         cfg, data, split, model, secs = _train(_cfg("synth-cold.yaml", path, rounds, content=content,
-                                                    federation={"server_lr": slr}))
+                                                    federation={"server_lr": slr}), fn)
         cold = split.cold_items
         warm = np.setdiff1d(np.arange(data.n_items), cold)
         c = evaluate_candidates(model, data, split, cold, "test", (10,))["ndcg@10"]
@@ -97,7 +130,9 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int = 100) -> list
     data, split = base
     pop = Popularity().fit(split.matrix(data, "train"))
     rnd = _Random(data.n_items)
-    for name, m in (("popularity (train counts; cold items all tie)", pop), ("random", rnd)):
+    t = _truth(path, data)
+    for name, m in (("reference: generator's true user vec . item vec (not learnable)", _Oracle(t["user_vec"], t["item_vec"])),
+                    ("popularity (train counts; cold items all tie)", pop), ("random", rnd)):
         c = evaluate_candidates(m, data, split, split.cold_items, "test", (10,))["ndcg@10"]
         w = evaluate_candidates(m, data, split, np.setdiff1d(np.arange(data.n_items), split.cold_items),
                                 "test", (10,))["ndcg@10"]

@@ -43,11 +43,16 @@ def data_synth(out: Path = typer.Option(..., help="output directory, e.g. data/s
                users: int = typer.Option(2000, min=1), items: int = typer.Option(500, min=2),
                groups: int = typer.Option(8, min=1), seed: int = typer.Option(0),
                mean_activity: float = typer.Option(30.0, min=1), images: bool = typer.Option(True),
-               workers: int = typer.Option(2, min=1)):
-    """Generate a seeded synthetic multimodal catalogue with ground truth."""
-    from recsys.synth import SynthSpec, write_catalogue
+               workers: int = typer.Option(2, min=1),
+               force: bool = typer.Option(False, help="regenerate even if OUT already holds this catalogue")):
+    """Generate a seeded synthetic multimodal catalogue with ground truth (skipped when OUT already
+    holds the same catalogue from this generator version)."""
+    from recsys.synth import SynthSpec, catalogue_is_current, write_catalogue
 
     spec = SynthSpec(n_users=users, n_items=items, n_groups=groups, seed=seed, mean_activity=mean_activity)
+    if not force and catalogue_is_current(out, spec, images):
+        typer.echo(f"{out} already holds this catalogue (use --force to regenerate)")
+        return
     p = write_catalogue(spec, out, images=images, workers=workers)
     typer.echo(json.dumps(json.loads((p / "MANIFEST.json").read_text()), indent=1))
 
@@ -156,15 +161,20 @@ def clip_train(data: Path = typer.Argument(..., help="dataset directory with ite
                pretrained: Optional[str] = typer.Option(None, help="start from these weights (tag or file)"),
                epochs: int = typer.Option(10, min=1), batch_size: int = typer.Option(128, min=2),
                lr: float = typer.Option(1e-3, min=0), seed: int = typer.Option(0),
-               max_items: Optional[int] = typer.Option(None, min=20), device: str = typer.Option("cpu")):
+               max_items: Optional[int] = typer.Option(None, min=20), device: str = typer.Option("cpu"),
+               if_stale: bool = typer.Option(False, help="skip when OUT already holds a model trained with these "
+                                                         "settings on this exact catalogue (texts + images)")):
     """Contrastive (ClipLoss) training on the catalogue's image–text pairs; reports held-out recall."""
     from federation.jobs import resolve_device
-    from recsys.clip_train import ClipTrainSpec, train_clip
+    from recsys.clip_train import ClipTrainSpec, model_is_current, train_clip
     from recsys.loaders import load_dataset
 
     ds = load_dataset(data)
-    rep = train_clip(ds, data, out, ClipTrainSpec(model, pretrained, epochs, batch_size, lr, seed=seed,
-                                                  max_items=max_items), resolve_device(device))
+    spec = ClipTrainSpec(model, pretrained, epochs, batch_size, lr, seed=seed, max_items=max_items)
+    if if_stale and model_is_current(ds, data, out, spec):
+        typer.echo(f"{out} is up to date (trained with these settings on this catalogue)")
+        return
+    rep = train_clip(ds, data, out, spec, resolve_device(device))
     r, c = rep["text_to_image"], rep["chance"]
     typer.echo(f"wrote {out}: text->image on {rep['items_held_out']} held-out items recall@1 {r['recall@1']:.3f} "
                f"(chance {c['recall@1']:.3f}), recall@10 {r['recall@10']:.3f} (chance {c['recall@10']:.3f}); "

@@ -31,6 +31,7 @@ class ClipTrainSpec:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
+    grad_clip: float | None = 1.0      # max global grad norm; contrastive training on a few items collapses without it
     holdout: float = 0.1
     seed: int = 0
     max_items: int | None = None       # train on a seeded subset of items (None: all with images)
@@ -43,6 +44,20 @@ def recall_at(sim: np.ndarray, ks=(1, 10)) -> dict[str, float]:
     return {f"recall@{k}": float((rank < k).mean()) for k in ks}
 
 
+def model_is_current(data, base: Path, out: Path, spec: ClipTrainSpec) -> bool:
+    """Whether ``out`` holds a model trained with ``spec`` on exactly this catalogue (texts + images)."""
+    import json
+
+    from recsys.features import catalogue_fingerprint, image_paths, item_texts
+
+    try:
+        rep = json.loads((Path(out) / "REPORT.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (rep.get("spec") == json.loads(json.dumps(asdict(spec))) and (Path(out) / "open_clip_model.safetensors").exists()
+            and rep.get("catalogue_checksum") == catalogue_fingerprint(item_texts(data.items), image_paths(data.items, base)))
+
+
 def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(), device: str = "cpu",
                progress: bool = True) -> dict:
     """Train on the items of ``data`` that have a readable image; write the model dir ``out``
@@ -53,7 +68,7 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from recsys.features import _register_tiny, image_paths, item_texts, resolve_model_name
+    from recsys.features import _register_tiny, catalogue_fingerprint, image_paths, item_texts, resolve_model_name
 
     _register_tiny()
     name = resolve_model_name(spec.model)
@@ -112,6 +127,8 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
             loss = loss_fn(out_["image_features"], out_["text_features"], out_["logit_scale"])
             opt.zero_grad()
             loss.backward()
+            if spec.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -126,7 +143,8 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
         te = torch.nn.functional.normalize(model.encode_text(T[hi].to(device)).float(), dim=-1)
         sim = (te @ ie.T).cpu().numpy()                                        # text queries x images
     rec = recall_at(sim)
-    report = {"spec": asdict(spec), "items_trained": int(len(train)), "items_held_out": int(len(hold)),
+    report = {"spec": asdict(spec), "catalogue_checksum": catalogue_fingerprint(texts, paths),
+              "items_trained": int(len(train)), "items_held_out": int(len(hold)),
               "images_missing": int(missing), "epochs": history, "text_to_image": rec,
               "chance": {"recall@1": 1 / len(hold), "recall@10": min(1.0, 10 / len(hold))},
               "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else 0.0,

@@ -210,6 +210,24 @@ def image_paths(items, base: Path) -> list[Path | None]:
     return out
 
 
+def catalogue_fingerprint(texts: list[str], paths: list[Path | None]) -> str:
+    """sha256 (16 hex) over the item texts and the bytes of every item image (missing ones marked):
+    features or a CLIP model built from a catalogue are stale once its texts or images change."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    for p in paths:
+        if p is None:
+            h.update(b"<none>")
+            continue
+        try:
+            h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+        except OSError:
+            h.update(b"<missing>")
+    return h.hexdigest()[:16]
+
+
 def _ids_checksum(item_ids: np.ndarray) -> str:
     return hashlib.sha256("\n".join(map(str, item_ids)).encode()).hexdigest()[:16]
 
@@ -233,8 +251,11 @@ def build_features(data, base: Path, spec: ClipSpec = ClipSpec(), device: str = 
     key = cache_key(spec, ext.id)
     out = root / key
     ids_sum = _ids_checksum(data.item_ids)
+    texts = item_texts(data.items)
+    paths = image_paths(data.items, base) if spec.fusion != "text" else [None] * data.n_items
     want = {"extractor": ext.id, "fusion": spec.fusion, "dim": ext.dim, "item_ids_checksum": ids_sum,
-            "n_items": int(data.n_items), "format": FORMAT_VERSION}
+            "catalogue_checksum": catalogue_fingerprint(texts, paths), "n_items": int(data.n_items),
+            "format": FORMAT_VERSION}
     if out.exists() and not rebuild:
         try:
             feats, man = load_features(out, expect=want)
@@ -242,8 +263,6 @@ def build_features(data, base: Path, spec: ClipSpec = ClipSpec(), device: str = 
             return feats, man
         except ManifestError as e:
             log.warning("feature cache %s does not match (%s); rebuilding", out, e)
-    texts = item_texts(data.items)
-    paths = image_paths(data.items, base) if spec.fusion != "text" else [None] * data.n_items
     import time
 
     t0 = time.perf_counter()

@@ -1,8 +1,8 @@
 """Seeded synthetic multimodal catalogue with known ground truth.
 
 Items have visual and textual attributes (category, colour, shape, pattern, style); each gets a
-small PNG that draws its shape in its colour and pattern, and a text description naming all of
-them. Item latent vectors are a fixed function of the attributes plus a little noise, so content
+small PNG that shows all five — the shape in its colour and pattern, a pictogram of the category and
+a style-specific background — and a text description naming them. Item latent vectors are a fixed function of the attributes plus a little noise, so content
 predicts preference. Users come from non-IID taste groups (a group centre + personal noise), have
 power-law activity, and pick items by a mix of long-tail popularity and their own taste; explicit
 ratings come from a biased dot-product model plus Gaussian noise. Everything is written as RecBole
@@ -106,43 +106,114 @@ def generate(spec: SynthSpec) -> dict:
     return {"inter": inter, "items": items, "truth": truth}
 
 
-def render_item_image(colour: str, shape: str, pattern: str, size: int = 64):
-    """A small PIL image of the item's shape in its colour and pattern."""
+# Bump when the drawing changes: write_catalogue re-renders images made by another version (and the
+# catalogue fingerprint in feature caches / CLIP reports changes with the image bytes).
+RENDER_VERSION = 2
+# Style -> background: what a shopper would see as the look of the product shot.
+STYLE_BG = {"modern": (205, 215, 230), "vintage": (225, 200, 160), "minimal": (250, 250, 250),
+            "playful": (255, 205, 230)}
+
+
+def _draw_category(dr, category: str, x0: int, y0: int, s: int, ink) -> None:
+    """A pictogram of the category in the s x s box at (x0, y0)."""
+    x1, y1, mx, my = x0 + s, y0 + s, x0 + s // 2, y0 + s // 2
+    w = max(1, s // 8)
+    if category == "bag":          # body + handle
+        dr.rectangle((x0, y0 + s // 3, x1, y1), fill=ink)
+        dr.arc((x0 + s // 4, y0, x1 - s // 4, y0 + 2 * s // 3), 180, 360, fill=ink, width=w)
+    elif category == "shoe":       # L-shaped boot
+        dr.polygon([(x0, y0), (x0 + s // 3, y0), (x0 + s // 3, my), (x1, my + s // 6), (x1, y1), (x0, y1)], fill=ink)
+    elif category == "lamp":       # shade on a stand
+        dr.polygon([(x0 + s // 4, y0), (x1 - s // 4, y0), (x1, my), (x0, my)], fill=ink)
+        dr.line([(mx, my), (mx, y1)], fill=ink, width=w)
+        dr.line([(x0 + s // 4, y1), (x1 - s // 4, y1)], fill=ink, width=w)
+    elif category == "mug":        # cup + side handle
+        dr.rectangle((x0, y0 + s // 6, x1 - s // 3, y1), fill=ink)
+        dr.arc((x1 - s // 2, my - s // 4, x1, my + s // 4), 270, 90, fill=ink, width=w)
+    elif category == "poster":     # frame with a pin
+        dr.rectangle((x0, y0 + s // 6, x1, y1), outline=ink, width=w)
+        dr.ellipse((mx - w, y0, mx + w, y0 + 2 * w), fill=ink)
+    elif category == "scarf":      # zigzag
+        pts = [(x0 + k * s // 4, y0 + (s // 4 if k % 2 else 3 * s // 4)) for k in range(5)]
+        dr.line(pts, fill=ink, width=2 * w)
+    elif category == "clock":      # dial + hands
+        dr.ellipse((x0, y0, x1, y1), outline=ink, width=w)
+        dr.line([(mx, my), (mx, y0 + s // 5)], fill=ink, width=w)
+        dr.line([(mx, my), (x1 - s // 4, my)], fill=ink, width=w)
+    else:                          # vase: narrow neck, round body
+        dr.rectangle((mx - s // 8, y0, mx + s // 8, y0 + s // 3), fill=ink)
+        dr.ellipse((x0 + s // 8, y0 + s // 4, x1 - s // 8, y1), fill=ink)
+
+
+def render_item_image(colour: str, shape: str, pattern: str, category: str = "bag", style: str = "minimal",
+                      size: int = 64):
+    """A small PIL image of the item: its shape in its colour and pattern on a background that shows
+    its style, and a pictogram of its category in the lower right corner."""
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", (size, size), (250, 250, 250) if colour != "white" else (90, 90, 90))
+    bg = STYLE_BG.get(style, (250, 250, 250))
+    if colour == "white" and sum(bg) > 690:
+        bg = (90, 90, 90)            # keep a white item visible
+    img = Image.new("RGB", (size, size), bg)
     dr = ImageDraw.Draw(img)
+    if style == "vintage":           # a thin double frame
+        dr.rectangle((1, 1, size - 2, size - 2), outline=(120, 90, 50), width=1)
+    elif style == "playful":         # confetti
+        for k in range(6):
+            x, y = (k * 23 + 5) % (size - 4), (k * 37 + 3) % (size - 4)
+            dr.ellipse((x, y, x + 3, y + 3), fill=(60, 160, 230) if k % 2 else (250, 170, 40))
     fill = RGB[colour]
-    m = size // 8
-    box = (m, m, size - m, size - m)
+    m = size // 10
+    e = size - size // 3             # the main shape sits top-left; the pictogram bottom-right
+    box = (m, m, e, e)
     if shape == "circle":
         dr.ellipse(box, fill=fill)
     elif shape == "square":
         dr.rectangle(box, fill=fill)
     elif shape == "triangle":
-        dr.polygon([(size // 2, m), (size - m, size - m), (m, size - m)], fill=fill)
+        dr.polygon([((m + e) // 2, m), (e, e), (m, e)], fill=fill)
     else:
-        dr.polygon([(size // 2, m), (size - m, size // 2), (size // 2, size - m), (m, size // 2)], fill=fill)
+        dr.polygon([((m + e) // 2, m), (e, (m + e) // 2), ((m + e) // 2, e), (m, (m + e) // 2)], fill=fill)
     ink = (255, 255, 255) if colour in ("black", "blue", "purple") else (0, 0, 0)
     if pattern == "striped":
-        for y in range(m, size - m, 6):
-            dr.line([(m, y), (size - m, y)], fill=ink, width=1)
+        for y in range(m, e, 5):
+            dr.line([(m, y), (e, y)], fill=ink, width=1)
     elif pattern == "dotted":
-        for y in range(m + 3, size - m, 8):
-            for x in range(m + 3, size - m, 8):
+        for y in range(m + 3, e, 7):
+            for x in range(m + 3, e, 7):
                 dr.ellipse((x - 1, y - 1, x + 1, y + 1), fill=ink)
     elif pattern == "checked":
-        for y in range(m, size - m, 8):
-            for x in range(m + ((y // 8) % 2) * 8, size - m, 16):
-                dr.rectangle((x, y, x + 3, y + 3), fill=ink)
+        for y in range(m, e, 6):
+            for x in range(m + ((y // 6) % 2) * 6, e, 12):
+                dr.rectangle((x, y, x + 2, y + 2), fill=ink)
+    s = size // 4
+    _draw_category(dr, category, size - s - 3, size - s - 3, s, (40, 40, 40) if sum(bg) > 300 else (235, 235, 235))
     return img
 
 
 def _render_chunk(args) -> int:
     out_dir, rows = args
-    for item_id, colour, shape, pattern in rows:
-        render_item_image(colour, shape, pattern).save(Path(out_dir) / f"{item_id}.png", optimize=True)
+    for item_id, colour, shape, pattern, category, style in rows:
+        path = Path(out_dir) / f"{item_id}.png"
+        with atomic_path(path) as tmp:
+            render_item_image(colour, shape, pattern, category, style).save(tmp, format="PNG", optimize=True)
     return len(rows)
+
+
+def _read_manifest(out: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((out / "MANIFEST.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def catalogue_is_current(out: str | Path, spec: SynthSpec, images: bool = True) -> bool:
+    """Whether ``out`` holds a finished catalogue written for ``spec`` by this generator version."""
+    m = _read_manifest(Path(out))
+    return m.get("spec") == spec.__dict__ and m.get("images") == images and (
+        not images or m.get("render_version") == RENDER_VERSION)
 
 
 def write_catalogue(spec: SynthSpec, out: str | Path, images: bool = True, workers: int = 2,
@@ -153,6 +224,9 @@ def write_catalogue(spec: SynthSpec, out: str | Path, images: bool = True, worke
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = out.name
+    prev = _read_manifest(out)
+    # Drop the manifest first: if this run dies half-way, the next one sees no finished catalogue.
+    (out / "MANIFEST.json").unlink(missing_ok=True)
     g = generate(spec)
     items = g["items"].copy()
     items["image_path"] = [f"images/{i}.png" for i in items["item_id"]] if images else ""
@@ -169,8 +243,11 @@ def write_catalogue(spec: SynthSpec, out: str | Path, images: bool = True, worke
     if images:
         img_dir = out / "images"
         img_dir.mkdir(exist_ok=True)
-        rows = list(zip(items["item_id"], items["colour"], items["shape"], items["pattern"]))
-        todo = [r for r in rows if not (img_dir / f"{r[0]}.png").exists()]
+        rows = list(zip(items["item_id"], items["colour"], items["shape"], items["pattern"], items["category"],
+                        items["style"]))
+        # Existing images are kept only when the previous run drew them with this renderer and spec.
+        same = prev.get("render_version") == RENDER_VERSION and prev.get("spec") == spec.__dict__
+        todo = [r for r in rows if not (same and (img_dir / f"{r[0]}.png").exists())]
         chunks = [(str(img_dir), todo[s:s + 500]) for s in range(0, len(todo), 500)]
         with tqdm(total=len(todo), desc="images", unit="img", disable=not progress) as bar:
             if workers > 1 and len(chunks) > 1:
@@ -182,7 +259,8 @@ def write_catalogue(spec: SynthSpec, out: str | Path, images: bool = True, worke
                     bar.update(_render_chunk(c))
     write_json(out / "MANIFEST.json", {"generator": "fedrec.synth", "spec": spec.__dict__,
                                         "users": spec.n_users, "items": spec.n_items,
-                                        "interactions": int(len(g["inter"])), "images": images})
+                                        "interactions": int(len(g["inter"])), "images": images,
+                                        "render_version": RENDER_VERSION if images else None})
     log.info("wrote %d interactions for %d users x %d items to %s", len(g["inter"]), spec.n_users,
              spec.n_items, out)
     return out

@@ -92,3 +92,16 @@ def test_train_resume_is_exact(tmp_path, synth):
     ck = full / "checkpoint.safetensors"
     ck.write_bytes(ck.read_bytes()[:100])
     assert "checksum" in _one_error_line(run("evaluate", str(full)))
+
+
+def test_data_synth_skips_a_current_catalogue(tmp_path):
+    out = tmp_path / "s"
+    args = ("data", "synth", "--out", str(out), "--users", "30", "--items", "12", "--no-images")
+    r1 = run(*args)
+    assert r1.returncode == 0, r1.stderr
+    stamp = (out / "s.inter").stat().st_mtime_ns
+    r2 = run(*args)
+    assert r2.returncode == 0 and "already holds" in r2.stdout
+    assert (out / "s.inter").stat().st_mtime_ns == stamp                        # nothing rewritten
+    r3 = run(*args, "--force")
+    assert r3.returncode == 0 and (out / "s.inter").stat().st_mtime_ns != stamp

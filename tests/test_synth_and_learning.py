@@ -32,6 +32,44 @@ def test_synth_structure(tmp_path):
     assert load_file(str(d / "ground_truth.safetensors"))["item_vec"].shape == (20, 16)
 
 
+def test_images_show_every_visual_attribute():
+    """Category (pictogram, lower right) and style (background) are visible, not only colour/shape/pattern."""
+    from recsys.synth import render_item_image
+
+    def px(**kw):
+        args = {"colour": "red", "shape": "square", "pattern": "plain", "category": "bag", "style": "minimal", **kw}
+        return np.asarray(render_item_image(**args), dtype=np.int16)
+
+    base = px()
+    corner, main = (slice(44, 64), slice(44, 64)), (slice(20, 30), slice(20, 30))
+    for cat in ("shoe", "lamp", "clock"):
+        other = px(category=cat)
+        assert np.abs(other[corner] - base[corner]).sum() > 0 and np.array_equal(other[main], base[main])
+    for style in ("modern", "vintage", "playful"):
+        assert not np.array_equal(px(style=style)[0:4, 30:34], base[0:4, 30:34])      # background
+    imgs = {(c, s): px(category=c, style=s).tobytes() for c in ("bag", "mug", "vase") for s in ("modern", "minimal")}
+    assert len(set(imgs.values())) == 6
+
+
+def test_catalogue_rerenders_images_of_another_renderer(tmp_path):
+    import json
+
+    from recsys.synth import catalogue_is_current
+
+    spec = SynthSpec(n_users=30, n_items=12, seed=4)
+    d = write_catalogue(spec, tmp_path / "s", images=True, workers=1, progress=False)
+    assert catalogue_is_current(d, spec) and not catalogue_is_current(d, SynthSpec(n_users=31, n_items=12, seed=4))
+    good = (d / "images" / "5.png").read_bytes()
+    (d / "images" / "5.png").write_bytes(b"stale image from an older generator")
+    man = json.loads((d / "MANIFEST.json").read_text())
+    man["render_version"] = 1
+    (d / "MANIFEST.json").write_text(json.dumps(man))
+    assert not catalogue_is_current(d, spec)
+    write_catalogue(spec, d, images=True, workers=1, progress=False)
+    assert (d / "images" / "5.png").read_bytes() == good and catalogue_is_current(d, spec)
+    assert not list((d / "images").glob(".*.tmp"))
+
+
 @pytest.mark.slow
 def test_federated_beats_popularity_on_synth(tmp_path):
     d = write_catalogue(SynthSpec(n_users=800, n_items=150, seed=2), tmp_path / "s", images=False, progress=False)
