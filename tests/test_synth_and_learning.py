@@ -89,3 +89,32 @@ def test_federated_beats_popularity_on_synth(tmp_path):
     # implicit: EASE must find the taste groups far better than popularity
     assert evaluate_model(EASE(50).fit(train), data, split, "test", "implicit")["ndcg@10"] > \
         evaluate_model(Popularity().fit(train), data, split, "test", "implicit")["ndcg@10"]
+
+
+def test_bench_reference_truth_follows_the_datasets_internal_order(tmp_path):
+    """The cold-start benchmark's reference rows read the generator's truth by internal index; a
+    misaligned row would silently score the wrong item, so check it against each item's own text."""
+    from federation.bench_content import _Oracle, _truth
+    from recsys.synth import ATTRIBUTES
+
+    d = write_catalogue(SynthSpec(n_users=60, n_items=40, seed=3), tmp_path / "s", images=False, progress=False)
+    for f in (d / "s.item", d / "s.inter"):          # reversed rows: internal order != generator order
+        head, *rows = f.read_text().splitlines()
+        f.write_text("\n".join([head, *rows[::-1]]) + "\n")
+    data = load_dataset(d)
+    assert [int(i) for i in data.item_ids[:3]] != [0, 1, 2]
+    t = _truth(d, data)
+    widths = [len(v) for v in ATTRIBUTES.values()]
+    assert t["attributes"].shape == (data.n_items, sum(widths)) and (t["attributes"].sum(1) == len(widths)).all()
+    raw = load_file(str(d / "ground_truth.safetensors"))
+    for row in range(data.n_items):
+        text = data.items.at[row, "text"].lower()
+        off = 0
+        for (name, values), w in zip(ATTRIBUTES.items(), widths):
+            value = values[int(np.argmax(t["attributes"][row, off:off + w]))]
+            assert value in text, (row, name, value, text)
+            off += w
+        np.testing.assert_array_equal(t["item_vec"][row], raw["item_vec"][int(data.item_ids[row])])
+    users = np.array([0, 5])
+    np.testing.assert_allclose(_Oracle(t["user_vec"], t["item_vec"]).score(users),
+                               raw["user_vec"][[int(data.user_ids[u]) for u in users]] @ t["item_vec"].T, rtol=1e-6)
