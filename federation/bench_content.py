@@ -97,9 +97,10 @@ class _Random:
         return np.random.default_rng([self.seed, int(users[0]) if len(users) else 0]).random((len(users), self.n))
 
 
-def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int = 100) -> list:
-    """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items, for the
-    shipped config (server_lr 1) and with server_lr 3 (best content-free warm NDCG we found)."""
+def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None, seeds: tuple[int, ...] = (1, 2)) -> list:
+    """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items (valid and
+    test part), for the shipped config (server_lr 1) and with server_lr 3 (best content-free warm NDCG
+    we found). ``seeds``: extra model seeds for the CLIP row (same split), reported as mean and range."""
     from recsys.models.baselines import Popularity
 
     path = ensure_synth(data_dir)
@@ -110,33 +111,44 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int = 100) -> list
     variants = [("no content (PersonalFR)", {"enabled": False}, 1.0),
                 ("open_clip image+text (fedrec clip train, 128-d)", clip, 1.0),
                 ("open_clip image+text + co-interaction GNN", {**clip, "graph": "co_interaction"}, 1.0),
+                ("open_clip text tower only (fusion text)", {**clip, "fusion": "text"}, 1.0),
                 ("MiniLM text (sentence backend, 384-d)", minilm, 1.0),
                 ("no content (PersonalFR)", {"enabled": False}, 3.0),
                 ("open_clip image+text", clip, 3.0),
                 ("MiniLM text", minilm, 3.0)]
     truth = {"enabled": True, "backend": "sentence", "model": "minilm"}     # features replaced below
     variants += [("reference: the generator's true attributes as content (one-hot, 28-d)", truth, 1.0)]
+    def cold_warm(model, data, split) -> list[float]:
+        """[cold valid, cold test, warm test] NDCG@10."""
+        warm = np.setdiff1d(np.arange(data.n_items), split.cold_items)
+        return [round(evaluate_candidates(model, data, split, items, part, (10,))["ndcg@10"], 4)
+                for items, part in ((split.cold_items, "valid"), (split.cold_items, "test"), (warm, "test"))]
+
     for name, content, slr in variants:
         fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
         cfg, data, split, model, secs = _train(_cfg("synth-cold.yaml", path, rounds, content=content,
                                                     federation={"server_lr": slr}), fn)
-        cold = split.cold_items
-        warm = np.setdiff1d(np.arange(data.n_items), cold)
-        c = evaluate_candidates(model, data, split, cold, "test", (10,))["ndcg@10"]
-        w = evaluate_candidates(model, data, split, warm, "test", (10,))["ndcg@10"]
         if base is None:
             base = (data, split)
-        rows.append([name, slr, round(c, 4), round(w, 4), round(secs, 1)])
+        rows.append([name, slr, *cold_warm(model, data, split), round(secs, 1)])
+        if content is clip and slr == 1.0 and seeds:
+            runs = [rows[-1][2:5]]
+            for sd in seeds:
+                cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr})
+                cfgd["seed"] = sd
+                _, d, sp_, m, _ = _train(cfgd)
+                runs.append(cold_warm(m, d, sp_))
+            arr = np.array(runs)                                                # (seeds, 3)
+            rows.append([f"{name}, model seeds 0,{','.join(map(str, seeds))}: mean (min-max)", slr,
+                         *[f"{m:.4f} ({lo:.4f}-{hi:.4f})" for m, lo, hi in zip(arr.mean(0), arr.min(0), arr.max(0))],
+                         "-"])
     data, split = base
     pop = Popularity().fit(split.matrix(data, "train"))
     rnd = _Random(data.n_items)
     t = _truth(path, data)
     for name, m in (("reference: generator's true user vec . item vec (not learnable)", _Oracle(t["user_vec"], t["item_vec"])),
                     ("popularity (train counts; cold items all tie)", pop), ("random", rnd)):
-        c = evaluate_candidates(m, data, split, split.cold_items, "test", (10,))["ndcg@10"]
-        w = evaluate_candidates(m, data, split, np.setdiff1d(np.arange(data.n_items), split.cold_items),
-                                "test", (10,))["ndcg@10"]
-        rows.append([name, "-", round(c, 4), round(w, 4), "-"])
+        rows.append([name, "-", *cold_warm(m, data, split), "-"])
     return rows
 
 
