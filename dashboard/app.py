@@ -1,6 +1,7 @@
 """fedrec dashboard (Streamlit). Start it with ``fedrec dashboard [--runs runs/] [--indices indices/]``.
 
-Pages: Recommend, Search, Training, Federation, Indices. Heavy artifacts (runs, indices, the text
+Pages: Recommend, Search (a content-aware run searches with its own CLIP model and explains hits;
+other runs use a content index), Training, Federation, Indices. Heavy artifacts (runs, indices, the text
 embedder) load once per process through ``st.cache_resource``; nothing trains in this script and
 nothing is written into run or index directories. A page whose artifacts are missing says so and
 the other pages keep working.
@@ -127,10 +128,55 @@ def page_recommend(runs, idx_root: Path) -> None:
         st.dataframe(hist.drop(columns=["image"]), hide_index=True)
 
 
+@st.cache_resource(show_spinner="loading the run's content model and item features…")
+def _content_tools(path: str, stamp: float):
+    from federation.serve import content_tools
+    return content_tools(_run(path, stamp))
+
+
+def _content_search(run) -> None:
+    """Search of a content-aware run: the query goes through the run's own CLIP (or sentence) model,
+    the matches are re-ranked by the user's model, and any hit can be explained (federation/serve.py)."""
+    from federation.serve import explain_run, search_run
+
+    user = st.selectbox("User", [str(u) for u in run.data.user_ids], key="search_user")
+    query = st.text_input("Query", "", key="search_q", placeholder="e.g. a red striped lamp")
+    relevance = st.slider("Query match vs this user's taste", 0.0, 1.0, 0.5, 0.05, key="search_rel")
+    if not query.strip():
+        return
+    try:
+        ext, feats = _content_tools(str(run.dir), _stamp(run.dir))
+    except Exception as e:  # noqa: BLE001 - a missing model or cache is shown, the app stays up
+        st.error(f"Cannot load the content model of {run.dir.name}: {e}")
+        return
+    u = run.data.user_index(user)
+    hits = search_run(run, ext, feats, u, query, 10, relevance=relevance)
+    plain = search_run(run, ext, feats, u, query, 10, relevance=1.0)
+    c1, c2 = st.columns(2)
+    c1.subheader("For this user")
+    c1.dataframe(pd.DataFrame(hits)[["rank", "title", "similarity", "score"]], hide_index=True)
+    c2.subheader("Query match only")
+    c2.dataframe(pd.DataFrame(plain)[["rank", "title", "similarity"]], hide_index=True)
+    pics = [(h["title"], views.image_of(run.data, h["index"])) for h in hits]
+    pics = [(t, p) for t, p in pics if p and Path(p).exists()]
+    if pics:
+        for c, (t, img) in zip(st.columns(len(pics)), pics):
+            c.image(img, caption=t, width=64)
+    if hits:
+        pick = st.selectbox("Why this item?", [h["index"] for h in hits], format_func=run.data.title,
+                            key="search_why")
+        e = explain_run(run, feats, u, int(pick))
+        extra = f", predicted rating {e['predicted_rating']:.2f}" if "predicted_rating" in e else ""
+        st.markdown(f"{e['sentence']}  \n*(rank {e['rank']} of {run.data.n_items} for this user{extra})*")
+
+
 def page_search(runs, idx_root: Path) -> None:
     st.header("Search")
     run = _pick_run(runs, "search_run")
     if run is None:
+        return
+    if run.cfg.content.enabled:
+        _content_search(run)
         return
     content = _indices_for(idx_root, run, "content") or next(
         (m for m in views.list_indices(idx_root) if m.get("kind") == "content"), None)

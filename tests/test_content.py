@@ -279,3 +279,32 @@ def test_evaluate_candidates_matches_full_ranking_and_restricts(tiny_data):
     users = np.flatnonzero(np.diff(truth.indptr) > 0)
     topk = np.array([[j for j in range(15) if j not in set(seen[u].indices)][:5] for u in users])
     assert r["ndcg@5"] == pytest.approx(ranking_metrics_reference(topk, truth, users, (5,))["ndcg@5"])
+
+
+def test_dashboard_search_page_on_a_content_run(content_run, monkeypatch, tmp_path):
+    """The Search page of a content-aware run: the run's own CLIP model embeds the query, two users
+    get the same matches in different orders, and a hit is explained in a sentence."""
+    from streamlit.testing.v1 import AppTest
+    from federation.jobs import load_run
+
+    monkeypatch.setenv("FEDREC_RUNS", str(content_run[0].parent))
+    monkeypatch.setenv("FEDREC_INDICES", str(tmp_path / "no-indices"))
+    monkeypatch.setenv("FEDREC_JOBS", str(tmp_path / "jobs"))
+    job = load_run(content_run[0])
+    counts = np.diff(job.train.indptr)
+    u1, u2 = (str(job.data.user_ids[i]) for i in np.argsort(-counts)[:2])
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=180)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Search").run()
+    at.selectbox(key="search_user").set_value(u1).run()
+    at.text_input(key="search_q").input("a red striped lamp").run()
+    assert not at.exception, at.exception
+    mine, plain = at.dataframe[0].value, at.dataframe[1].value
+    assert len(mine) == 10 and len(plain) == 10
+    assert list(plain["similarity"]) == sorted(plain["similarity"], reverse=True)     # query match only
+    at.selectbox(key="search_user").set_value(u2).run()
+    other = at.dataframe[0].value
+    assert list(mine["title"]) != list(plain["title"])          # the user's model re-orders the matches
+    assert list(other["title"]) != list(mine["title"])          # and differently for another user
+    assert "recommended because you liked" in " ".join(m.value for m in at.markdown)
+    assert len(at.image) >= 1                                                       # item thumbnails
