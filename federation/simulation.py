@@ -103,9 +103,6 @@ class Federation:
                               f"do not fit the model (items {shape.n_items}, content_dim {shape.content_dim})")
         if content is not None and self.strategy.name == "local":
             raise FedrecError("content features need a federated strategy (personalfr or fedavg), not 'local'")
-        if content is not None and cfg.dp is not None:
-            raise FedrecError("differential privacy is not implemented for the content projection yet; "
-                              "turn off privacy.dp or content")
         self.content = (torch.as_tensor(np.asarray(content, np.float32) if not torch.is_tensor(content) else content)
                         .to(device, dtype) if content is not None else None)
         self.train = train.tocsr()

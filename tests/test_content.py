@@ -308,3 +308,26 @@ def test_dashboard_search_page_on_a_content_run(content_run, monkeypatch, tmp_pa
     assert list(other["title"]) != list(mine["title"])          # and differently for another user
     assert "recommended because you liked" in " ".join(m.value for m in at.markdown)
     assert len(at.image) >= 1                                                       # item thumbnails
+
+
+def test_content_run_with_differential_privacy(content_run, tmp_path):
+    """privacy.dp works with a content-aware decoder: the run completes, reports epsilon, and the
+    shared projection moved (clipped and noised like the rest of the decoder)."""
+    import json
+    from federation.jobs import load_run, train
+
+    cfg = yaml.safe_load(Path(content_run[1]).read_text())
+    cfg["name"] = "c-dp"
+    cfg["federation"]["row_average"] = "participants"
+    cfg["privacy"] = {"dp": True, "noise_multiplier": 1.0, "clip": 0.5, "delta": 1e-3}
+    p = tmp_path / "dp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    run_dir = train(p, tmp_path / "dp", progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 < summary["epsilon"] < 100
+    import torch
+    from recsys.models.autoencoder import init_params
+
+    run = load_run(run_dir)
+    P, P0 = run.fed.global_p["dec_P"], init_params(run.fed.shape, cfg["seed"])["dec_P"]
+    assert torch.isfinite(P).all() and P.shape == P0.shape and not torch.allclose(P, P0)

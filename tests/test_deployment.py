@@ -261,6 +261,27 @@ def test_dp_math_clip_and_noise_free_aggregate_by_hand():
     assert epsilon(s, 0.3, 300, 1e-4) == pytest.approx(4.0, rel=1e-3)
 
 
+def test_dp_clips_and_noises_the_content_projection_by_hand():
+    """A content-aware model's projection dec_P is part of the clipped update (its change counts in the
+    norm) and is averaged and noised like the other shared coordinates."""
+    from federation.privacy import DPSettings, clip_update, dp_aggregate
+
+    g = {"dec_out": torch.zeros(2, 1), "dec_ob": torch.zeros(2), "dec_W1": torch.zeros(1, 1),
+         "dec_b1": torch.zeros(1), "dec_P": torch.zeros(1, 2)}
+    m = {"item_ids": np.array([0]), "dec_out": np.array([[3.0]], np.float32), "dec_ob": np.zeros(1, np.float32),
+         "dec_W1": np.zeros((1, 1), np.float32), "dec_b1": np.zeros(1, np.float32),
+         "dec_P": np.array([[0.0, 4.0]], np.float32), "weight": np.asarray(1.0, np.float32)}
+    c, n = clip_update(m, g, 1.0)
+    assert n == pytest.approx(5.0)                                   # |(3, 4)|: the projection counts
+    np.testing.assert_allclose(c["dec_out"], [[0.6]], atol=1e-6)
+    np.testing.assert_allclose(c["dec_P"], [[0.0, 0.8]], atol=1e-6)
+    new = dp_aggregate(g, [m], DPSettings(0.0, 1.0, 1e-5), expected_clients=2.0)
+    np.testing.assert_allclose(new["dec_out"].numpy(), [[0.3], [0.0]], atol=1e-6)
+    np.testing.assert_allclose(new["dec_P"].numpy(), [[0.0, 0.4]], atol=1e-6)
+    noisy = dp_aggregate(g, [m], DPSettings(1.0, 1.0, 1e-5, noise_seed=1), expected_clients=2.0)
+    assert (noisy["dec_P"] != new["dec_P"]).all()
+
+
 def test_flower_cli_bad_input_is_one_line(tmp_path):
     import subprocess
     import sys
