@@ -49,6 +49,21 @@ class SynthSpec:
     seed: int = 0
 
 
+def taste_probs(item_vec: np.ndarray, centre: np.ndarray, temperature: float) -> np.ndarray:
+    """(I,) softmax of item_vec (I, d) . centre (d,) / temperature: the content part of a group's choice."""
+    logits = item_vec @ centre / temperature                                                     # (I,)
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def choice_probs(item_vec: np.ndarray, centre: np.ndarray, pop: np.ndarray, spec: SynthSpec) -> np.ndarray:
+    """(I,) probability that a member of the taste group with centre (d,) picks each item: a
+    ``taste_share`` mix of taste (content, damped by pop**0.3) and raw popularity pop (I,)."""
+    logits = item_vec @ centre / spec.taste_temperature
+    taste = np.exp(logits - logits.max()) * pop ** 0.3
+    return spec.taste_share * taste / taste.sum() + (1 - spec.taste_share) * pop
+
+
 def generate(spec: SynthSpec) -> dict:
     """Return interactions, item table and ground truth as numpy arrays / DataFrames (no I/O)."""
     rng = np.random.default_rng(spec.seed)
@@ -73,9 +88,7 @@ def generate(spec: SynthSpec) -> dict:
         members = np.flatnonzero(group == g)
         if not len(members):
             continue
-        logits = item_vec @ centres[g] / spec.taste_temperature
-        taste = np.exp(logits - logits.max()) * pop ** 0.3
-        mix = spec.taste_share * taste / taste.sum() + (1 - spec.taste_share) * pop
+        mix = choice_probs(item_vec, centres[g], pop, spec)
         n = act[members]
         draws = rng.choice(I, size=int(n.sum() * 1.3) + 10, p=mix)      # oversample: duplicates dropped
         owner = np.repeat(members, np.ceil(n * 1.3).astype(np.int64))[: len(draws)]

@@ -118,3 +118,38 @@ def test_bench_reference_truth_follows_the_datasets_internal_order(tmp_path):
     users = np.array([0, 5])
     np.testing.assert_allclose(_Oracle(t["user_vec"], t["item_vec"]).score(users),
                                raw["user_vec"][[int(data.user_ids[u]) for u in users]] @ t["item_vec"].T, rtol=1e-6)
+
+
+def test_choice_probs_by_hand():
+    """The generator's choice distribution: a taste_share mix of taste (content softmax damped by
+    popularity**0.3) and raw popularity; hand-computed for two items."""
+    from recsys.synth import choice_probs, taste_probs
+
+    spec = SynthSpec(taste_share=0.7, taste_temperature=2.0)
+    iv, centre, pop = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([2.0, 0.0]), np.array([0.2, 0.8])
+    t = np.array([np.e * 0.2 ** 0.3, 0.8 ** 0.3])                     # exp(iv . c / 2) * pop^0.3
+    np.testing.assert_allclose(choice_probs(iv, centre, pop, spec), 0.7 * t / t.sum() + 0.3 * pop, rtol=1e-12)
+    np.testing.assert_allclose(taste_probs(iv, centre, 2.0), [np.e / (np.e + 1), 1 / (np.e + 1)], rtol=1e-12)
+
+
+def test_bayes_reference_infers_groups_from_history(tmp_path):
+    """The cold-start bench's Bayes ceiling: its posterior equals a per-user sum of log choice
+    probabilities, recovers most users' taste groups, and ranks by posterior-mixed taste."""
+    from federation.bench_content import _BayesTaste, _truth
+    from recsys.synth import choice_probs
+
+    spec = SynthSpec(n_users=300, n_items=120, n_groups=4, seed=5)
+    d = write_catalogue(spec, tmp_path / "s", images=False, progress=False)
+    data = load_dataset(d)
+    t = _truth(d, data)
+    train = data.ratings.tocsr()
+    b = _BayesTaste(t, train, spec)
+    assert b.group_accuracy > 0.8, b.group_accuracy                      # 4 groups: chance is ~0.25
+    g = t["group"]
+    centres = np.stack([t["user_vec"][g == k].mean(0) for k in range(4)])
+    u = 7
+    items = train[u].indices
+    ll = np.array([np.log(choice_probs(t["item_vec"], c, t["popularity"], spec)[items]).sum() for c in centres])
+    np.testing.assert_allclose(b.post[u], np.exp(ll - ll.max()) / np.exp(ll - ll.max()).sum(), rtol=1e-8)
+    np.testing.assert_allclose(b.score(np.array([u]))[0], np.log(b.post[u] @ b.taste), rtol=1e-10)
+    assert b.taste.shape == (4, data.n_items) and np.allclose(b.taste.sum(1), 1)
