@@ -36,8 +36,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from federation.messages import KEY_WEIGHT
-from federation.node import (DECODER_KEYS, EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_N_ITEMS,
-                             HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
+from federation.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT,
+                             HELLO_N_ITEMS, HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
 from federation.server import FederatedServer, TrainRequest
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ client_app = ClientApp()
 def client_hello(msg: Message, context: Context) -> Message:
     h = _node(context).hello()
     return Message(RecordDict({REC_HELLO: _arrays({HELLO_USERS: h[HELLO_USERS]}),
-                               REC_INFO: ConfigRecord({k: h[k] for k in (HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG)})}),
+                               REC_INFO: ConfigRecord({k: h[k] for k in (HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG,
+                                                                          HELLO_CONTENT)})}),
                    reply_to=msg)
 
 
@@ -164,7 +165,8 @@ class GridTransport:
         def dec(c: RecordDict) -> dict:
             info = c[REC_INFO]
             return {HELLO_USERS: c[REC_HELLO][HELLO_USERS].numpy(), HELLO_N_ITEMS: int(info[HELLO_N_ITEMS]),
-                    HELLO_CATALOGUE: str(info[HELLO_CATALOGUE]), HELLO_CONFIG: str(info[HELLO_CONFIG])}
+                    HELLO_CATALOGUE: str(info[HELLO_CATALOGUE]), HELLO_CONFIG: str(info[HELLO_CONFIG]),
+                    HELLO_CONTENT: str(info[HELLO_CONTENT]) if HELLO_CONTENT in info else ""}
         return self._exchange({n: RecordDict() for n in nodes}, MSG_QUERY, dec)
 
     def train(self, requests: dict[int, TrainRequest]) -> dict:

@@ -2,7 +2,8 @@
 
 Transport-free: the Flower ClientApp (federation/flower_app.py) turns messages into these calls, tests
 call them directly. What a node sends is built here and nowhere else:
-  hello     -> HELLO_KEYS: its users' ids, the catalogue size and fingerprint (no data)
+  hello     -> HELLO_KEYS: its users' ids, the catalogue size and fingerprint, the fingerprint of its
+               item content (content-aware jobs; public catalogue features, no user data)
   train     -> one federation.messages update per sampled user + node totals (users, loss sum)
   evaluate  -> sums over its users (squared error and count, or NDCG sum and user count)
 Encoders and optimizer state never leave: they live in ``state_dir`` (safetensors, written atomically).
@@ -27,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from federation.config import JobConfig
-from federation.messages import RejectedUpdate
+from federation.messages import KEY_PROJ, RejectedUpdate
 from federation.privacy import clip_update
 from recsys.io import atomic_path
 from recsys.metrics import ranking_metrics, topk_from_scores
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 DECODER_KEYS = ("dec_W1", "dec_b1", "dec_out", "dec_ob")
 STATE_FILE, PREV_FILE = "state.safetensors", "state.prev.safetensors"
 HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG = "users", "n_items", "catalogue", "config"
-HELLO_KEYS = (HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG)
+HELLO_CONTENT = "content"
+HELLO_KEYS = (HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT)
 TOTAL_USERS, TOTAL_LOSS = "num-users", "loss-sum"
 EVAL_SUM, EVAL_COUNT = "sum", "count"
 
@@ -52,6 +54,24 @@ def partition_users(n_users: int, partition_id: int, num_partitions: int) -> np.
 def catalogue_checksum(item_ids: np.ndarray) -> str:
     """Fingerprint of the item catalogue (ids in index order): every node must index items alike."""
     return hashlib.sha256("\x1f".join(map(str, item_ids)).encode()).hexdigest()[:16]
+
+
+def decoder_keys(content_dim: int) -> tuple[str, ...]:
+    """The global parameters the server sends a node: the decoder, plus the content projection."""
+    return DECODER_KEYS + ((KEY_PROJ,) if content_dim else ())
+
+
+def content_fingerprint(content: np.ndarray | None) -> str:
+    """"" without content, else "F:sha256[:16]" of the (N, F) float32 item content: every node must
+    score items with the same content vectors, or the shared projection means different things."""
+    if content is None:
+        return ""
+    c = np.ascontiguousarray(content, dtype=np.float32)
+    return f"{c.shape[1]}:{hashlib.sha256(c.tobytes()).hexdigest()[:16]}"
+
+
+def content_dim_of(fingerprint: str) -> int:
+    return int(fingerprint.split(":", 1)[0]) if fingerprint else 0
 
 
 def config_fingerprint(cfg: JobConfig) -> str:
@@ -87,6 +107,8 @@ class ClientNode:
         own = sp.csr_matrix((full.data[entries], full.indices[entries], np.r_[0, np.cumsum(n)]), shape=full.shape)
         self.fed = build_federation(cfg, data, split, train=own)
         self.active = np.intersect1d(self.users, self.fed.active_users)
+        c = self.fed.content
+        self.content_fp = content_fingerprint(None if c is None else c.float().cpu().numpy())
         self.state_dir = Path(state_dir)
         self.fingerprint = config_fingerprint(cfg) + ":" + hashlib.sha256(self.users.tobytes()).hexdigest()[:16]
         self.trained_round = -1                 # last round (0-based) whose local steps are in the state
@@ -95,7 +117,8 @@ class ClientNode:
     # -- hello -------------------------------------------------------------------------------
     def hello(self) -> dict:
         return {HELLO_USERS: self.active.copy(), HELLO_N_ITEMS: int(self.data.n_items),
-                HELLO_CATALOGUE: catalogue_checksum(self.data.item_ids), HELLO_CONFIG: config_fingerprint(self.cfg)}
+                HELLO_CATALOGUE: catalogue_checksum(self.data.item_ids), HELLO_CONFIG: config_fingerprint(self.cfg),
+                HELLO_CONTENT: self.content_fp}
 
     # -- train -------------------------------------------------------------------------------
     def train(self, rnd: int, lr: float, users: np.ndarray, decoder: dict[str, np.ndarray],
@@ -158,7 +181,9 @@ class ClientNode:
 
     # -- state -------------------------------------------------------------------------------
     def _set_decoder(self, decoder: dict[str, np.ndarray]) -> None:
-        for k in DECODER_KEYS:
+        for k in decoder_keys(self.fed.shape.content_dim):
+            if k not in decoder:
+                raise RejectedUpdate(f"server decoder lacks {k} (does the server run a content-free job?)")
             want = tuple(self.fed.global_p[k].shape)
             if tuple(np.shape(decoder[k])) != want:
                 raise RejectedUpdate(f"server decoder {k}: shape {np.shape(decoder[k])}, expected {want}")

@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from federation.config import JobConfig
 from federation.jobs import RUN_FORMAT, _trim_metrics, fed_settings
 from federation.messages import aggregate_updates, validate_updates
-from federation.node import (DECODER_KEYS, EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_N_ITEMS,
-                             HELLO_USERS, TrainReply, config_fingerprint)
+from federation.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_N_ITEMS,
+                             HELLO_USERS, TrainReply, config_fingerprint, content_dim_of, decoder_keys)
 from federation.privacy import dp_aggregate, epsilon
 from federation.simulation import lr_at, sample_clients
 from recsys.errors import FedrecError, ManifestError
@@ -45,7 +45,7 @@ class TrainRequest:
     round: int                        # 0-based
     lr: float
     users: np.ndarray                 # (B,) the node's sampled users
-    decoder: dict[str, np.ndarray]    # DECODER_KEYS
+    decoder: dict[str, np.ndarray]    # node.decoder_keys: the decoder (+ content projection)
     dp_clip: float | None
 
 
@@ -70,9 +70,6 @@ def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
 class FederatedServer:
     def __init__(self, cfg: JobConfig, run_dir: str | Path, transport: Transport, min_nodes: int = 1,
                  wait_s: float = 120.0, min_fraction: float = 0.5, max_retries: int = 3):
-        if cfg.content.enabled:
-            raise FedrecError("content features (content.enabled) are not supported on the Flower deployment yet; "
-                              "train content-aware models with `fedrec train`")
         self.cfg, self.run_dir, self.t = cfg, Path(run_dir), transport
         self.min_nodes, self.wait_s = min_nodes, wait_s
         self.min_fraction, self.max_retries = min_fraction, max_retries
@@ -81,6 +78,8 @@ class FederatedServer:
         self.owner: dict[int, int] = {}          # user -> node id currently hosting it
         self.known: set[int] = set()             # nodes that said hello and were accepted
         self.catalogue: tuple[int, str] | None = None
+        self.content: str | None = None          # content fingerprint every node must share ("" = none)
+        self.keys: tuple[str, ...] = ()         # global parameters: decoder (+ content projection)
         self.shape: AEShape | None = None
         self.global_p: dict[str, torch.Tensor] = {}
         self.round = 0
@@ -117,6 +116,15 @@ class FederatedServer:
             self.catalogue = cat
         elif cat != self.catalogue:
             return f"its item catalogue {cat} differs from the federation's {self.catalogue}"
+        content = str(rep.get(HELLO_CONTENT, ""))
+        if bool(content) != self.cfg.content.enabled:
+            return ("it has no item content but the job enables content" if self.cfg.content.enabled
+                    else "it sends item content but the job has content disabled")
+        if self.content is None:
+            self.content = content
+        elif content != self.content:
+            return (f"its item content ({content}) differs from the federation's ({self.content}); build the "
+                    "features once (fedrec features build) and give every node the same cache")
         return None
 
     def _wait_for_nodes(self) -> None:
@@ -134,9 +142,11 @@ class FederatedServer:
     def _init_state(self) -> None:
         n_items = self.catalogue[0]
         m = self.cfg.model
-        self.shape = AEShape(n_items, m.hidden[0], m.hidden[1], m.dropout, m.mode, m.input_norm)
+        self.shape = AEShape(n_items, m.hidden[0], m.hidden[1], m.dropout, m.mode, m.input_norm,
+                             content_dim_of(self.content or ""))
+        self.keys = decoder_keys(self.shape.content_dim)
         init = init_params(self.shape, self.cfg.seed, torch.float32)
-        self.global_p = {k: init[k] for k in DECODER_KEYS}
+        self.global_p = {k: init[k] for k in self.keys}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         man_p = self.run_dir / "manifest.json"
         fp = config_fingerprint(self.cfg)
@@ -147,12 +157,15 @@ class FederatedServer:
                                     "use a new run-dir")
             if man.get("catalogue") != list(self.catalogue):
                 raise ManifestError(f"{self.run_dir}: was trained on another item catalogue")
+            if man.get("content", "") != (self.content or ""):
+                raise ManifestError(f"{self.run_dir}: was trained with other item content features")
             self._load_checkpoint()
         else:
             write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
             write_json(man_p, {"format": RUN_FORMAT, "name": self.cfg.name, "status": "running", "deployment": "flower",
                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_fingerprint": fp,
-                               "catalogue": list(self.catalogue), "versions": library_versions()})
+                               "catalogue": list(self.catalogue), "content": self.content or "",
+                               "versions": library_versions()})
 
     def _save_checkpoint(self) -> None:
         with atomic_path(self.run_dir / "checkpoint.safetensors") as tmp:
@@ -169,8 +182,8 @@ class FederatedServer:
         if sha256_file(ck) != meta.get("sha256"):
             raise ManifestError(f"{ck}: checksum does not match checkpoint.json (corrupt or partly written)")
         t = load_file(str(ck))
-        for k in DECODER_KEYS:
-            if tuple(t[f"global.{k}"].shape) != tuple(self.global_p[k].shape):
+        for k in self.keys:
+            if f"global.{k}" not in t or tuple(t[f"global.{k}"].shape) != tuple(self.global_p[k].shape):
                 raise ManifestError(f"{ck}: {k} shape does not match this config and catalogue")
             self.global_p[k] = t[f"global.{k}"]
         self.round = int(meta["round"])
@@ -257,7 +270,7 @@ class FederatedServer:
                 log.warning("round %d: update rejected: %s", rnd + 1, why)
             need = max(1, int(np.ceil(self.min_fraction * len(users))))
             if accepted >= need:
-                self.global_p = {k: new[k].cpu().float() for k in DECODER_KEYS}
+                self.global_p = {k: new[k].cpu().float() for k in self.keys}
                 self.round += 1
                 down = len(reqs) * payload_bytes(dec) + sum(r.users.nbytes for r in reqs.values())
                 rec = {"round": self.round, "lr": lr, "sampled": int(len(users)), "participants": accepted,

@@ -138,6 +138,49 @@ def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
                         assert not np.isin(flat[:8], e.ravel()).all()
 
 
+CONTENT = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0}
+
+
+def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more(synth, tmp_path, caplog):
+    """A content-aware job on the deployment: every node computes the public item content itself,
+    the server learns its width from hello, the aggregated decoder and projection equal the in-process
+    engine's, and a message gains exactly dec_P. A node with other content is refused."""
+    from federation.messages import KEY_PROJ, update_keys
+    from federation.node import HELLO_CONTENT
+
+    cfg = _cfg(synth, content=CONTENT)
+    nodes, data, split = _nodes(cfg, tmp_path)
+    t = Loopback(nodes)
+    FederatedServer(cfg, tmp_path / "run", t).run()
+    sim = build_federation(cfg, data, split)
+    for _ in range(cfg.federation.rounds):
+        sim.run_round()
+    assert sim.shape.content_dim == 385                                       # MiniLM 384 + the 1 column
+    ck = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tmp_path / "run/checkpoint.safetensors"))
+    assert set(ck) == {f"global.{k}" for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob", KEY_PROJ)}
+    for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob", KEY_PROJ):
+        torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-5, rtol=0)
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["content"] == nodes[100].hello()[HELLO_CONTENT]
+    train = split.matrix(data, "train")
+    for _, content in t.sent:
+        for name in set(content.keys()) - {"totals"}:
+            u = int(name.split(".")[1])
+            rec = {k: content[name][k].numpy() for k in content[name].keys()}
+            assert set(rec) == set(update_keys(sim.shape)) == set(UPDATE_KEYS) | {KEY_PROJ}
+            assert rec[KEY_PROJ].shape == (16, 385)
+            assert sorted(rec["item_ids"].tolist()) == sorted(train[u].indices.tolist())
+    # a node whose content differs (another scale: other vectors) is refused; so is a content-free node
+    other = parse_config({**cfg.model_dump(mode="json"), "content": {**CONTENT, "scale": 2.0}})
+    odd = ClientNode(other, nodes[102].users, tmp_path / "odd", data, split)
+    plain = ClientNode(_cfg(synth), nodes[102].users, tmp_path / "plain", data, split)
+    for bad, why in ((odd, "item content"), (plain, "no item content")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="usable node"):
+            FederatedServer(cfg, tmp_path / f"run-{why}", Loopback({100: nodes[100], 103: bad}), min_nodes=2,
+                            wait_s=0).run()
+        assert why in caplog.text
+
+
 def test_a_dead_node_and_a_nan_node_do_not_stop_the_round(synth, tmp_path, caplog):
     cfg = _cfg(synth, federation={"rounds": 2, "fraction": 0.6})
     nodes, *_ = _nodes(cfg, tmp_path)

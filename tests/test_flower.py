@@ -37,14 +37,15 @@ def _records(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_flower_run_equals_the_in_process_engine(job, tmp_path):
-    root, cfg = job
-    fed = LocalFederation(tmp_path, 3)
+def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3):
+    """flwr run of ``cfg_path`` on ``nodes`` SuperNodes; the checkpoint must equal the in-process
+    engine's global parameters after the same rounds. Returns (metrics records, engine)."""
+    fed = LocalFederation(tmp_path, nodes)
     try:
         fed.start_superlink()
-        for i in range(3):
+        for i in range(nodes):
             fed.start_node(i)
-        r = fed.run({"job-config": str(root / "cfg.yaml"), "run-dir": str(tmp_path / "run"), "min-nodes": 3,
+        r = fed.run({"job-config": str(cfg_path), "run-dir": str(tmp_path / "run"), "min-nodes": nodes,
                      "wait-s": 90, "round-timeout": 120}, timeout=480)
         pids = fed.all_pids()
     finally:
@@ -52,19 +53,41 @@ def test_flower_run_equals_the_in_process_engine(job, tmp_path):
     _assert_all_gone(pids)
     assert r.returncode == 0, (tmp_path / "logs/flwr-run.log").read_text()[-3000:]
     recs = _records(tmp_path / "run")
-    assert [x["round"] for x in recs] == [1, 2] and all(x["nodes"] == 3 and x["rejected"] == 0 for x in recs)
+    R = cfg.federation.rounds
+    assert [x["round"] for x in recs] == list(range(1, R + 1))
+    assert all(x["nodes"] == nodes and x["rejected"] == 0 for x in recs)
     data, split = prepare_data(cfg)
     sim = build_federation(cfg, data, split)
-    for _ in range(2):
+    for _ in range(R):
         sim.run_round()
     ck = load_file(str(tmp_path / "run/checkpoint.safetensors"))
-    for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob"):
-        torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-5, rtol=0)
+    assert set(ck) == {f"global.{k}" for k in sim.global_p if not k.startswith("enc")}
+    for k in ck:
+        torch.testing.assert_close(ck[k], sim.global_p[k.removeprefix("global.")], atol=1e-5, rtol=0)
+    return recs, sim
+
+
+def test_flower_run_equals_the_in_process_engine(job, tmp_path):
+    root, cfg = job
+    recs, sim = _run_and_compare(root / "cfg.yaml", cfg, tmp_path)
     # measured bytes on the wire match the personalfr accounting of the in-process engine
     from federation.comm import client_bytes
     n = np.diff(sim.train.indptr)
     for r, rec in enumerate(recs):
         assert rec["bytes_up"] == sum(client_bytes("personalfr", sim.shape, int(n[u]))[0] for u in sim.sample(r))
+
+
+def test_flower_content_job_equals_the_in_process_engine(job, tmp_path):
+    """A content-aware job over a real SuperLink: each SuperNode computes the public item content
+    (MiniLM text features, cached under the data dir), the server learns the projection's width from
+    hello, and decoder plus projection equal the in-process engine's."""
+    root, _ = job
+    d = yaml.safe_load((root / "cfg.yaml").read_text())
+    d["content"] = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0}
+    (tmp_path / "content.yaml").write_text(yaml.safe_dump(d))
+    _, sim = _run_and_compare(tmp_path / "content.yaml", parse_config(d), tmp_path, nodes=2)
+    assert sim.shape.content_dim == 385
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["content"].startswith("385:")
 
 
 def test_flower_survives_client_crash_nan_updates_and_a_node_reconnecting(job, tmp_path):
