@@ -6,7 +6,6 @@ Every figure is measured when the command runs. The vectors are a seeded mixture
 from __future__ import annotations
 
 import logging
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -113,7 +112,3 @@ def bench_lamp(data_dir: Path, pairs: int = 2000) -> tuple[list[dict], dict]:
         table = evaluate(r, run.split, run.data, n_pairs=pairs, seed=0, model_predict=run.model().predict)
         return table, {"histories_build_s": t_hist, "summaries_build_s": t_summ, "history_entries": hist.count,
                        "summaries": len(store.entries), "embedder": emb.id}
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -153,3 +153,23 @@ def test_bayes_reference_infers_groups_from_history(tmp_path):
     np.testing.assert_allclose(b.post[u], np.exp(ll - ll.max()) / np.exp(ll - ll.max()).sum(), rtol=1e-8)
     np.testing.assert_allclose(b.score(np.array([u]))[0], np.log(b.post[u] @ b.taste), rtol=1e-10)
     assert b.taste.shape == (4, data.n_items) and np.allclose(b.taste.sum(1), 1)
+
+
+def test_bench_tables_show_seconds_to_two_places_and_metrics_to_four():
+    from federation.bench import _table
+
+    md = _table("t", ["model", "NDCG@10", "train s", "wall s (incl. start)"], [["a", 0.29494, 8.8, 123.45]])
+    assert md.splitlines()[-1] == "| a | 0.2949 | 8.80 | 123.5 |"
+
+
+def test_memory_bench_measures_the_job_not_the_process_that_started_it():
+    # Linux keeps a parent's RSS high-water mark across fork + exec in ru_maxrss; a 400 MiB parent must
+    # not show up in a child that allocates next to nothing, and a child's own 200 MiB must.
+    from federation.bench import child_peak_rss_mib
+
+    ballast = np.ones(400 * 2**20 // 8)                                   # 400 MiB, touched
+    small = child_peak_rss_mib("x = 1")
+    big = child_peak_rss_mib("b = bytearray(200 * 2**20)\nb[::4096] = b'1' * len(b[::4096])")
+    assert ballast.sum() > 0
+    assert small < 150, (small, big)                                      # an interpreter, not the 400 MiB parent
+    assert 180 <= big - small < 320, (small, big)
