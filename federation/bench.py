@@ -337,11 +337,9 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
                         ["model", "server_lr", "cold NDCG@10 (valid)", "cold NDCG@10 (test)", "warm NDCG@10 (test)",
                          "train s (incl. features)"],
                         bench_cold_start(data_dir, model_dir, rounds, seeds=() if quick else (1, 2)))
-    ml_rounds = {m: yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"ml100k-{m}.yaml")
-                                   .read_text())["federation"]["rounds"] for m in ("implicit", "explicit")}
+    ml_rows, ml_rounds = bench_ml100k_content(data_dir, 100 if quick else None)
     md += "\n" + _table("ml-100k, per-user 80/10/10: shipped configs + content "
-                        + ("(100 rounds)" if quick else f"(implicit {ml_rounds['implicit']}, explicit "
-                                                         f"{ml_rounds['explicit']} rounds)"),
+                        f"(implicit {ml_rounds['implicit']}, explicit {ml_rounds['explicit']} rounds)",
                         ["content", "implicit test NDCG@10", "explicit test RMSE", "implicit train s", "explicit train s"],
-                        bench_ml100k_content(data_dir, 100 if quick else None))
+                        ml_rows)
     return md

@@ -136,31 +136,31 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     clip = {"model": str(model_dir)}
     minilm = {"backend": "sentence", "model": "minilm", "fusion": "text"}
     none = {"enabled": False}
-    variants = [("no content (PersonalFR)", none, 1.0),
-                ("open_clip image+text (fedrec clip train, 128-d)", clip, 1.0),
-                ("open_clip image+text + co-interaction GNN", {**clip, "graph": "co_interaction"}, 1.0),
-                ("open_clip text tower only (fusion text)", {**clip, "fusion": "text"}, 1.0),
-                ("MiniLM text (sentence backend, 384-d)", minilm, 1.0),
-                ("no content (PersonalFR)", none, 5.0),
-                ("open_clip image+text", clip, 5.0),
-                ("MiniLM text", minilm, 5.0)]
-    with_seeds = {(id(clip), 1.0), (id(none), 5.0)}
+    # (name, content, server_lr, also run the extra model seeds)
+    variants = [("no content (PersonalFR)", none, 1.0, False),
+                ("open_clip image+text (fedrec clip train, 128-d)", clip, 1.0, True),
+                ("open_clip image+text + co-interaction GNN", {**clip, "graph": "co_interaction"}, 1.0, False),
+                ("open_clip text tower only (fusion text)", {**clip, "fusion": "text"}, 1.0, False),
+                ("MiniLM text (sentence backend, 384-d)", minilm, 1.0, False),
+                ("no content (PersonalFR)", none, 5.0, True),
+                ("open_clip image+text", clip, 5.0, False),
+                ("MiniLM text", minilm, 5.0, False)]
     truth = {"enabled": True, "backend": "sentence", "model": "minilm"}     # features replaced below
-    variants += [("reference: the generator's true attributes as content (one-hot, 28-d)", truth, 1.0)]
+    variants += [("reference: the generator's true attributes as content (one-hot, 28-d)", truth, 1.0, False)]
     def cold_warm(model, data, split) -> list[float]:
         """[cold valid, cold test, warm test] NDCG@10."""
         warm = np.setdiff1d(np.arange(data.n_items), split.cold_items)
         return [round(evaluate_candidates(model, data, split, items, part, (10,))["ndcg@10"], 4)
                 for items, part in ((split.cold_items, "valid"), (split.cold_items, "test"), (warm, "test"))]
 
-    for name, content, slr in variants:
+    for name, content, slr, seeded in variants:
         fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
         cfg, data, split, model, secs = _train(_cfg("synth-cold.yaml", path, rounds, content=content,
                                                     federation={"server_lr": slr}), fn)
         if base is None:
             base = (data, split)
         rows.append([name, f"{slr:g}", *cold_warm(model, data, split), round(secs, 1)])
-        if (id(content), slr) in with_seeds and seeds:
+        if seeded and seeds:
             runs = [rows[-1][2:5]]
             for sd in seeds:
                 cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr})
@@ -187,23 +187,25 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     return rows
 
 
-def bench_ml100k_content(data_dir: Path, rounds: int | None = None) -> list:
-    """ml-100k warm NDCG@10 (implicit) and RMSE (explicit) with/without text features and GNN."""
+def bench_ml100k_content(data_dir: Path, rounds: int | None = None) -> tuple[list, dict[str, int]]:
+    """ml-100k warm NDCG@10 (implicit) and RMSE (explicit) with/without text features and GNN; also
+    the rounds each mode trained ({"implicit": R, "explicit": R})."""
     path = data_dir / "ml-100k"
     text = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text"}
     variants = [("no content", {"enabled": False}), ("text (MiniLM: title, year, genres)", text),
                 ("text + KG GNN (ml-100k.kg)", {**text, "graph": "kg"}),
                 ("text + co-interaction GNN", {**text, "graph": "co_interaction"})]
-    rows = []
+    rows, trained = [], {}
     for name, content in variants:
-        _, data, split, mi, si = _train(_cfg("ml100k-implicit.yaml", path, rounds, content=content))
+        ci, data, split, mi, si = _train(_cfg("ml100k-implicit.yaml", path, rounds, content=content))
         ndcg = evaluate_model(mi, data, split, "test", "implicit", (10,))["ndcg@10"]
         # explicit: scale 1 (the implicit default 6 makes the projection's steps too large for MSE: RMSE 1.16)
         ex = {**content, "scale": 1.0} if content.get("enabled") else content
-        _, data, split, me, se = _train(_cfg("ml100k-explicit.yaml", path, rounds, content=ex))
+        ce, data, split, me, se = _train(_cfg("ml100k-explicit.yaml", path, rounds, content=ex))
         rmse = evaluate_model(me, data, split, "test", "explicit")["rmse"]
         rows.append([name, round(ndcg, 4), round(rmse, 4), round(si, 1), round(se, 1)])
-    return rows
+        trained = {"implicit": ci.federation.rounds, "explicit": ce.federation.rounds}
+    return rows, trained
 
 
 def bench_extraction(data_dir: Path, model_dir: Path) -> list:

@@ -171,5 +171,6 @@ def test_memory_bench_measures_the_job_not_the_process_that_started_it():
     small = child_peak_rss_mib("x = 1")
     big = child_peak_rss_mib("b = bytearray(200 * 2**20)\nb[::4096] = b'1' * len(b[::4096])")
     assert ballast.sum() > 0
-    assert small < 150, (small, big)                                      # an interpreter, not the 400 MiB parent
-    assert 180 <= big - small < 320, (small, big)
+    assert small < 100, (small, big)                                      # an interpreter, not the 400 MiB parent
+    # 200.1 MiB measured; the two interpreters' own pages differ by a few, so not exactly >= 200
+    assert 190 <= big - small < 230, (small, big)
