@@ -125,8 +125,10 @@ class _Random:
 
 def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None, seeds: tuple[int, ...] = (1, 2)) -> list:
     """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items (valid and
-    test part), for the shipped config (server_lr 1) and with server_lr 5 (the content-free model's best
-    warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 / 10 / 20 tried, 2026-11-24). ``seeds``: extra model
+    test part): the shipped config (server_lr 5, holder-weighted content, content dropout), the same
+    content without those two (the plain projection; server_lr 1, the earlier default, and 5) and the
+    content-free model at server_lr 1 and 5 (its best warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 /
+    10 / 20 tried, 2026-11-24). ``seeds``: extra model
     seeds for the shipped CLIP row and the best content-free row (same split), reported as mean and range."""
     from recsys.models.baselines import Popularity
 
@@ -137,16 +139,21 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     minilm = {"backend": "sentence", "model": "minilm", "fusion": "text"}
     none = {"enabled": False}
     # (name, content, server_lr, also run the extra model seeds)
+    plain = {"holder_weight": 0.0, "row_dropout": 0.0}          # the projection without the shipped tricks
+    tricks = "holder-weighted n0 20 + content dropout 0.45"
     variants = [("no content (PersonalFR)", none, 1.0, False),
-                ("open_clip image+text (fedrec clip train, 128-d)", clip, 1.0, True),
-                ("open_clip image+text + co-interaction GNN", {**clip, "graph": "co_interaction"}, 1.0, False),
-                ("open_clip text tower only (fusion text)", {**clip, "fusion": "text"}, 1.0, False),
-                ("MiniLM text (sentence backend, 384-d)", minilm, 1.0, False),
                 ("no content (PersonalFR)", none, 5.0, True),
-                ("open_clip image+text", clip, 5.0, False),
-                ("MiniLM text", minilm, 5.0, False)]
+                (f"open_clip image+text (fedrec clip train, 128-d), {tricks}: shipped", clip, 5.0, True),
+                ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False),
+                ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False),
+                ("open_clip image+text, holder-weighted only", {**clip, "row_dropout": 0.0}, 5.0, False),
+                ("open_clip image+text, content dropout 0.45 only", {**clip, "holder_weight": 0.0}, 5.0, False),
+                (f"open_clip image+text + co-interaction GNN, {tricks}", {**clip, "graph": "co_interaction"}, 5.0, False),
+                (f"open_clip text tower only (fusion text), {tricks}", {**clip, "fusion": "text"}, 5.0, False),
+                (f"MiniLM text (sentence backend, 384-d), {tricks}", minilm, 5.0, False),
+                ("MiniLM text, plain projection", {**minilm, **plain}, 5.0, False)]
     truth = {"enabled": True, "backend": "sentence", "model": "minilm"}     # features replaced below
-    variants += [("reference: the generator's true attributes as content (one-hot, 28-d)", truth, 1.0, False)]
+    variants += [(f"reference: the generator's true attributes as content (one-hot, 28-d), {tricks}", truth, 5.0, False)]
     def cold_warm(model, data, split) -> list[float]:
         """[cold valid, cold test, warm test] NDCG@10."""
         warm = np.setdiff1d(np.arange(data.n_items), split.cold_items)

@@ -22,7 +22,7 @@ import torch
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
-from recsys.models.autoencoder import CONTENT_KEY, AEShape, client_loss, dropout_keep, segment_sum
+from recsys.models.autoencoder import CONTENT_KEY, AEShape, client_loss, dropout_keep, rows_kept, segment_sum
 
 # For each parameter: the names of its (u, v) gradient factors; v None for vectors.
 # enc_in rows use u = delta1 per interaction scaled by the input value x; rows use u = e per row.
@@ -159,10 +159,13 @@ def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
 
 def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
                  store: ClientStore | None, sgd: SGDConfig, lr: float, local_epochs: int, seed: int, rnd: int,
-                 dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None) -> FactoredResult:
+                 dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None,
+                 content_drop: torch.Tensor | None = None) -> FactoredResult:
     """Run ``local_epochs`` SGD steps (one per local epoch: a client has one example) for all clients.
 
-    content (N, F): item content vectors when the model has a content projection (global_p['dec_P'])."""
+    content (N, F): item content vectors when the model has a content projection (global_p['dec_P']).
+    content_drop (N, F): the content a content-only step (AEShape.content_dropout) scores with, when it
+    differs from ``content`` (holder-weighted content: those steps see every item at full weight)."""
     a, b = sgd_coefficients(local_epochs, lr, sgd)
     start, per_client, per_row = start_values(shape, strategy, cohort, global_p, store, dtype)
     all_rows = strategy.rows == "all"
@@ -183,6 +186,9 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         C = content.to(dtype)                                                    # (N, F)
         Ct = None if all_rows else C.index_select(0, items)                      # (T, F) the clients' items
         P0 = start[CONTENT_KEY]                                                  # (H1, F)
+        # Content-only steps add (1 - on) * m . (content_drop - content): precompute the difference.
+        Cd = None if content_drop is None else content_drop.to(dtype) - C       # (N, F)
+        Cdt = None if Cd is None or all_rows else Cd.index_select(0, items)     # (T, F)
     for s in range(local_epochs):
         k = [b[s][j] * F[j]["c"] for j in range(s)]                              # (B,) per earlier step
         pre1 = a[s] * E0x
@@ -220,18 +226,35 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             y = a[s] * ((start["dec_out"] * h3.index_select(0, seg)).sum(1) + start["dec_ob"])   # (T,)
             for j in range(s):
                 y = y + (k[j] * ((F[j]["h3"] * h3).sum(1) + 1)).index_select(0, seg) * F[j]["e"]
+        on = None
+        if use_content and shape.content_dropout > 0:
+            # Content-only steps (AEShape.content_dropout): the free rows' scores are switched off for
+            # the whole step; their gradient below is then zero, weight decay still applies.
+            on = rows_kept(seed, rnd, cohort.users, s, shape.content_dropout).to(dtype)      # (B,)
+            y = y * (on[:, None] if all_rows else on.index_select(0, seg))
+            full0 = full0 * on[:, None] if full0 is not None else None
         frozen_scores = full0 if frozen else None
         if use_content:
+            drop = on is not None and Cd is not None     # content-only steps score with content_drop
             if all_rows:
                 y = y + m @ C.T                                                  # (B, N)
+                if drop:
+                    y = y + (1 - on)[:, None] * (m @ Cd.T)
             else:
-                y = y + (m.index_select(0, seg) * Ct).sum(1)                    # (T,)
+                mt = m.index_select(0, seg)                                      # (T, F)
+                y = y + (mt * Ct).sum(1)                                         # (T,)
+                if drop:
+                    y = y + (1 - on.index_select(0, seg)) * (mt * Cdt).sum(1)
                 if frozen:   # the other items' scores move with the projection the client trains
                     frozen_scores = full0 + m @ C.T                              # (B, N)
+                    if drop:
+                        frozen_scores = frozen_scores + (1 - on)[:, None] * (m @ Cd.T)
         loss = client_loss(shape, y, seg, items, x, B, frozen_scores)
         roots = [pre1, pre2, pre3, y] + ([m] if use_content else [])
         grads = torch.autograd.grad(loss.sum(), roots)
         d1, d2, d3, e = grads[:4]
+        if on is not None:                       # the rows' own gradient: dL/dy times the step's switch
+            e = e * (on[:, None] if all_rows else on.index_select(0, seg))
         q = grads[4] if use_content else None                                    # (B, F) = sum_i e_i c_i
         # Per-client gradient norm over all parameters: |u v^T|^2 = |u|^2 |v|^2 (+ bias |u|^2).
         h1, z, h3 = h1.detach(), z.detach(), h3.detach()

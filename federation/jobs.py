@@ -31,7 +31,7 @@ from recsys.errors import ConfigError, FedrecError, ManifestError
 from recsys.evaluation import evaluate_model
 from recsys.io import atomic_path, library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
 from recsys.loaders import load_dataset
-from recsys.models.autoencoder import AEShape
+from recsys.models.autoencoder import AEShape, holder_weights
 from recsys.splits import Split, load_split, make_split, save_split
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,20 @@ def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
     it and none is given)."""
     if content is None and cfg.content.enabled:
         content = item_content(cfg, data, split)
+    content_drop = None
+    if content is not None and cfg.content.holder_weight > 0:
+        # From the whole training matrix even on a SuperNode (train=own rows), so every node agrees.
+        holders = np.asarray((split.matrix(data, "train") != 0).sum(0)).ravel()           # (N,)
+        g = holder_weights(holders, cfg.content.holder_weight)                              # (N,)
+        content, content_drop = (content * g[:, None]).astype(np.float32), content
+        if cfg.content.row_dropout == 0:
+            content_drop = None
     shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
-                    cfg.model.input_norm, 0 if content is None else content.shape[1])
+                    cfg.model.input_norm, 0 if content is None else content.shape[1],
+                    cfg.content.row_dropout if content is not None else 0.0)
     return Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
-                      _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype], content)
+                      _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype], content, content_drop)
+
 
 
 CONTENT_FILE = "content.safetensors"      # the exact item content a content-aware run was trained with

@@ -143,7 +143,8 @@ class FederatedServer:
         n_items = self.catalogue[0]
         m = self.cfg.model
         self.shape = AEShape(n_items, m.hidden[0], m.hidden[1], m.dropout, m.mode, m.input_norm,
-                             content_dim_of(self.content or ""))
+                             content_dim_of(self.content or ""),
+                             self.cfg.content.row_dropout if self.content else 0.0)
         self.keys = decoder_keys(self.shape.content_dim)
         init = init_params(self.shape, self.cfg.seed, torch.float32)
         self.global_p = {k: init[k] for k in self.keys}

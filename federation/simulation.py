@@ -92,9 +92,12 @@ class Federation:
 
     def __init__(self, shape: AEShape, cfg: FedSettings, train: sp.csr_matrix, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, state_dtype: torch.dtype | None = None,
-                 content: np.ndarray | torch.Tensor | None = None):
+                 content: np.ndarray | torch.Tensor | None = None,
+                 content_drop: np.ndarray | torch.Tensor | None = None):
         """content (N, F): fixed item content vectors (public catalogue data, the same on every client)
-        for a content-aware decoder; shape.content_dim must be F."""
+        for a content-aware decoder; shape.content_dim must be F. content_drop (N, F): what the
+        content-only steps of shape.content_dropout score with, if not ``content`` (see
+        federation.jobs.holder_weights: weighted content in normal steps, full weight in those)."""
         self.shape, self.cfg = shape, cfg
         self.strategy = get_strategy(cfg.strategy)
         if (content is None) != (shape.content_dim == 0) or (
@@ -105,6 +108,10 @@ class Federation:
             raise FedrecError("content features need a federated strategy (personalfr or fedavg), not 'local'")
         self.content = (torch.as_tensor(np.asarray(content, np.float32) if not torch.is_tensor(content) else content)
                         .to(device, dtype) if content is not None else None)
+        if content_drop is not None and (content is None or tuple(content_drop.shape) != tuple(content.shape)):
+            raise FedrecError("content_drop needs content of the same shape")
+        self.content_drop = (torch.as_tensor(np.asarray(content_drop, np.float32) if not torch.is_tensor(content_drop)
+                                             else content_drop).to(device, dtype) if content_drop is not None else None)
         self.train = train.tocsr()
         self.train.sort_indices()
         # From here on train.data holds encoder inputs (ratings, or implicit ones / normalized ones).
@@ -154,7 +161,8 @@ class Federation:
         elif engine == "vectorized":
             for c in self.cohorts(users):
                 res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
-                                   self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype, self.content)
+                                   self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype, self.content,
+                                   self.content_drop)
                 self._absorb(c, res, agg)
                 losses.append(res.loss)
         elif engine == "reference":
@@ -215,7 +223,8 @@ class Federation:
         losses: dict[int, float] = {}
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
             res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
-                               self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype, self.content)
+                               self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype, self.content,
+                               self.content_drop)
             for k in self.strategy.personal:
                 self.store.scatter(k, c, res.value(k))
             rows, rb = res.value("dec_out"), res.value("dec_ob")                       # (T, H1), (T,)
@@ -241,7 +250,8 @@ class Federation:
                                             {k: v.cpu() for k, v in self.global_p.items()},
                                             {k: v.cpu() for k, v in personal.items()}, self.cfg.sgd, lr,
                                             self.cfg.local_epochs, self.cfg.seed, rnd, u,
-                                            self.content.cpu() if self.content is not None else None)
+                                            self.content.cpu() if self.content is not None else None,
+                                            self.content_drop.cpu() if self.content_drop is not None else None)
         values = {}
         for k, v in new.items():
             per_entry = k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched")

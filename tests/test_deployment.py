@@ -141,14 +141,16 @@ def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
 CONTENT = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0}
 
 
-def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more(synth, tmp_path, caplog):
+@pytest.mark.parametrize("options", [{}, {"holder_weight": 5.0, "row_dropout": 0.5}])
+def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more(synth, tmp_path, caplog, options):
     """A content-aware job on the deployment: every node computes the public item content itself,
     the server learns its width from hello, the aggregated decoder and projection equal the in-process
-    engine's, and a message gains exactly dec_P. A node with other content is refused."""
+    engine's, and a message gains exactly dec_P. A node with other content is refused. Also with
+    holder-weighted content and content-only steps (each node weights by the same holder counts)."""
     from federation.messages import KEY_PROJ, update_keys
     from federation.node import HELLO_CONTENT
 
-    cfg = _cfg(synth, content=CONTENT)
+    cfg = _cfg(synth, content={**CONTENT, **options})
     nodes, data, split = _nodes(cfg, tmp_path)
     t = Loopback(nodes)
     FederatedServer(cfg, tmp_path / "run", t).run()
@@ -156,6 +158,12 @@ def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more
     for _ in range(cfg.federation.rounds):
         sim.run_round()
     assert sim.shape.content_dim == 385                                       # MiniLM 384 + the 1 column
+    if options:
+        from recsys.models.autoencoder import holder_weights
+        g = holder_weights(np.asarray((split.matrix(data, "train") != 0).sum(0)).ravel(), 5.0)
+        assert g.min() < 0.7                                                   # the weighting does something
+        torch.testing.assert_close(sim.content, sim.content_drop * torch.as_tensor(g)[:, None])
+        torch.testing.assert_close(nodes[100].fed.content, sim.content)      # a node weights by all holders
     ck = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tmp_path / "run/checkpoint.safetensors"))
     assert set(ck) == {f"global.{k}" for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob", KEY_PROJ)}
     for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob", KEY_PROJ):

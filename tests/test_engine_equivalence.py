@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from federation.local_sgd import SGDConfig
 from federation.simulation import Federation, FedSettings
 from recsys.models.autoencoder import AEShape
 from recsys.splits import ratio_split
@@ -67,25 +68,37 @@ def test_l2_input_norm_scales_each_user_row():
     np.testing.assert_allclose(input_values(AEShape(5), np.array([4.0, 2.0]), np.array([2])), [4, 2])
 
 
-@pytest.mark.parametrize("mode", ["explicit", "implicit"])
-@pytest.mark.parametrize("strategy", ["personalfr", "fedavg"])
-def test_content_projection_same_in_both_engines(tiny_data, mode, strategy):
+@pytest.mark.parametrize("mode,strategy,row_dropout,weighted", [
+    ("explicit", "personalfr", 0.0, False), ("implicit", "personalfr", 0.0, False),
+    ("explicit", "fedavg", 0.0, False), ("implicit", "fedavg", 0.0, False),
+    ("implicit", "personalfr", 0.5, False), ("explicit", "fedavg", 0.5, False),
+    ("implicit", "personalfr", 0.5, True), ("implicit", "fedavg", 0.5, True), ("explicit", "personalfr", 0.5, True)])
+def test_content_projection_same_in_both_engines(tiny_data, mode, strategy, row_dropout, weighted):
     """The content-aware decoder (rows + shared projection of item content) trains identically in the
-    closed-form engine and the nn.Module reference, and the projection actually learns."""
+    closed-form engine and the nn.Module reference, and the projection actually learns; also with
+    content-only steps (row_dropout) and with holder-weighted content (content-only steps then score
+    with the unweighted content_drop)."""
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train").tolil()
     train[:, :3] = 0                                   # items 0-2: cold (no training interactions)
     train = train.tocsr()
     train.eliminate_zeros()
     content = torch.randn(tiny_data.n_items, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode, content_dim=6)
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode, content_dim=6,
+                    content_dropout=row_dropout)
     cfg = FedSettings(strategy=strategy, rounds=4, fraction=0.5, local_epochs=5, seed=3, max_cohort_clients=4)
-    vec = Federation(shape, cfg, train, dtype=torch.float64, content=content)
-    ref = Federation(shape, cfg, train, dtype=torch.float64, content=content)
+    drop = None
+    if weighted:
+        from recsys.models.autoencoder import holder_weights
+        drop = content
+        g = torch.as_tensor(holder_weights(np.asarray((train != 0).sum(0)).ravel(), 2.0), dtype=torch.float64)
+        content = content * g[:, None]
+    vec = Federation(shape, cfg, train, dtype=torch.float64, content=content, content_drop=drop)
+    ref = Federation(shape, cfg, train, dtype=torch.float64, content=content, content_drop=drop)
     for _ in range(2):
         assert vec.run_round("vectorized").loss == pytest.approx(ref.run_round("reference").loss, rel=1e-8)
     for k in vec.global_p:
         torch.testing.assert_close(vec.global_p[k], ref.global_p[k], atol=1e-10, rtol=0)
-    fresh = Federation(shape, cfg, train, dtype=torch.float64, content=content)
+    fresh = Federation(shape, cfg, train, dtype=torch.float64, content=content, content_drop=drop)
     assert (vec.global_p["dec_P"] - fresh.global_p["dec_P"]).abs().max() > 1e-4
     # personalfr: items nobody trained on are scored by content alone (free rows still zero).
     from recsys.models.autoencoder import full_scores
@@ -114,3 +127,32 @@ def test_content_messages_match_engine(tiny_data):
     assert res.accepted == len(users)
     for k in b.global_p:
         torch.testing.assert_close(new[k], b.global_p[k], atol=1e-5, rtol=0)
+
+
+def test_content_only_steps_switch_rows_off(tiny_data):
+    """rows_kept draws about the asked share of content-only steps, independently of the cohort; with
+    every step content-only the free rows and biases get no gradient (only weight decay shrinks
+    them) while the projection still learns."""
+    from recsys.models.autoencoder import rows_kept
+    users = torch.arange(4000)
+    on = rows_kept(0, 3, users, 2, 0.3)
+    assert set(on.unique().tolist()) == {0.0, 1.0}
+    assert abs(1 - float(on.mean()) - 0.3) < 0.03
+    torch.testing.assert_close(rows_kept(0, 3, users[1000:1010], 2, 0.3), on[1000:1010])
+    assert not torch.equal(rows_kept(0, 3, users, 3, 0.3), on)
+    assert torch.equal(rows_kept(0, 3, users, 2, 0.0), torch.ones(4000))
+
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    content = torch.randn(tiny_data.n_items, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cfg = FedSettings(rounds=2, fraction=0.5, seed=3, sgd=SGDConfig(weight_decay=0.0))
+    fed = Federation(AEShape(tiny_data.n_items, h1=16, h2=8, mode="implicit", content_dim=4, content_dropout=0.9999),
+                     cfg, train, dtype=torch.float64, content=content)
+    start = {k: v.clone() for k, v in fed.global_p.items()}
+    fed.run_round()
+    assert float(fed.global_p["dec_out"].abs().max()) == 0.0 and float(fed.global_p["dec_ob"].abs().max()) == 0.0
+    assert (fed.global_p["dec_P"] - start["dec_P"]).abs().max() > 1e-4
+
+
+def test_holder_weights_by_hand():
+    from recsys.models.autoencoder import holder_weights
+    np.testing.assert_allclose(holder_weights(np.array([0, 10, 20, 60]), 20.0), [1.0, 2 / 3, 0.5, 0.25], rtol=1e-6)

@@ -44,6 +44,7 @@ class AEShape:
     mode: str = "explicit"          # explicit | implicit
     input_norm: str = "none"        # none | l2: scale a user's input row to unit L2 norm (Mult-DAE style)
     content_dim: int = 0            # F: width of the item content vectors (0: content-free model)
+    content_dropout: float = 0.0    # P(a client's local step scores every item from content alone), see rows_kept
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         out = {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
@@ -77,6 +78,14 @@ def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, tor
         out["dec_out"].zero_()
         out["dec_ob"].zero_()
     return out
+
+
+def holder_weights(holders: np.ndarray, n0: float) -> np.ndarray:
+    """(N,) weight of each item's content vector: 1 / (1 + n_i / n0), holders (N,) = n_i, the number of
+    users holding item i. Items many clients hold are scored mostly by their free rows, rare and cold
+    items (weight 1) by content, so the projection is not pulled towards what the free rows already
+    explain (measured in docs/content.md)."""
+    return (1.0 / (1.0 + np.asarray(holders, np.float64) / n0)).astype(np.float32)
 
 
 def input_values(shape: AEShape, data: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -115,6 +124,18 @@ def dropout_keep(seed: int, rnd: int, users: torch.Tensor, step: int, dim: int, 
     h = _mix((_mix(u * 2_654_435 % _M + base.to(users.device)) + j * 40_503) % _M)
     uniform = h.to(torch.float64) / _M
     return (uniform >= p).to(torch.float32) / (1.0 - p)
+
+
+def rows_kept(seed: int, rnd: int, users: torch.Tensor, step: int, p: float) -> torch.Tensor:
+    """(B,) 1.0 where a client's local step uses the free item rows, 0.0 where it scores every item
+    from content alone (probability p). DropoutNet-style (Volkovs et al., 2017): the free rows and
+    biases (dec_out, dec_ob) are switched off for the whole step, so the content projection has to
+    rank the client's items by itself, which is all a cold item will ever get. Not rescaled: at
+    inference the rows are always on. Its own hash stream (step offset), same guarantees as
+    dropout_keep."""
+    if p <= 0:
+        return torch.ones(len(users), device=users.device)
+    return (dropout_keep(seed, rnd, users, 1_000_000 + step, 1, p)[:, 0] > 0).to(torch.float32)
 
 
 # -- jagged batched forward -----------------------------------------------------------------
