@@ -25,23 +25,26 @@ class ClientModel(nn.Module):
         self.frozen_out, self.frozen_ob = frozen_out, frozen_ob
         self.content = content                                   # (N, F) fixed item content, or None
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor, rows_on: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, rows_on: float = 1.0,
+                content: torch.Tensor | None = None) -> torch.Tensor:
         """x (L,) input values of the client's items -> scores of its held rows (M,) or all items (N,).
         rows_on 0: this step scores from content alone (the rows stay in the graph with a zero
-        gradient, so weight decay and momentum still move them, as in the closed-form engine)."""
+        gradient, so weight decay and momentum still move them, as in the closed-form engine).
+        content (N, F): the content this step scores with, if not the model's own."""
         p = self.p
+        c = self.content if content is None else content
         h1 = torch.tanh(x @ p["enc_in"] + p["enc_b1"])
         h2 = torch.tanh(p["enc_W2"] @ h1 + p["enc_b2"])
         h3 = torch.tanh(p["dec_W1"] @ (h2 * keep) + p["dec_b1"])
         local = rows_on * (p["dec_out"] @ h3 + p["dec_ob"])
         g = h3 @ p[CONTENT_KEY] if CONTENT_KEY in p else None                       # (F,) projected user
         if g is not None:
-            local = local + self.content[self.out_items] @ g
+            local = local + c[self.out_items] @ g
         if self.frozen_out is None:
             return local
         full = rows_on * (self.frozen_out @ h3 + self.frozen_ob)
         if g is not None:
-            full = full + self.content @ g
+            full = full + c @ g
         full = full.index_put((self.out_items,), local)
         return full
 
@@ -78,10 +81,8 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
     for step in range(local_epochs):
         keep = dropout_keep(seed, rnd, torch.tensor([user]), step, shape.h2, shape.dropout)[0].to(x.dtype)
         on = float(rows_kept(seed, rnd, torch.tensor([user]), step, shape.content_dropout)[0]) if content is not None else 1.0
-        if on == 0.0 and content_drop is not None:   # a content-only step scores with content_drop
-            model.content = content_drop.to(x.dtype)
-        scores = model(x, keep, on)
-        model.content = content.to(x.dtype) if content is not None else None
+        drop = content_drop.to(x.dtype) if on == 0.0 and content_drop is not None else None
+        scores = model(x, keep, on, drop)             # a content-only step scores with content_drop
         if shape.mode == "explicit":
             pred = scores if strategy.rows == "touched" else scores[items]
             loss = ((pred - x) ** 2).mean()
