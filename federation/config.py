@@ -54,8 +54,8 @@ class ContentCfg(_Strict):
     graph_neighbors: int = Field(20, ge=1)
     scale: float = Field(6.0, gt=0)      # content vector norm: the projection's effective step is ~scale^2
     row_dropout: float = Field(0.0, ge=0, lt=1)   # P(a client's local step ranks by content alone), DropoutNet-style
-    # n0 > 0: item i's content enters at weight 1/(1 + n_i/n0), n_i its training holders (0: off); a
-    # simulation option like the co_interaction graph (computed from the whole training matrix).
+    # n0 > 0: item i's content enters at weight 1/(1 + n_i/n0), n_i its training holders (0: off). In
+    # process counted on the training matrix; on Flower summed by the server from the nodes' hellos.
     holder_weight: float = Field(0.0, ge=0)
     device: Literal["cpu", "cuda"] | None = None   # extraction device (default: engine.device)
 

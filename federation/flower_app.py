@@ -16,11 +16,15 @@ Node config (``flower-supernode --node-config``):
   state-dir      where the node keeps its users' encoders (default .fedrec-node/p<id>-of-<n>)
 
 Wire format (record names; all arrays numpy):
-  server -> node  "query":    nothing            node -> server: "hello" {users}, "info" {n_items, catalogue, config}
-  server -> node  "train":    "decoder" {dec_W1, dec_b1, dec_out, dec_ob}, "users" {ids}, "config" {round, lr, dp-clip}
+  server -> node  "query":    nothing            node -> server: "hello" {users[, holders]},
+                                                 "info" {n_items, catalogue, config, content}
+  server -> node  "train":    "decoder" {dec_W1, dec_b1, dec_out, dec_ob[, dec_P]}, "users" {ids},
+                              "config" {round, lr, dp-clip}[, "holders" {counts}]
   node -> server  "train":    "update.<user>" {federation.messages.UPDATE_KEYS} per trained user,
                               "totals" {num-users, loss-sum}
-  server -> node  "evaluate": "decoder", "config" {part};   node -> server: "eval" {sum, count}
+  server -> node  "evaluate": "decoder", "config" {part}[, "holders"];   node -> server: "eval" {sum, count}
+  holders: holder-weighted content only (content.holder_weight > 0): per-item counts of users holding
+  each item, the node's own in hello, the federation's (summed by the server) in train/evaluate.
 Testing hooks (environment of a SuperNode): FEDREC_FAULT_EXIT_AT_ROUND=r makes its ClientApp process
 die while training round r; FEDREC_FAULT_NAN_AT_ROUND=r makes it send NaN updates in round r.
 """
@@ -37,7 +41,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from federation.messages import KEY_WEIGHT
 from federation.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT,
-                             HELLO_N_ITEMS, HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
+                             HELLO_HOLDERS, HELLO_N_ITEMS, HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
 from federation.server import FederatedServer, TrainRequest
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ APP_DIR = Path(__file__).resolve().parents[1]
 MSG_QUERY, MSG_TRAIN, MSG_EVALUATE = "query", "train", "evaluate"
 REC_DECODER, REC_USERS, REC_CONFIG, REC_HELLO, REC_INFO = "decoder", "users", "config", "hello", "info"
 REC_TOTALS, REC_EVAL, UPDATE_PREFIX = "totals", "eval", "update."
+REC_HOLDERS, HOLDER_COUNTS = "holders", "counts"
 
 
 def _arrays(d: dict[str, np.ndarray]) -> ArrayRecord:
@@ -100,7 +105,8 @@ client_app = ClientApp()
 @client_app.query()
 def client_hello(msg: Message, context: Context) -> Message:
     h = _node(context).hello()
-    return Message(RecordDict({REC_HELLO: _arrays({HELLO_USERS: h[HELLO_USERS]}),
+    arrays = {k: h[k] for k in (HELLO_USERS, HELLO_HOLDERS) if k in h}
+    return Message(RecordDict({REC_HELLO: _arrays(arrays),
                                REC_INFO: ConfigRecord({k: h[k] for k in (HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG,
                                                                           HELLO_CONTENT)})}),
                    reply_to=msg)
@@ -115,7 +121,7 @@ def client_train(msg: Message, context: Context) -> Message:
     node = _node(context)
     clip = float(conf["dp-clip"]) or None
     rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
-                     _numpy(msg.content[REC_DECODER]), clip)
+                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content))
     if os.environ.get("FEDREC_FAULT_NAN_AT_ROUND") == str(rnd + 1):
         for m in rep.updates.values():                            # testing hook: a broken client
             m["dec_W1"] = np.full_like(m["dec_W1"], np.nan)
@@ -129,9 +135,20 @@ def train_reply_content(rep: TrainReply) -> RecordDict:
     return content
 
 
+def _holders(c: RecordDict) -> np.ndarray | None:
+    return c[REC_HOLDERS][HOLDER_COUNTS].numpy() if REC_HOLDERS in c.keys() else None
+
+
+def _with_holders(c: RecordDict, holders: np.ndarray | None) -> RecordDict:
+    if holders is not None:
+        c[REC_HOLDERS] = _arrays({HOLDER_COUNTS: holders})
+    return c
+
+
 @client_app.evaluate()
 def client_evaluate(msg: Message, context: Context) -> Message:
-    r = _node(context).evaluate(_numpy(msg.content[REC_DECODER]), str(msg.content[REC_CONFIG]["part"]))
+    r = _node(context).evaluate(_numpy(msg.content[REC_DECODER]), str(msg.content[REC_CONFIG]["part"]),
+                                holders=_holders(msg.content))
     return Message(RecordDict({REC_EVAL: MetricRecord({EVAL_SUM: r[EVAL_SUM], EVAL_COUNT: r[EVAL_COUNT]})}),
                    reply_to=msg)
 
@@ -163,21 +180,24 @@ class GridTransport:
 
     def hello(self, nodes: list[int]) -> dict:
         def dec(c: RecordDict) -> dict:
-            info = c[REC_INFO]
-            return {HELLO_USERS: c[REC_HELLO][HELLO_USERS].numpy(), HELLO_N_ITEMS: int(info[HELLO_N_ITEMS]),
+            info, arrays = c[REC_INFO], _numpy(c[REC_HELLO])
+            return {**arrays, HELLO_N_ITEMS: int(info[HELLO_N_ITEMS]),
                     HELLO_CATALOGUE: str(info[HELLO_CATALOGUE]), HELLO_CONFIG: str(info[HELLO_CONFIG]),
                     HELLO_CONTENT: str(info[HELLO_CONTENT]) if HELLO_CONTENT in info else ""}
         return self._exchange({n: RecordDict() for n in nodes}, MSG_QUERY, dec)
 
     def train(self, requests: dict[int, TrainRequest]) -> dict:
-        contents = {n: RecordDict({REC_DECODER: _arrays(r.decoder), REC_USERS: _arrays({"ids": r.users}),
-                                   REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
-                                                             "dp-clip": float(r.dp_clip or 0.0)})})
+        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(r.decoder), REC_USERS: _arrays({"ids": r.users}),
+                                                 REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
+                                                                           "dp-clip": float(r.dp_clip or 0.0)})}),
+                                     r.holders)
                     for n, r in requests.items()}
         return self._exchange(contents, MSG_TRAIN, decode_train_reply)
 
-    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str) -> dict:
-        contents = {n: RecordDict({REC_DECODER: _arrays(decoder), REC_CONFIG: ConfigRecord({"part": part})})
+    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
+                 holders: np.ndarray | None = None) -> dict:
+        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(decoder), REC_CONFIG: ConfigRecord({"part": part})}),
+                                     holders)
                     for n in nodes}
         return self._exchange(contents, MSG_EVALUATE,
                               lambda c: {EVAL_SUM: float(c[REC_EVAL][EVAL_SUM]), EVAL_COUNT: int(c[REC_EVAL][EVAL_COUNT])})

@@ -72,6 +72,10 @@ def dp_settings(cfg: JobConfig) -> DPSettings | None:
         raise ConfigError("privacy.dp: differential privacy is implemented for the personalfr strategy")
     if (p.noise_multiplier is None) == (p.target_epsilon is None):
         raise ConfigError("privacy: give exactly one of noise_multiplier and target_epsilon")
+    if cfg.content.enabled and cfg.content.holder_weight > 0:
+        # The weights need exact per-item holder counts, a release the decoder's DP guarantee does not cover.
+        raise ConfigError("privacy.dp with content.holder_weight: holder counts are exact per-item counts "
+                          "that differential privacy does not cover; set content.holder_weight: 0")
     sigma = p.noise_multiplier or noise_for_epsilon(p.target_epsilon, cfg.federation.fraction,
                                                     cfg.federation.rounds, p.delta)
     return DPSettings(sigma, p.clip, p.delta)
@@ -119,27 +123,42 @@ def item_content(cfg: JobConfig, data: InteractionData, split: Split, progress: 
     return (c.scale * np.hstack([feats, np.ones((len(feats), 1), np.float32)])).astype(np.float32)
 
 
+def holder_counts(train: sp.csr_matrix) -> np.ndarray:
+    """(N,) int64: how many users (rows of ``train``) hold each item."""
+    return np.bincount(train.indices[train.data != 0], minlength=train.shape[1]).astype(np.int64)
+
+
+def weigh_content(cfg: JobConfig, content: np.ndarray, holders: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(content the decoder scores with, content its content-only steps score with or None) of a
+    content-aware job: with content.holder_weight > 0 item i's row is weighted by 1/(1 + n_i/n0),
+    holders (N,) = n_i; content-only steps (content.row_dropout) see every item at full weight."""
+    if cfg.content.holder_weight <= 0:
+        return content, None
+    g = holder_weights(holders, cfg.content.holder_weight)                                  # (N,)
+    weighted = (content * g[:, None]).astype(np.float32)                                    # (N, F)
+    return weighted, (content if cfg.content.row_dropout > 0 else None)
+
+
 def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
-                     train: sp.csr_matrix | None = None, content: np.ndarray | None = None) -> Federation:
+                     train: sp.csr_matrix | None = None, content: np.ndarray | None = None,
+                     holders: np.ndarray | None = None) -> Federation:
     """The in-process federation of a job. ``train``: a different training matrix (a SuperNode passes
     its own users' rows only). ``content``: the job's item content (computed when the config enables
-    it and none is given)."""
+    it and none is given). ``holders`` (N,): users holding each item, for holder-weighted content
+    (default: counted on the whole training matrix; a SuperNode gets the federation's counts from the
+    server, see federation/node.py)."""
     if content is None and cfg.content.enabled:
         content = item_content(cfg, data, split)
     content_drop = None
     if content is not None and cfg.content.holder_weight > 0:
-        # From the whole training matrix even on a SuperNode (train=own rows), so every node agrees.
-        holders = np.asarray((split.matrix(data, "train") != 0).sum(0)).ravel()           # (N,)
-        g = holder_weights(holders, cfg.content.holder_weight)                              # (N,)
-        content, content_drop = (content * g[:, None]).astype(np.float32), content
-        if cfg.content.row_dropout == 0:
-            content_drop = None
+        if holders is None:
+            holders = holder_counts(split.matrix(data, "train"))
+        content, content_drop = weigh_content(cfg, content, holders)
     shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
                     cfg.model.input_norm, 0 if content is None else content.shape[1],
                     cfg.content.row_dropout if content is not None else 0.0)
     return Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
                       _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype], content, content_drop)
-
 
 
 CONTENT_FILE = "content.safetensors"      # the exact item content a content-aware run was trained with

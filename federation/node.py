@@ -3,7 +3,11 @@
 Transport-free: the Flower ClientApp (federation/flower_app.py) turns messages into these calls, tests
 call them directly. What a node sends is built here and nowhere else:
   hello     -> HELLO_KEYS: its users' ids, the catalogue size and fingerprint, the fingerprint of its
-               item content (content-aware jobs; public catalogue features, no user data)
+               item content (content-aware jobs; public catalogue features, no user data), and for
+               holder-weighted content (content.holder_weight > 0) one count per item: how many of its
+               users hold it. The server sums these once into the federation's holder counts and sends
+               them back with every train/evaluate message (the counts reveal less than the item ids
+               each sampled user's update carries anyway under partial compression)
   train     -> one federation.messages update per sampled user + node totals (users, loss sum)
   evaluate  -> sums over its users (squared error and count, or NDCG sum and user count)
 Encoders and optimizer state never leave: they live in ``state_dir`` (safetensors, written atomically).
@@ -38,8 +42,8 @@ log = logging.getLogger(__name__)
 DECODER_KEYS = ("dec_W1", "dec_b1", "dec_out", "dec_ob")
 STATE_FILE, PREV_FILE = "state.safetensors", "state.prev.safetensors"
 HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG = "users", "n_items", "catalogue", "config"
-HELLO_CONTENT = "content"
-HELLO_KEYS = (HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT)
+HELLO_CONTENT, HELLO_HOLDERS = "content", "holders"
+HELLO_KEYS = (HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT)   # + HELLO_HOLDERS if weighted
 TOTAL_USERS, TOTAL_LOSS = "num-users", "loss-sum"
 EVAL_SUM, EVAL_COUNT = "sum", "count"
 
@@ -91,7 +95,7 @@ class ClientNode:
     """Users ``users`` of a dataset, trained with the job config ``cfg``; state under ``state_dir``."""
 
     def __init__(self, cfg: JobConfig, users: np.ndarray, state_dir: str | Path, data=None, split=None):
-        from federation.jobs import build_federation, prepare_data
+        from federation.jobs import build_federation, holder_counts, item_content, prepare_data
 
         self.cfg = cfg
         if data is None:
@@ -105,10 +109,15 @@ class ClientNode:
         entries = np.repeat(keep, np.diff(full.indptr))
         # The node's rows only (others empty); user and item indices stay global.
         own = sp.csr_matrix((full.data[entries], full.indices[entries], np.r_[0, np.cumsum(n)]), shape=full.shape)
-        self.fed = build_federation(cfg, data, split, train=own)
+        # The public item content, unweighted: holder weights need the federation's counts (server).
+        self.raw_content = item_content(cfg, data, split) if cfg.content.enabled else None     # (N, F) | None
+        self.weighted = self.raw_content is not None and cfg.content.holder_weight > 0
+        self.own_holders = holder_counts(own)                                                  # (N,)
+        self.holders: np.ndarray | None = None     # the server's counts the content is weighted by now
+        # Until the server's counts arrive the content is weighted by this node's own (never trained on).
+        self.fed = build_federation(cfg, data, split, train=own, content=self.raw_content, holders=self.own_holders)
         self.active = np.intersect1d(self.users, self.fed.active_users)
-        c = self.fed.content
-        self.content_fp = content_fingerprint(None if c is None else c.float().cpu().numpy())
+        self.content_fp = content_fingerprint(self.raw_content)
         self.state_dir = Path(state_dir)
         self.fingerprint = config_fingerprint(cfg) + ":" + hashlib.sha256(self.users.tobytes()).hexdigest()[:16]
         self.trained_round = -1                 # last round (0-based) whose local steps are in the state
@@ -116,19 +125,45 @@ class ClientNode:
 
     # -- hello -------------------------------------------------------------------------------
     def hello(self) -> dict:
-        return {HELLO_USERS: self.active.copy(), HELLO_N_ITEMS: int(self.data.n_items),
-                HELLO_CATALOGUE: catalogue_checksum(self.data.item_ids), HELLO_CONFIG: config_fingerprint(self.cfg),
-                HELLO_CONTENT: self.content_fp}
+        out = {HELLO_USERS: self.active.copy(), HELLO_N_ITEMS: int(self.data.n_items),
+               HELLO_CATALOGUE: catalogue_checksum(self.data.item_ids), HELLO_CONFIG: config_fingerprint(self.cfg),
+               HELLO_CONTENT: self.content_fp}
+        if self.weighted:
+            out[HELLO_HOLDERS] = self.own_holders.copy()                                      # (N,) int64
+        return out
+
+    def _set_holders(self, holders: np.ndarray | None) -> None:
+        """Weight the item content by the federation's holder counts (N,) from the server."""
+        if not self.weighted:
+            if holders is not None:
+                raise RejectedUpdate("server sent holder counts, but this job has no holder-weighted content")
+            return
+        if holders is None:
+            raise RejectedUpdate("server sent no holder counts; this job weights item content by them "
+                                 "(content.holder_weight)")
+        h = np.asarray(holders)
+        if h.shape != (self.data.n_items,) or not np.issubdtype(h.dtype, np.integer) or (len(h) and h.min() < 0):
+            raise RejectedUpdate(f"server holder counts: {h.dtype} {h.shape}, expected {self.data.n_items} "
+                                 "non-negative integers")
+        if self.holders is not None and np.array_equal(h, self.holders):
+            return
+        from federation.jobs import weigh_content
+
+        self.fed.set_content(*weigh_content(self.cfg, self.raw_content, h.astype(np.int64)))
+        self.holders = h.astype(np.int64)
 
     # -- train -------------------------------------------------------------------------------
     def train(self, rnd: int, lr: float, users: np.ndarray, decoder: dict[str, np.ndarray],
-              dp_clip: float | None = None) -> TrainReply:
+              dp_clip: float | None = None, holders: np.ndarray | None = None) -> TrainReply:
         """Train ``users`` (a subset of this node's users) for round ``rnd`` (0-based) from the
-        server's ``decoder``; persist their new personal state; return their messages."""
+        server's ``decoder`` (and holder counts (N,), holder-weighted jobs); persist their new
+        personal state; return their messages."""
         users = np.asarray(users, dtype=np.int64)
         foreign = np.setdiff1d(users, self.active)
         if len(foreign):
             raise RejectedUpdate(f"asked to train {len(foreign)} user(s) this node does not host")
+        self._set_decoder(decoder)               # both check the message before any state changes
+        self._set_holders(holders)
         if rnd == self.trained_round and (self.state_dir / PREV_FILE).exists():
             log.warning("round %d was already trained here (server restarted before aggregating it): "
                         "rewinding to the state before it", rnd + 1)
@@ -136,7 +171,6 @@ class ClientNode:
         elif rnd < self.trained_round:
             log.warning("server asks for round %d but this node already trained round %d; training "
                         "from the current state", rnd + 1, self.trained_round + 1)
-        self._set_decoder(decoder)
         self.fed.round = rnd
         if len(users) == 0:
             return TrainReply({}, 0, 0.0)
@@ -151,12 +185,13 @@ class ClientNode:
 
     # -- evaluate ----------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, decoder: dict[str, np.ndarray], part: str = "valid", k: int | None = None
-                 ) -> dict[str, float]:
+    def evaluate(self, decoder: dict[str, np.ndarray], part: str = "valid", k: int | None = None,
+                 holders: np.ndarray | None = None) -> dict[str, float]:
         """Sums over this node's users: explicit -> squared error and rating count; implicit ->
         NDCG@k sum and the number of users with held-out items (train items excluded)."""
         k = k or self.cfg.eval.k[0]
         self._set_decoder(decoder)
+        self._set_holders(holders)
         truth = self.split.matrix(self.data, part)
         rows = truth[self.users]
         if self.cfg.model.mode == "explicit":

@@ -11,6 +11,12 @@ outlying update loses that round's contribution (logged); the round counts when 
 ``min_fraction`` of the sampled clients' updates were accepted, otherwise it is retried with a fresh
 view of the connected nodes. Every completed round is checkpointed atomically (decoder + round) before
 the next starts; a restarted server resumes after the last completed round.
+
+Holder-weighted content (content.holder_weight > 0): each node's hello carries how many of its users
+hold each item; before round 1 the server sums them over the nodes it knows into the federation's
+holder counts, saves them in the run dir (holders.safetensors, checksum in the manifest; a resumed run
+reuses them) and sends them with every train and evaluate message. Counts are fixed for the run: a
+node that joins later trains with them but adds nothing to them (logged).
 """
 from __future__ import annotations
 
@@ -29,15 +35,16 @@ from safetensors.torch import load_file, save_file
 from federation.config import JobConfig
 from federation.jobs import RUN_FORMAT, _trim_metrics, fed_settings
 from federation.messages import aggregate_updates, validate_updates
-from federation.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_N_ITEMS,
-                             HELLO_USERS, TrainReply, config_fingerprint, content_dim_of, decoder_keys)
+from federation.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_HOLDERS,
+                             HELLO_N_ITEMS, HELLO_USERS, TrainReply, config_fingerprint, content_dim_of, decoder_keys)
 from federation.privacy import dp_aggregate, epsilon
 from federation.simulation import lr_at, sample_clients
 from recsys.errors import FedrecError, ManifestError
-from recsys.io import atomic_path, library_versions, sha256_file, write_json, write_text
+from recsys.io import atomic_path, library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
 from recsys.models.autoencoder import AEShape, init_params
 
 log = logging.getLogger(__name__)
+HOLDERS_FILE = "holders.safetensors"     # a holder-weighted run's holder counts (fixed before round 1)
 
 
 @dataclass
@@ -47,6 +54,7 @@ class TrainRequest:
     users: np.ndarray                 # (B,) the node's sampled users
     decoder: dict[str, np.ndarray]    # node.decoder_keys: the decoder (+ content projection)
     dp_clip: float | None
+    holders: np.ndarray | None = None  # (N,) int64 federation holder counts (holder-weighted content only)
 
 
 class Transport(Protocol):
@@ -59,8 +67,8 @@ class Transport(Protocol):
 
     def train(self, requests: dict[int, TrainRequest]) -> dict[int, TrainReply | Exception]: ...
 
-    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str
-                 ) -> dict[int, dict | Exception]: ...
+    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
+                 holders: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
 
 
 def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
@@ -83,6 +91,9 @@ class FederatedServer:
         self.shape: AEShape | None = None
         self.global_p: dict[str, torch.Tensor] = {}
         self.round = 0
+        self.weighted = cfg.content.enabled and cfg.content.holder_weight > 0
+        self.node_holders: dict[int, np.ndarray] = {}   # node -> its users' count per item (hello)
+        self.holders: np.ndarray | None = None          # (N,) the run's holder counts, fixed before round 1
 
     # -- membership --------------------------------------------------------------------------
     def _refresh_nodes(self) -> list[int]:
@@ -103,6 +114,11 @@ class FederatedServer:
                     log.warning("node %s refused: %s", node, why)
                     continue
                 self.known.add(node)
+                if self.weighted:
+                    self.node_holders[node] = np.asarray(rep[HELLO_HOLDERS], np.int64)
+                    if self.holders is not None:
+                        log.warning("node %s joined after the holder counts were fixed: its users train with "
+                                    "them but their items are not counted", node)
                 for u in np.asarray(rep[HELLO_USERS]).tolist():
                     self.owner[int(u)] = node
                 log.info("node %s joined with %d users", node, len(rep[HELLO_USERS]))
@@ -125,6 +141,15 @@ class FederatedServer:
         elif content != self.content:
             return (f"its item content ({content}) differs from the federation's ({self.content}); build the "
                     "features once (fedrec features build) and give every node the same cache")
+        if self.weighted:
+            h = rep.get(HELLO_HOLDERS)
+            n_users = len(np.asarray(rep[HELLO_USERS]))
+            if h is None:
+                return "it sent no holder counts (the job weights item content by them)"
+            h = np.asarray(h)
+            if (h.shape != (cat[0],) or not np.issubdtype(h.dtype, np.integer)
+                    or (len(h) and (h.min() < 0 or h.max() > n_users))):
+                return f"its holder counts ({h.dtype} {h.shape}) are not {cat[0]} integers in 0..{n_users}"
         return None
 
     def _wait_for_nodes(self) -> None:
@@ -160,13 +185,38 @@ class FederatedServer:
                 raise ManifestError(f"{self.run_dir}: was trained on another item catalogue")
             if man.get("content", "") != (self.content or ""):
                 raise ManifestError(f"{self.run_dir}: was trained with other item content features")
+            if self.weighted:
+                self._load_holders(man)
             self._load_checkpoint()
         else:
             write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
-            write_json(man_p, {"format": RUN_FORMAT, "name": self.cfg.name, "status": "running", "deployment": "flower",
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_fingerprint": fp,
-                               "catalogue": list(self.catalogue), "content": self.content or "",
-                               "versions": library_versions()})
+            man = {"format": RUN_FORMAT, "name": self.cfg.name, "status": "running", "deployment": "flower",
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_fingerprint": fp,
+                   "catalogue": list(self.catalogue), "content": self.content or "", "versions": library_versions()}
+            if self.weighted:
+                man["holders"] = self._count_holders()
+            write_json(man_p, man)
+
+    def _count_holders(self) -> dict:
+        """The run's holder counts: the sum of the known nodes' hello counts, saved next to the manifest."""
+        self.holders = np.zeros(self.catalogue[0], np.int64)
+        for n in sorted(self.known):
+            self.holders += self.node_holders[n]
+        save_arrays(self.run_dir / HOLDERS_FILE, {"holders": self.holders})
+        log.info("holder counts fixed from %d node(s): %d items held, %d cold", len(self.known),
+                 int((self.holders > 0).sum()), int((self.holders == 0).sum()))
+        return {"file": HOLDERS_FILE, "sha256": sha256_file(self.run_dir / HOLDERS_FILE), "nodes": len(self.known)}
+
+    def _load_holders(self, man: dict) -> None:
+        p = self.run_dir / HOLDERS_FILE
+        want = (man.get("holders") or {}).get("sha256")
+        if not p.exists() or want != sha256_file(p):
+            raise ManifestError(f"{p}: missing or does not match the manifest's checksum; the run cannot "
+                                "resume with the same holder counts (use a new run-dir)")
+        h = load_arrays(p)["holders"]
+        if h.shape != (self.catalogue[0],):
+            raise ManifestError(f"{p}: {h.shape[0]} counts for {self.catalogue[0]} items")
+        self.holders = h.astype(np.int64)
 
     def _save_checkpoint(self) -> None:
         with atomic_path(self.run_dir / "checkpoint.safetensors") as tmp:
@@ -248,7 +298,8 @@ class FederatedServer:
             by_node: dict[int, list[int]] = {}
             for u in users.tolist():
                 by_node.setdefault(self.owner[u], []).append(u)
-            reqs = {n: TrainRequest(rnd, lr, np.array(us, np.int64), dec, self.dp.clip if self.dp else None)
+            reqs = {n: TrainRequest(rnd, lr, np.array(us, np.int64), dec, self.dp.clip if self.dp else None,
+                                    self.holders)
                     for n, us in by_node.items()}
             replies = self.t.train(reqs)
             msgs, loss_sum, n_loss, failed, up = [], 0.0, 0, [], 0
@@ -273,7 +324,8 @@ class FederatedServer:
             if accepted >= need:
                 self.global_p = {k: new[k].cpu().float() for k in self.keys}
                 self.round += 1
-                down = len(reqs) * payload_bytes(dec) + sum(r.users.nbytes for r in reqs.values())
+                down = len(reqs) * (payload_bytes(dec) + (self.holders.nbytes if self.weighted else 0)) + sum(
+                    r.users.nbytes for r in reqs.values())
                 rec = {"round": self.round, "lr": lr, "sampled": int(len(users)), "participants": accepted,
                        "rejected": len(rejected), "failed_nodes": len(failed), "nodes": len(reqs),
                        "loss": loss_sum / max(1, n_loss), "bytes_up": up, "bytes_down": down,
@@ -303,7 +355,7 @@ class FederatedServer:
         """Federated evaluation: every node scores its own users; only sums come back."""
         self._refresh_nodes()
         nodes = sorted(set(self.owner.values()))       # a node whose users moved (it reconnected) is skipped
-        reps = self.t.evaluate(nodes, self.decoder_arrays(), part)
+        reps = self.t.evaluate(nodes, self.decoder_arrays(), part, self.holders)
         s = c = 0.0
         answered = 0
         for node, r in reps.items():

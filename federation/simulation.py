@@ -97,27 +97,20 @@ class Federation:
         """content (N, F): fixed item content vectors (public catalogue data, the same on every client)
         for a content-aware decoder; shape.content_dim must be F. content_drop (N, F): what the
         content-only steps of shape.content_dropout score with, if not ``content`` (see
-        federation.jobs.holder_weights: weighted content in normal steps, full weight in those)."""
+        federation.jobs.weigh_content: weighted content in normal steps, full weight in those)."""
         self.shape, self.cfg = shape, cfg
         self.strategy = get_strategy(cfg.strategy)
-        if (content is None) != (shape.content_dim == 0) or (
-                content is not None and tuple(content.shape) != (shape.n_items, shape.content_dim)):
-            raise FedrecError(f"content features of shape {None if content is None else tuple(content.shape)} "
-                              f"do not fit the model (items {shape.n_items}, content_dim {shape.content_dim})")
         if content is not None and self.strategy.name == "local":
             raise FedrecError("content features need a federated strategy (personalfr or fedavg), not 'local'")
-        self.content = (torch.as_tensor(np.asarray(content, np.float32) if not torch.is_tensor(content) else content)
-                        .to(device, dtype) if content is not None else None)
-        if content_drop is not None and (content is None or tuple(content_drop.shape) != tuple(content.shape)):
-            raise FedrecError("content_drop needs content of the same shape")
-        self.content_drop = (torch.as_tensor(np.asarray(content_drop, np.float32) if not torch.is_tensor(content_drop)
-                                             else content_drop).to(device, dtype) if content_drop is not None else None)
+        self.device, self.dtype = torch.device(device), dtype
+        self.content: torch.Tensor | None = None
+        self.content_drop: torch.Tensor | None = None
+        self.set_content(content, content_drop)
         self.train = train.tocsr()
         self.train.sort_indices()
         # From here on train.data holds encoder inputs (ratings, or implicit ones / normalized ones).
         vals = input_values(shape, self.train.data, np.diff(self.train.indptr))
         self.train = sp.csr_matrix((vals, self.train.indices, self.train.indptr), shape=self.train.shape)
-        self.device, self.dtype = torch.device(device), dtype
         init = init_params(shape, cfg.seed, dtype)
         self.global_p = {k: v.to(self.device) for k, v in init.items()}
         self.store = (ClientStore(self.train, init, self.strategy.personal, state_dtype or dtype, self.device)
@@ -125,6 +118,22 @@ class Federation:
         self.n_per_user = np.diff(self.train.indptr)
         self.active_users = np.flatnonzero(self.n_per_user > 0)
         self.round = 0                    # rounds completed
+
+    def set_content(self, content: np.ndarray | torch.Tensor | None,
+                    content_drop: np.ndarray | torch.Tensor | None = None) -> None:
+        """Replace the item content (N, F) the decoder scores with (and what content-only steps score
+        with). A SuperNode calls it when the server's holder counts change its holder-weighted content."""
+        if (content is None) != (self.shape.content_dim == 0) or (
+                content is not None and tuple(content.shape) != (self.shape.n_items, self.shape.content_dim)):
+            raise FedrecError(f"content features of shape {None if content is None else tuple(content.shape)} "
+                              f"do not fit the model (items {self.shape.n_items}, content_dim {self.shape.content_dim})")
+        if content_drop is not None and (content is None or tuple(content_drop.shape) != tuple(content.shape)):
+            raise FedrecError("content_drop needs content of the same shape")
+
+        def put(a):
+            return None if a is None else torch.as_tensor(np.asarray(a, np.float32) if not torch.is_tensor(a) else a
+                                                          ).to(self.device, self.dtype)
+        self.content, self.content_drop = put(content), put(content_drop)
 
     # -- schedule and sampling ---------------------------------------------------------------
     def lr_at(self, rnd: int) -> float:

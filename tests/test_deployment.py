@@ -44,12 +44,16 @@ class Loopback:
     def __init__(self, nodes: dict[int, ClientNode]):
         self.nodes, self.down, self.sent = nodes, set(), []
         self.poison: set[int] = set()
+        self.hellos: list[tuple[int, dict]] = []          # every hello a node sent
+        self.received: list[tuple[int, str, object]] = []  # (node, train|evaluate, holder counts sent to it)
 
     def node_ids(self):
         return sorted(self.nodes)
 
     def hello(self, nodes):
-        return {n: self.nodes[n].hello() for n in nodes}
+        out = {n: self.nodes[n].hello() for n in nodes}
+        self.hellos += list(out.items())
+        return out
 
     def train(self, requests):
         out = {}
@@ -57,7 +61,8 @@ class Loopback:
             if n in self.down:
                 out[n] = TimeoutError("no reply")
                 continue
-            rep = self.nodes[n].train(r.round, r.lr, r.users, r.decoder, r.dp_clip)
+            self.received.append((n, "train", r.holders))
+            rep = self.nodes[n].train(r.round, r.lr, r.users, r.decoder, r.dp_clip, r.holders)
             content = train_reply_content(rep)                      # exactly what would go on the wire
             self.sent.append((n, content))
             rep = decode_train_reply(content)
@@ -67,8 +72,9 @@ class Loopback:
             out[n] = rep
         return out
 
-    def evaluate(self, nodes, decoder, part):
-        return {n: self.nodes[n].evaluate(decoder, part) for n in nodes if n not in self.down}
+    def evaluate(self, nodes, decoder, part, holders=None):
+        self.received += [(n, "evaluate", holders) for n in nodes]
+        return {n: self.nodes[n].evaluate(decoder, part, holders=holders) for n in nodes if n not in self.down}
 
 
 def _nodes(cfg, tmp_path, parts=3):
@@ -187,6 +193,68 @@ def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more
             FederatedServer(cfg, tmp_path / f"run-{why}", Loopback({100: nodes[100], 103: bad}), min_nodes=2,
                             wait_s=0).run()
         assert why in caplog.text
+
+
+def test_holder_counts_go_up_once_in_hello_and_come_back_with_every_message(synth, tmp_path, caplog):
+    """Holder-weighted content on the deployment: each node's hello carries its own users' count per
+    item (and nothing else new); the server sums them once, saves them with a checksum, and sends the
+    sum with every train and evaluate message; a node weights its content by that sum, not by data it
+    cannot see. A resumed server reuses the saved counts; a tampered file, a hello with impossible
+    counts, a message without counts and DP together with holder weighting are refused."""
+    from federation.jobs import holder_counts
+    from federation.node import HELLO_HOLDERS, HELLO_KEYS
+    from federation.server import HOLDERS_FILE
+    from recsys.errors import ConfigError, ManifestError
+    from recsys.io import load_arrays
+
+    cfg = _cfg(synth, content={**CONTENT, "holder_weight": 5.0}, federation={"rounds": 2})
+    nodes, data, split = _nodes(cfg, tmp_path)
+    train = split.matrix(data, "train")
+    full = holder_counts(train)                                                       # (N,)
+    t = Loopback(nodes)
+    FederatedServer(cfg, tmp_path / "run", t).run()
+    assert len(t.hellos) == 3
+    for n, h in t.hellos:
+        assert set(h) == set(HELLO_KEYS) | {HELLO_HOLDERS}
+        mine = np.asarray((train[nodes[n].users] != 0).sum(0)).ravel()               # this node's users only
+        np.testing.assert_array_equal(h[HELLO_HOLDERS], mine)
+        assert (h[HELLO_HOLDERS] < full).any()                                        # a part, not the whole
+    np.testing.assert_array_equal(load_arrays(tmp_path / "run" / HOLDERS_FILE)["holders"], full)
+    assert {kind for _, kind, _ in t.received} == {"train", "evaluate"}
+    for _, _, h in t.received:
+        np.testing.assert_array_equal(h, full)
+    sim = build_federation(cfg, data, split)
+    torch.testing.assert_close(nodes[101].fed.content, sim.content)
+    # the bytes down of a round count the counts (8 bytes per item per node) on top of the decoder
+    rec = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])
+    dec = sum(v.numel() * 4 for k, v in sim.global_p.items() if not k.startswith("enc"))
+    assert rec["bytes_down"] == rec["nodes"] * (dec + 8 * data.n_items) + 8 * rec["sampled"]
+
+    # resume: the counts come from the run dir, not from a new sum of hellos
+    man = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert man["holders"]["nodes"] == 3
+    srv = FederatedServer(cfg, tmp_path / "run", Loopback({100: nodes[100]}))
+    srv._wait_for_nodes()
+    srv._init_state()
+    np.testing.assert_array_equal(srv.holders, full)                    # one node now, three nodes' counts
+    p = tmp_path / "run" / HOLDERS_FILE
+    p.write_bytes(p.read_bytes()[:-8] + np.int64(7).tobytes())
+    with pytest.raises(ManifestError, match="checksum"):
+        FederatedServer(cfg, tmp_path / "run", Loopback(nodes)).run()
+
+    # a hello whose counts exceed the node's users is refused
+    liar = ClientNode(cfg, nodes[102].users, tmp_path / "liar", data, split)
+    liar.own_holders = liar.own_holders + len(liar.users) + 1
+    with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="usable node"):
+        FederatedServer(cfg, tmp_path / "run-liar", Loopback({103: liar}), wait_s=0).run()
+    assert "holder counts" in caplog.text
+    # a train message without counts is refused by the node, before anything trains
+    dec_arrays = {k: v.numpy() for k, v in nodes[100].fed.global_p.items() if not k.startswith("enc")}
+    with pytest.raises(Exception, match="no holder counts"):
+        nodes[100].train(5, 0.1, nodes[100].active[:2], dec_arrays)
+    with pytest.raises(ConfigError, match="holder_weight"):
+        build_federation(_cfg(synth, content={**CONTENT, "holder_weight": 5.0},
+                              privacy={"dp": True, "noise_multiplier": 1.0}), data, split)
 
 
 def test_a_dead_node_and_a_nan_node_do_not_stop_the_round(synth, tmp_path, caplog):

@@ -80,14 +80,26 @@ def test_flower_run_equals_the_in_process_engine(job, tmp_path):
 def test_flower_content_job_equals_the_in_process_engine(job, tmp_path):
     """A content-aware job over a real SuperLink: each SuperNode computes the public item content
     (MiniLM text features, cached under the data dir), the server learns the projection's width from
-    hello, and decoder plus projection equal the in-process engine's."""
+    hello, and decoder plus projection equal the in-process engine's. With holder-weighted content and
+    content-only steps: the holder counts go up in hello and come back in every train message, so
+    each SuperNode weights the content by the whole federation's counts without seeing others' data."""
+    from federation.jobs import holder_counts
+    from federation.server import HOLDERS_FILE
+    from recsys.io import load_arrays
+
     root, _ = job
     d = yaml.safe_load((root / "cfg.yaml").read_text())
-    d["content"] = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0}
+    d["content"] = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0,
+                    "holder_weight": 5.0, "row_dropout": 0.5}
     (tmp_path / "content.yaml").write_text(yaml.safe_dump(d))
-    _, sim = _run_and_compare(tmp_path / "content.yaml", parse_config(d), tmp_path, nodes=2)
+    cfg = parse_config(d)
+    _, sim = _run_and_compare(tmp_path / "content.yaml", cfg, tmp_path, nodes=2)
     assert sim.shape.content_dim == 385
-    assert json.loads((tmp_path / "run/manifest.json").read_text())["content"].startswith("385:")
+    man = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert man["content"].startswith("385:") and man["holders"]["nodes"] == 2
+    data, split = prepare_data(cfg)
+    np.testing.assert_array_equal(load_arrays(tmp_path / "run" / HOLDERS_FILE)["holders"],
+                                  holder_counts(split.matrix(data, "train")))
 
 
 def test_flower_survives_client_crash_nan_updates_and_a_node_reconnecting(job, tmp_path):
