@@ -17,17 +17,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Comments sit on their own lines: make keeps the spaces before a trailing comment in the value.
+# DEMO_RUN: rating prediction (RMSE); its ratings weigh the summaries and history entries.
+# DEMO_RANK: the ranker the demo recommends with (an RMSE model favours rarely rated titles).
 DEMO_RUN := runs/demo-ml100k-explicit
 DEMO_IDX := indices/demo-ml100k-explicit
-DEMO_SERVE ?= 1     # make demo DEMO_SERVE=0: stop after printing, do not serve the dashboard
+DEMO_RANK := runs/demo-ml100k-implicit
+# make demo DEMO_SERVE=0: stop after printing, do not serve the dashboard
+DEMO_SERVE ?= 1
 PORT ?= 8501
 
 demo: $(STAMP)
 	$(FEDREC) data fetch ml-100k
 	$(FEDREC) train configs/ml100k-explicit.yaml --run-dir $(DEMO_RUN) --overwrite
 	$(FEDREC) evaluate $(DEMO_RUN) --split test
-	$(FEDREC) recommend $(DEMO_RUN) --user 1 -k 10
-	$(FEDREC) recommend $(DEMO_RUN) --user 42 -k 10
+	$(FEDREC) train configs/ml100k-implicit.yaml --run-dir $(DEMO_RANK) --overwrite
+	$(FEDREC) evaluate $(DEMO_RANK) --split test
+	$(FEDREC) recommend $(DEMO_RANK) --user 1 -k 10
+	$(FEDREC) recommend $(DEMO_RANK) --user 42 -k 10
+	$(FEDREC) index build items $(DEMO_RANK) --out indices/demo-ml100k-implicit/items --quiet > /dev/null
 	$(FEDREC) index build items $(DEMO_RUN) --out $(DEMO_IDX)/items --quiet > /dev/null
 	$(FEDREC) index build content $(DEMO_RUN) --out $(DEMO_IDX)/content --quiet > /dev/null
 	$(FEDREC) index build summaries $(DEMO_RUN) --out $(DEMO_IDX)/summaries --quiet > /dev/null

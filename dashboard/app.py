@@ -71,12 +71,13 @@ def _stamp(p: Path) -> float:
     return f.stat().st_mtime if f.exists() else 0.0
 
 
-def _pick_run(runs: list[views.RunInfo], key: str):
+def _pick_run(runs: list[views.RunInfo], key: str, prefer_mode: str | None = None):
+    """A run chosen by the user; preselected: the first run in ``prefer_mode`` (if any)."""
     usable = [r for r in runs if r.problem is None]
     if not usable:
         st.info("No trained run found. Train one: `fedrec train configs/ml100k-explicit.yaml`.")
         return None
-    name = st.selectbox("Run", [r.name for r in usable], key=key)
+    name = st.selectbox("Run", [r.name for r in usable], index=views.preferred_run(usable, prefer_mode), key=key)
     info = next(r for r in usable if r.name == name)
     try:
         return _run(str(info.path), _stamp(info.path))
@@ -94,7 +95,8 @@ def _indices_for(root: Path, run, kind: str) -> dict | None:
 
 def page_recommend(runs, idx_root: Path) -> None:
     st.header("Recommend")
-    run = _pick_run(runs, "rec_run")
+    # A ranker first: a rating (explicit) model's top-K favours items with few, high ratings.
+    run = _pick_run(runs, "rec_run", prefer_mode="implicit")
     if run is None:
         return
     users = [str(u) for u in run.data.user_ids]

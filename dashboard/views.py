@@ -27,6 +27,11 @@ class RunInfo:
     problem: str | None = None       # why the run cannot be opened, if it cannot
 
 
+def preferred_run(runs: list[RunInfo], mode: str | None) -> int:
+    """Position of the first run trained in ``mode`` (e.g. "implicit": a ranker), else 0."""
+    return next((i for i, r in enumerate(runs) if mode is not None and r.mode == mode), 0)
+
+
 def list_runs(runs_dir: Path) -> list[RunInfo]:
     """Every directory under runs_dir that looks like a run; broken ones carry a ``problem``."""
     out = []

@@ -221,3 +221,14 @@ def test_launch_progress_and_cancel_a_background_job(env, tmp_path):
     with pytest.raises(Exception, match="unknown key"):
         (tmp_path / "bad.yaml").write_text("federation: {roundz: 3}")
         J.launch(tmp_path / "bad.yaml", tmp_path / "runs", jobs_dir)
+
+
+def test_recommend_page_preselects_a_ranker():
+    """The Recommend page preselects the first implicit (ranking) run: a rating model's top-K favours
+    items with a few high ratings. Without one it keeps the first run."""
+    from dashboard.views import RunInfo, preferred_run
+    runs = [RunInfo(Path(n), n, "completed", m, "personalfr", 10, {}) for n, m in
+            (("a-explicit", "explicit"), ("b-explicit", "explicit"), ("c-implicit", "implicit"), ("d-implicit", "implicit"))]
+    assert preferred_run(runs, "implicit") == 2
+    assert preferred_run(runs[:2], "implicit") == 0
+    assert preferred_run(runs, None) == 0
