@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.evaluation import metric_values
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,7 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
             info.rounds = cfg["federation"]["rounds"]
             if (d / "summary.json").exists():
                 s = json.loads((d / "summary.json").read_text())
-                info.final = {f"test_{k}": v for k, v in s.get("test", {}).items() if not k.startswith("n")}
+                info.final = {f"test_{k}": v for k, v in metric_values(s.get("test", {})).items()}
             if not (d / "checkpoint.safetensors").exists():
                 info.problem = info.problem or "no checkpoint yet"
         except (OSError, ValueError, KeyError, TypeError) as e:

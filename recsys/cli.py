@@ -89,7 +89,9 @@ def _print_metrics(summary: dict) -> None:
     from rich.table import Table
 
     parts = [p for p in ("valid", "test") if p in summary]
-    keys = [k for k in summary[parts[0]] if not k.startswith("n")] if parts else []
+    from recsys.evaluation import metric_values
+
+    keys = list(metric_values(summary[parts[0]])) if parts else []
     t = Table(title="evaluation")
     t.add_column("metric")
     for p in parts:

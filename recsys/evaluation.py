@@ -10,6 +10,12 @@ from recsys.models.base import Recommender
 from recsys.splits import Split
 
 
+def metric_values(result: dict) -> dict:
+    """The metrics of an evaluate_model / evaluate_candidates result, without its counts (n, n_users,
+    n_candidates). Not a prefix test on "n": that would drop ndcg@k."""
+    return {k: v for k, v in result.items() if k != "n" and not k.startswith("n_")}
+
+
 def evaluate_model(model: Recommender, data: InteractionData, split: Split, part: str = "test",
                    mode: str = "explicit", ks=(10, 20)) -> dict[str, float]:
     """explicit: rmse, mae on the part's ratings. implicit: recall/ndcg/mrr/hit@k over all items,

@@ -94,6 +94,24 @@ def test_train_resume_is_exact(tmp_path, synth):
     assert "checksum" in _one_error_line(run("evaluate", str(full)))
 
 
+@pytest.mark.e2e
+def test_implicit_evaluate_prints_ndcg(tmp_path, synth):
+    """The evaluation table of an implicit run shows NDCG@k (a prefix filter on "n" for the count keys
+    once hid it) and no counts; the dashboard's run list carries it too."""
+    from dashboard.views import list_runs
+
+    cfg = _config(tmp_path, synth, model={"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
+                  federation={"rounds": 2}, eval={"every": 0, "k": [5]})
+    r = run("train", str(cfg), "--run-dir", str(tmp_path / "runs" / "imp"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run("evaluate", str(tmp_path / "runs" / "imp"), "--split", "test")
+    rows = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("│")}
+    assert r.returncode == 0 and {"ndcg@5", "recall@5", "mrr@5", "hit@5"} <= rows, r.stdout
+    assert not {"n_users", "n"} & rows
+    info = next(i for i in list_runs(tmp_path / "runs") if i.name == "imp")
+    assert "test_ndcg@5" in info.final and "test_n_users" not in info.final
+
+
 def test_data_synth_skips_a_current_catalogue(tmp_path):
     out = tmp_path / "s"
     args = ("data", "synth", "--out", str(out), "--users", "30", "--items", "12", "--no-images")
