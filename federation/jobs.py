@@ -286,11 +286,11 @@ def train(config_path: str | Path, run_dir: str | Path | None = None, device: st
 
 
 def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | None) -> None:
-    from tqdm.auto import tqdm
+    from recsys.progress import progress_bar
 
     cfg, fed = run.cfg, run.fed
     R = cfg.federation.rounds
-    bar = tqdm(total=R, initial=fed.round, desc=cfg.name, unit="round", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=R, initial=fed.round, desc=cfg.name, unit="round", disable=not progress, dynamic_ncols=True)
     done_here = 0
     metric_name = "rmse" if cfg.model.mode == "explicit" else f"ndcg@{cfg.eval.k[0]}"
     cum_up = cum_fedavg = 0
@@ -309,9 +309,9 @@ def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | 
             if (cfg.eval.every and fed.round % cfg.eval.every == 0) or last:
                 m = evaluate_model(run.model(), run.data, run.split, cfg.eval.split, cfg.model.mode, cfg.eval.k)
                 rec.update({f"{cfg.eval.split}_{k}": v for k, v in m.items()})
-                bar.set_postfix(loss=f"{st.loss:.4f}", **{metric_name: f"{m[metric_name]:.4f}"})
+                bar.set_postfix(loss=f"{st.loss:.4f}", **{metric_name: f"{m[metric_name]:.4f}"}, refresh=False)
             else:
-                bar.set_postfix(loss=f"{st.loss:.4f}")
+                bar.set_postfix(loss=f"{st.loss:.4f}", refresh=False)      # shown by the update below
             if fed.round % cfg.output.checkpoint_every == 0 or last:
                 _save_checkpoint(run.dir, fed)
             mf.write(json.dumps(rec) + "\n")

@@ -245,7 +245,7 @@ class FederatedServer:
 
     # -- rounds ------------------------------------------------------------------------------
     def run(self, progress: bool = False) -> dict:
-        from tqdm.auto import tqdm
+        from recsys.progress import progress_bar
 
         self._wait_for_nodes()
         self._init_state()
@@ -257,7 +257,7 @@ class FederatedServer:
             for line in metrics_path.read_text().splitlines():
                 rec = json.loads(line)
                 cum_up, cum_down = rec.get("cum_bytes_up", 0), rec.get("cum_bytes_down", 0)
-        bar = tqdm(total=R, initial=self.round, desc=f"{self.cfg.name} (flower)", unit="round", disable=not progress)
+        bar = progress_bar(total=R, initial=self.round, desc=f"{self.cfg.name} (flower)", unit="round", disable=not progress)
         with open(metrics_path, "a", encoding="utf-8") as mf:
             while self.round < R:
                 rec = self._one_round()

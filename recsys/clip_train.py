@@ -66,7 +66,7 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
     import torch
     from PIL import Image
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from recsys.progress import progress_bar
 
     from recsys.features import _register_tiny, catalogue_fingerprint, image_paths, item_texts, resolve_model_name
 
@@ -118,7 +118,7 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
         t0 = time.perf_counter()
         perm = torch.as_tensor(train)[torch.randperm(len(train), generator=g)]
         tot, nb = 0.0, 0
-        for s in tqdm(range(0, len(perm), spec.batch_size), desc=f"clip epoch {ep + 1}/{spec.epochs}",
+        for s in progress_bar(range(0, len(perm), spec.batch_size), desc=f"clip epoch {ep + 1}/{spec.epochs}",
                       disable=not progress, leave=False):
             b = perm[s:s + spec.batch_size]
             if len(b) < 2:

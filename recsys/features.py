@@ -113,12 +113,12 @@ class ClipExtractor:
     def encode_text(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """texts (n,) -> (n, D) float32, unit norm."""
         import torch
-        from tqdm.auto import tqdm
+        from recsys.progress import progress_bar
 
         out = []
         bs = self.spec.batch_size
         with torch.no_grad():
-            for s in tqdm(range(0, len(texts), bs), desc="text", disable=not progress, unit="batch"):
+            for s in progress_bar(range(0, len(texts), bs), desc="text", disable=not progress, unit="batch"):
                 tok = self.tokenizer([t if t.strip() else "item" for t in texts[s:s + bs]]).to(self.device)
                 out.append(torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
@@ -128,14 +128,14 @@ class ClipExtractor:
         unreadable images get a zero row and False."""
         import torch
         from PIL import Image
-        from tqdm.auto import tqdm
+        from recsys.progress import progress_bar
 
         n = len(paths)
         emb = np.zeros((n, self.dim), np.float32)
         ok = np.zeros(n, bool)
         bs = self.spec.batch_size
         with torch.no_grad():
-            for s in tqdm(range(0, n, bs), desc="images", disable=not progress, unit="batch"):
+            for s in progress_bar(range(0, n, bs), desc="images", disable=not progress, unit="batch"):
                 batch, where = [], []
                 for j in range(s, min(n, s + bs)):
                     if paths[j] is None:

@@ -232,7 +232,7 @@ def catalogue_is_current(out: str | Path, spec: SynthSpec, images: bool = True) 
 def write_catalogue(spec: SynthSpec, out: str | Path, images: bool = True, workers: int = 2,
                     progress: bool = True) -> Path:
     """Generate and write: NAME.inter, NAME.item, ground_truth.safetensors, images/, MANIFEST.json."""
-    from tqdm.auto import tqdm
+    from recsys.progress import progress_bar
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,7 @@ def write_catalogue(spec: SynthSpec, out: str | Path, images: bool = True, worke
         same = prev.get("render_version") == RENDER_VERSION and prev.get("spec") == spec.__dict__
         todo = [r for r in rows if not (same and (img_dir / f"{r[0]}.png").exists())]
         chunks = [(str(img_dir), todo[s:s + 500]) for s in range(0, len(todo), 500)]
-        with tqdm(total=len(todo), desc="images", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(todo), desc="images", unit="img", disable=not progress) as bar:
             if workers > 1 and len(chunks) > 1:
                 with ProcessPoolExecutor(workers) as ex:
                     for n in ex.map(_render_chunk, chunks):

@@ -85,8 +85,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: BuildOptions, querie
     ix.set_search_defaults(opts.nprobe or params.get("nprobe"), opts.ef_search or params.get("ef_search"))
     it = range(0, len(vectors), opts.batch)
     if opts.progress and len(vectors) > opts.batch:
-        from tqdm import tqdm
-        it = tqdm(it, desc=f"adding to {factory}", unit="batch")
+        from recsys.progress import progress_bar
+        it = progress_bar(it, desc=f"adding to {factory}", unit="batch")
     for s in it:
         ix.add(ids[s:s + opts.batch], vectors[s:s + opts.batch])
     q = queries if queries is not None else vectors[rng.choice(len(vectors), min(len(vectors), opts.recall_queries),

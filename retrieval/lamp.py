@@ -50,8 +50,8 @@ def _pairs(split, data, part: str, n: int, seed: int) -> _Rows:
 def _contexts(retriever: Retriever, rows: _Rows, item_vecs: np.ndarray, k: int, progress: bool):
     it = zip(rows.users, rows.items)
     if progress:
-        from tqdm import tqdm
-        it = tqdm(list(it), desc=f"retrieving k={k}", unit="pair")
+        from recsys.progress import progress_bar
+        it = progress_bar(list(it), desc=f"retrieving k={k}", unit="pair")
     return [retriever.context(int(u), item_vecs[i], k) for u, i in it]
 
 

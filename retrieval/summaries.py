@@ -271,8 +271,8 @@ def refresh(store: SummaryStore, hist: list[UserHistory], generator, batch: int 
     entries = {u: s for u, s in store.entries.items() if u in keep}
     it = range(0, len(stale), batch)
     if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc="summaries", unit="batch")
+        from recsys.progress import progress_bar
+        it = progress_bar(it, desc="summaries", unit="batch")
     for s in it:
         for summ in generator.generate(stale[s:s + batch]):
             entries[summ.user] = summ
