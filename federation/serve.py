@@ -94,6 +94,8 @@ def explain_for(run_dir: str | Path, user: str, item: str, device: str = "cpu") 
 def prefer_for(run_dir: str | Path, user: str, a: str, b: str, device: str = "cpu") -> dict:
     run = load_run(run_dir, device)
     u, ia, ib = run.data.user_index(user), run.data.item_index(a), run.data.item_index(b)
+    if ia == ib:
+        raise FedrecError(f"--a and --b are the same item ({a!r}); give two different items")
     scores = _user_scores(run, u)
     win, p = prefer(scores, ia, ib)
     out = {"preferred": str(run.data.item_ids[win]), "title": run.data.title(win), "p_first_over_second": p}

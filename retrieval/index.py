@@ -42,6 +42,16 @@ class SearchResult:
     scores: np.ndarray     # (m, k) float32 inner products (ip) or squared distances (l2)
 
 
+# What a refused load means, by manifest key (appended to the one-line error).
+_MISMATCH_HINTS = {
+    "run_checkpoint": " (built from another run, or from an earlier checkpoint of this one: rebuild it with "
+                      "`fedrec index build KIND RUN --out DIR`)",
+    "dataset_checksum": " (built on other data: rebuild it from this run)",
+    "embedder": " (built with another embedder: rebuild it, or query with the embedder it names)",
+    "kind": " (another kind of index: items, content, histories or summaries)",
+}
+
+
 @dataclass
 class VectorIndex:
     index: faiss.Index
@@ -233,7 +243,8 @@ class VectorIndex:
                 raise ManifestError(f"{f}: checksum does not match the manifest (corrupt or truncated file)")
         for key, want in (expect or {}).items():
             if manifest.get(key) != want:
-                raise ManifestError(f"{path}: manifest {key} is {manifest.get(key)!r}, expected {want!r}")
+                raise ManifestError(f"{path}: manifest {key} is {manifest.get(key)!r}, expected {want!r}"
+                                    + _MISMATCH_HINTS.get(key, ""))
         try:
             index = faiss.read_index(str(path / INDEX_FILE))
         except RuntimeError as e:

@@ -219,6 +219,10 @@ def test_search_explain_prefer_cli(content_run):
     assert e.returncode == 0 and "recommended because you liked" in e.stdout and "predicted rating" in e.stdout
     p = run("prefer", run_dir, "--user", u1, "--a", item, "--b", str(job.data.item_ids[0]))
     assert p.returncode == 0 and "prefers" in p.stdout
+    from federation.serve import prefer_for
+    from recsys.errors import FedrecError
+    with pytest.raises(FedrecError, match="same item"):                  # an item against itself
+        prefer_for(run_dir, u1, item, item)
 
 
 def test_content_bad_input_cli(content_run, tmp_path, catalogue):

@@ -84,8 +84,8 @@ def test_saved_index_refuses_corruption_and_mismatch(tmp_path, vecs):
     ix.add(ids, x)
     d = tmp_path / "ix"
     ix.save(d, {"kind": "items", "run_checkpoint": "run-A", "dim_note": 1})
-    with pytest.raises(ManifestError, match="run_checkpoint"):
-        VectorIndex.load(d, {"run_checkpoint": "run-B"})
+    with pytest.raises(ManifestError, match="run_checkpoint.*rebuild it with `fedrec index build"):
+        VectorIndex.load(d, {"run_checkpoint": "run-B"})                  # says what to do, too
     with pytest.raises(ManifestError, match="dim"):
         VectorIndex.load(d, {"dim": 32})
     f = d / "index.faiss"
