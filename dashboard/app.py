@@ -237,9 +237,7 @@ def page_training(runs, runs_dir: Path, jobs_dir: Path) -> None:
     if not runs:
         st.info("No runs yet.")
         return
-    st.dataframe(pd.DataFrame([{"run": r.name, "status": r.status, "mode": r.mode, "strategy": r.strategy,
-                                "rounds": r.rounds, **r.final, "problem": r.problem or ""} for r in runs]),
-                 hide_index=True, width="stretch")
+    st.dataframe(views.run_table(runs), hide_index=True, width="stretch")
     first = next((r.name for r in runs if r.problem is None), runs[0].name)
     chosen = st.multiselect("Compare runs", [r.name for r in runs], default=[first], key="train_runs")
     frames = []
@@ -254,7 +252,7 @@ def page_training(runs, runs_dir: Path, jobs_dir: Path) -> None:
         st.info("No per-round metrics for the chosen runs.")
         return
     df = pd.concat(frames, ignore_index=True)
-    metric_cols = [c for c in df.columns if c.startswith(("valid_", "test_")) and not c.endswith("_n")]
+    metric_cols = views.metric_columns(df.columns)
     for col in ["loss", *metric_cols[:2], "participants", "cum_bytes_up", "cum_fedavg_bytes"]:
         if col in df:
             st.caption(col)

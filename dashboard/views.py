@@ -34,6 +34,34 @@ def preferred_run(runs: list[RunInfo], mode: str | None) -> int:
     return next((i for i, r in enumerate(runs) if mode is not None and r.mode == mode), 0)
 
 
+def headline_first(columns: list[str]) -> list[str]:
+    """Metric columns with the headline ones first: RMSE (ratings), then NDCG (ranking), then the rest
+    in their order."""
+    def rank(c: str) -> int:
+        return 0 if "rmse" in c else 1 if "ndcg" in c else 2
+    return sorted(columns, key=rank)          # stable: the rest keep their order
+
+
+def metric_columns(columns) -> list[str]:
+    """The per-round metric columns of metrics.jsonl (valid_* / test_*, counts left out), headline first."""
+    out = []
+    for c in columns:
+        part, _, key = str(c).partition("_")
+        if part in ("valid", "test") and key and metric_values({key: 0.0}):
+            out.append(str(c))
+    return headline_first(out)
+
+
+def run_table(runs: list[RunInfo]) -> pd.DataFrame:
+    """One row per run: name, status, mode, strategy, rounds, its final test metrics (headline first),
+    and why it cannot be opened, if it cannot."""
+    df = pd.DataFrame([{"run": r.name, "status": r.status, "mode": r.mode, "strategy": r.strategy,
+                        "rounds": r.rounds, **r.final} for r in runs])
+    fixed = ["run", "status", "mode", "strategy", "rounds"]
+    df = df[fixed + headline_first([c for c in df.columns if c not in fixed])]
+    return df.assign(problem=[r.problem or "" for r in runs])
+
+
 def list_runs(runs_dir: Path) -> list[RunInfo]:
     """Every directory under runs_dir that looks like a run; broken ones carry a ``problem``."""
     out = []

@@ -232,3 +232,19 @@ def test_recommend_page_preselects_a_ranker():
     assert preferred_run(runs, "implicit") == 2
     assert preferred_run(runs[:2], "implicit") == 0
     assert preferred_run(runs, None) == 0
+
+
+def test_run_table_and_charts_put_the_headline_metric_first():
+    """The Training page's table and charts lead with RMSE (ratings) or NDCG (ranking), and leave the
+    count columns out, whatever order evaluate_model returned the metrics in."""
+    from dashboard.views import RunInfo, metric_columns, run_table
+    runs = [RunInfo(Path("e"), "e", "completed", "explicit", "personalfr", 3, {"test_mae": 0.7, "test_rmse": 0.9}),
+            RunInfo(Path("i"), "i", "completed", "implicit", "personalfr", 3,
+                    {"test_recall@10": 0.2, "test_ndcg@10": 0.3, "test_hit@10": 0.8}, None),
+            RunInfo(Path("b"), "b", "unknown", None, None, None, {}, "unreadable manifest")]
+    df = run_table(runs)
+    assert list(df.columns) == ["run", "status", "mode", "strategy", "rounds", "test_rmse", "test_ndcg@10",
+                                "test_mae", "test_recall@10", "test_hit@10", "problem"]
+    assert df["problem"].tolist() == ["", "", "unreadable manifest"]
+    cols = ["round", "loss", "valid_recall@10", "valid_ndcg@10", "valid_n_users", "valid_n", "test_rmse", "lr"]
+    assert metric_columns(cols) == ["test_rmse", "valid_ndcg@10", "valid_recall@10"]
