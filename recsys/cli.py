@@ -88,9 +88,9 @@ def _print_metrics(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    parts = [p for p in ("valid", "test") if p in summary]
     from recsys.evaluation import metric_values
 
+    parts = [p for p in ("valid", "test") if p in summary]
     keys = list(metric_values(summary[parts[0]])) if parts else []
     t = Table(title="evaluation")
     t.add_column("metric")

@@ -66,9 +66,9 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
     import torch
     from PIL import Image
     from safetensors.torch import save_file
-    from recsys.progress import progress_bar
 
     from recsys.features import _register_tiny, catalogue_fingerprint, image_paths, item_texts, resolve_model_name
+    from recsys.progress import progress_bar
 
     _register_tiny()
     name = resolve_model_name(spec.model)
@@ -119,7 +119,7 @@ def train_clip(data, base: Path, out: Path, spec: ClipTrainSpec = ClipTrainSpec(
         perm = torch.as_tensor(train)[torch.randperm(len(train), generator=g)]
         tot, nb = 0.0, 0
         for s in progress_bar(range(0, len(perm), spec.batch_size), desc=f"clip epoch {ep + 1}/{spec.epochs}",
-                      disable=not progress, leave=False):
+                              disable=not progress, leave=False):
             b = perm[s:s + spec.batch_size]
             if len(b) < 2:
                 continue
