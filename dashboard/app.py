@@ -87,10 +87,7 @@ def _pick_run(runs: list[views.RunInfo], key: str, prefer_mode: str | None = Non
 
 
 def _indices_for(root: Path, run, kind: str) -> dict | None:
-    for m in views.list_indices(root):
-        if m.get("kind") == kind and m.get("run") == run.dir.name:
-            return m
-    return None
+    return views.index_for(views.list_indices(root), kind, run.dir.name, run.data.checksum)
 
 
 def page_recommend(runs, idx_root: Path) -> None:

@@ -198,8 +198,23 @@ def list_indices(root: Path) -> list[dict]:
         size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
         out.append({"path": str(d), "kind": m.get("kind"), "factory": m.get("factory"), "count": m.get("count"),
                     "dim": m.get("dim"), "recall@10": m.get("recall@10"), "size_MiB": round(size / 2 ** 20, 2),
-                    "run": m.get("run"), "created": m.get("created")})
+                    "run": m.get("run"), "dataset_checksum": m.get("dataset_checksum"), "created": m.get("created")})
     return out
+
+
+# Index kinds made from a user's data alone (not from a model): any run on the same data may use them.
+DATA_INDEX_KINDS = ("summaries", "histories")
+
+
+def index_for(indices: list[dict], kind: str, run: str, dataset_checksum=None) -> dict | None:
+    """The index of ``kind`` built for run ``run``; for a data-only kind (DATA_INDEX_KINDS) without one,
+    an index built on the same dataset by another run. ``dataset_checksum``: a value, or a callable
+    giving it (only called when needed)."""
+    exact = next((m for m in indices if m.get("kind") == kind and m.get("run") == run), None)
+    if exact is not None or kind not in DATA_INDEX_KINDS or dataset_checksum is None:
+        return exact
+    want = dataset_checksum() if callable(dataset_checksum) else dataset_checksum
+    return next((m for m in indices if m.get("kind") == kind and m.get("dataset_checksum") == want), None)
 
 
 def personalization_gain(personal: pd.DataFrame, global_: pd.DataFrame) -> pd.DataFrame:

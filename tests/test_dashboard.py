@@ -248,3 +248,23 @@ def test_run_table_and_charts_put_the_headline_metric_first():
     assert df["problem"].tolist() == ["", "", "unreadable manifest"]
     cols = ["round", "loss", "valid_recall@10", "valid_ndcg@10", "valid_n_users", "valid_n", "test_rmse", "lr"]
     assert metric_columns(cols) == ["test_rmse", "valid_ndcg@10", "valid_recall@10"]
+
+
+def test_a_data_only_index_serves_every_run_on_the_same_data():
+    """Summaries and history entries come from a user's data, not from a model: a run without its own
+    summaries index uses one built by another run on the same dataset (never one on other data); a
+    model-derived kind (items) needs its own run."""
+    from dashboard.views import index_for
+    ixs = [{"kind": "summaries", "run": "explicit", "dataset_checksum": "D1", "path": "a"},
+           {"kind": "items", "run": "explicit", "dataset_checksum": "D1", "path": "b"},
+           {"kind": "summaries", "run": "other-data", "dataset_checksum": "D2", "path": "c"}]
+    calls = []
+
+    def checksum(value):
+        return lambda: calls.append(value) or value
+
+    assert index_for(ixs, "summaries", "explicit", checksum("D1"))["path"] == "a" and calls == []   # own: no hashing
+    assert index_for(ixs, "summaries", "implicit", checksum("D1"))["path"] == "a"
+    assert index_for(ixs, "summaries", "implicit", checksum("D3")) is None
+    assert index_for(ixs, "items", "implicit", checksum("D1")) is None
+    assert index_for(ixs, "summaries", "implicit") is None
