@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.evaluation import metric_values
+from recsys.evaluation import is_count, metric_values
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def metric_columns(columns) -> list[str]:
     out = []
     for c in columns:
         part, _, key = str(c).partition("_")
-        if part in ("valid", "test") and key and metric_values({key: 0.0}):
+        if part in ("valid", "test") and key and not is_count(key):
             out.append(str(c))
     return headline_first(out)
 

@@ -10,10 +10,15 @@ from recsys.models.base import Recommender
 from recsys.splits import Split
 
 
+def is_count(key: str) -> bool:
+    """True for the count keys of an evaluation result (n, n_users, n_candidates). Not a prefix test
+    on "n": that would drop ndcg@k."""
+    return key == "n" or key.startswith("n_")
+
+
 def metric_values(result: dict) -> dict:
-    """The metrics of an evaluate_model / evaluate_candidates result, without its counts (n, n_users,
-    n_candidates). Not a prefix test on "n": that would drop ndcg@k."""
-    return {k: v for k, v in result.items() if k != "n" and not k.startswith("n_")}
+    """The metrics of an evaluate_model / evaluate_candidates result, without its counts."""
+    return {k: v for k, v in result.items() if not is_count(k)}
 
 
 def evaluate_model(model: Recommender, data: InteractionData, split: Split, part: str = "test",
