@@ -125,8 +125,8 @@ class _Random:
 
 def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None, seeds: tuple[int, ...] = (1, 2)) -> list:
     """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items (valid and
-    test part): the shipped config (server_lr 5, holder-weighted content, content dropout), the same
-    content without those two (the plain projection; server_lr 1, the earlier default, and 5) and the
+    test part): the shipped config (server_lr 5, holder-weighted content, content dropout, tied encoder
+    input), the same without the tied input, the same content without holder weights and content dropout (the plain projection; server_lr 1, the earlier default, and 5) and the
     content-free model at server_lr 1 and 5 (its best warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 /
     10 / 20 tried, 2026-11-24). ``seeds``: extra model
     seeds for the shipped CLIP row and the best content-free row (same split), reported as mean and range."""
@@ -141,9 +141,12 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     # (name, content, server_lr, also run the extra model seeds)
     plain = {"holder_weight": 0.0, "row_dropout": 0.0}          # the projection without the shipped tricks
     tricks = "holder-weighted n0 20 + content dropout 0.45"
-    variants = [("no content (PersonalFR)", none, 1.0, False),
-                ("no content (PersonalFR)", none, 5.0, True),
-                (f"open_clip image+text (fedrec clip train, 128-d), {tricks}: shipped", clip, 5.0, True),
+    untied = {"input_tie": 0.0}                                  # model option, split off below
+    variants = [("no content (PersonalFR)", {**none, **untied}, 1.0, False),
+                ("no content (PersonalFR)", {**none, **untied}, 5.0, True),
+                ("no content, tied input 30", none, 5.0, False),
+                (f"open_clip image+text (fedrec clip train, 128-d), {tricks}, tied input 30: shipped", clip, 5.0, True),
+                (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, 5.0, True),
                 ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False),
                 ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False),
                 ("open_clip image+text, holder-weighted only", {**clip, "row_dropout": 0.0}, 5.0, False),
@@ -162,15 +165,17 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
 
     for name, content, slr, seeded in variants:
         fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
+        content = dict(content)
+        mover = {k: content.pop(k) for k in list(content) if k == "input_tie"}       # the model section's
         cfg, data, split, model, secs = _train(_cfg("synth-cold.yaml", path, rounds, content=content,
-                                                    federation={"server_lr": slr}), fn)
+                                                    federation={"server_lr": slr}, model=mover), fn)
         if base is None:
             base = (data, split)
         rows.append([name, f"{slr:g}", *cold_warm(model, data, split), round(secs, 1)])
         if seeded and seeds:
             runs = [rows[-1][2:5]]
             for sd in seeds:
-                cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr})
+                cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr}, model=mover)
                 cfgd["seed"] = sd
                 _, d, sp_, m, _ = _train(cfgd)
                 runs.append(cold_warm(m, d, sp_))

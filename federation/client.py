@@ -8,7 +8,7 @@ from torch import nn
 
 from federation.local_sgd import SGDConfig
 from federation.strategies import Strategy
-from recsys.models.autoencoder import CONTENT_KEY, ITEM_ROW_KEYS, AEShape, dropout_keep, rows_kept
+from recsys.models.autoencoder import CONTENT_KEY, ITEM_ROW_KEYS, AEShape, dropout_keep, received_rows, rows_kept
 
 
 class ClientModel(nn.Module):
@@ -17,13 +17,14 @@ class ClientModel(nn.Module):
 
     def __init__(self, shape: AEShape, start: dict[str, torch.Tensor], out_items: torch.Tensor,
                  frozen_out: torch.Tensor | None, frozen_ob: torch.Tensor | None,
-                 content: torch.Tensor | None = None):
+                 content: torch.Tensor | None = None, tie_rows: torch.Tensor | None = None):
         super().__init__()
         self.shape = shape
         self.p = nn.ParameterDict({k: nn.Parameter(v.clone()) for k, v in start.items()})
         self.out_items = out_items
         self.frozen_out, self.frozen_ob = frozen_out, frozen_ob
         self.content = content                                   # (N, F) fixed item content, or None
+        self.tie_rows = tie_rows                                 # (L, H1) alpha * received rows (input_tie), or None
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, rows_on: float = 1.0,
                 content: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,7 +34,8 @@ class ClientModel(nn.Module):
         content (N, F): the content this step scores with, if not the model's own."""
         p = self.p
         c = self.content if content is None else content
-        h1 = torch.tanh(x @ p["enc_in"] + p["enc_b1"])
+        enc_in = p["enc_in"] if self.tie_rows is None else p["enc_in"] + self.tie_rows   # a constant: no grad
+        h1 = torch.tanh(x @ enc_in + p["enc_b1"])
         h2 = torch.tanh(p["enc_W2"] @ h1 + p["enc_b2"])
         h3 = torch.tanh(p["dec_W1"] @ (h2 * keep) + p["dec_b1"])
         local = rows_on * (p["dec_out"] @ h3 + p["dec_ob"])
@@ -71,9 +73,11 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
         else:
             start[k] = global_p[k]
     frozen = strategy.rows == "touched" and shape.mode == "implicit"
+    dt = start["enc_in"].dtype
+    tie = shape.input_tie * received_rows(global_p, items, content).to(dt) if shape.input_tie else None
     model = ClientModel(shape, start, out_items, global_p["dec_out"] if frozen else None,
                         global_p["dec_ob"] if frozen else None,
-                        content.to(start["enc_in"].dtype) if content is not None else None)
+                        content.to(dt) if content is not None else None, tie)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
                           weight_decay=sgd.weight_decay)
     x = values.to(start["enc_in"].dtype)

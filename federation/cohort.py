@@ -22,7 +22,8 @@ import torch
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
-from recsys.models.autoencoder import CONTENT_KEY, AEShape, client_loss, dropout_keep, rows_kept, segment_sum
+from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, dropout_keep, received_rows, rows_kept,
+                                      segment_sum)
 
 # For each parameter: the names of its (u, v) gradient factors; v None for vectors.
 # enc_in rows use u = delta1 per interaction scaled by the input value x; rows use u = e per row.
@@ -177,6 +178,11 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     full0 = None
     xx1 = segment_sum(x * x, seg, B) + 1                                         # (B,) |x|^2 + 1 (bias)
     E0x = segment_sum(x[:, None] * start["enc_in"], seg, B) + start["enc_b1"]    # (B, H1): constant
+    tie = 0.0
+    if shape.input_tie:   # the received rows' part of the encoder input: constant, so no decay and no grad
+        R = received_rows({k: v.to(dtype) for k, v in global_p.items() if k in ("dec_out", CONTENT_KEY)},
+                          items, content)                                        # (T, H1)
+        tie = shape.input_tie * segment_sum(x[:, None] * R, seg, B)              # (B, H1)
     loss_sum = torch.zeros(B, dtype=dtype, device=x.device)
     F = res.steps
     use_content = CONTENT_KEY in start
@@ -191,7 +197,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         Cdt = None if Cd is None or all_rows else Cd.index_select(0, items)     # (T, F)
     for s in range(local_epochs):
         k = [b[s][j] * F[j]["c"] for j in range(s)]                              # (B,) per earlier step
-        pre1 = a[s] * E0x
+        pre1 = a[s] * E0x + tie
         for j in range(s):
             pre1 = pre1 + (k[j] * xx1)[:, None] * F[j]["d1"]
         pre1 = pre1.detach().requires_grad_(True)        # depends on constants only: the graph's root

@@ -39,6 +39,9 @@ class ModelCfg(_Strict):
     hidden: tuple[int, int] = (256, 128)
     dropout: float = Field(0.5, ge=0, lt=1)
     input_norm: Literal["none", "l2"] = "none"     # implicit only: l2 = unit-norm input rows
+    # alpha > 0: the encoder reads personal rows + alpha * the received output rows of the user's items
+    # (recsys.models.autoencoder, "Tied encoder input"); nothing new is sent. 0: PersonalFR as published.
+    input_tie: float = Field(0.0, ge=0)
 
 
 class ContentCfg(_Strict):

@@ -83,8 +83,10 @@ def _nodes(cfg, tmp_path, parts=3):
             for p in range(parts)}, data, split
 
 
-def test_deployment_equals_the_in_process_engine(synth, tmp_path):
-    cfg = _cfg(synth)
+@pytest.mark.parametrize("model", [{}, {"input_tie": 3.0}])
+def test_deployment_equals_the_in_process_engine(synth, tmp_path, model):
+    """Also with the tied encoder input: a node's encoders read the rows it received in the round."""
+    cfg = _cfg(synth, model=model)
     nodes, data, split = _nodes(cfg, tmp_path)
     FederatedServer(cfg, tmp_path / "run", Loopback(nodes)).run()
     sim = build_federation(cfg, data, split)

@@ -156,3 +156,51 @@ def test_content_only_steps_switch_rows_off(tiny_data):
 def test_holder_weights_by_hand():
     from recsys.models.autoencoder import holder_weights
     np.testing.assert_allclose(holder_weights(np.array([0, 10, 20, 60]), 20.0), [1.0, 2 / 3, 0.5, 0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode,strategy,with_content", [
+    ("implicit", "personalfr", False), ("explicit", "personalfr", False), ("implicit", "personalfr", True),
+    ("implicit", "fedavg", False), ("explicit", "local", False)])
+def test_tied_input_same_in_both_engines(tiny_data, mode, strategy, with_content):
+    """input_tie: the encoder reads personal rows + alpha * the received output rows. Both engines agree,
+    the tie changes training (so it is not a no-op), and a client's message has the same keys and
+    shapes as without it (nothing new leaves the client)."""
+    from federation.messages import update_keys
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    content = (torch.randn(tiny_data.n_items, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+               if with_content else None)
+    cfg = FedSettings(strategy=strategy, rounds=4, fraction=0.5, local_epochs=5, seed=3, max_cohort_clients=4)
+
+    def fed(tie):
+        shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode, input_norm="l2" if mode == "implicit" else "none",
+                        content_dim=5 if with_content else 0, input_tie=tie)
+        return Federation(shape, cfg, train, dtype=torch.float64, content=content)
+    vec, ref, untied = fed(3.0), fed(3.0), fed(0.0)
+    for _ in range(2):
+        assert vec.run_round("vectorized").loss == pytest.approx(ref.run_round("reference").loss, rel=1e-8)
+        untied.run_round()
+    for k in vec.global_p:
+        torch.testing.assert_close(vec.global_p[k], ref.global_p[k], atol=1e-10, rtol=0)
+    if vec.store is not None:
+        for k in vec.store.tensors:
+            torch.testing.assert_close(vec.store.tensors[k], ref.store.tensors[k], atol=1e-10, rtol=0)
+    moved = (vec.store.tensors if strategy == "local" else vec.global_p)["dec_W1"]
+    assert (moved - (untied.store.tensors if strategy == "local" else untied.global_p)["dec_W1"]).abs().max() > 1e-4
+    # Inference adds the same received rows: user scores equal the plain forward with enc_in + alpha * r.
+    users = np.array([0, 3, 5])
+    from recsys.models.autoencoder import decode_hidden, encode, full_scores, received_rows
+    got = vec.user_scores(users)
+    for j, u in enumerate(users):
+        c = vec.cohorts(np.array([u]))[0]
+        p = {k: (vec.store.gather(k, c, torch.float64) if vec.store is not None and k in vec.strategy.personal
+                 else (vec.global_p[k][c.items] if k == "enc_in" else vec.global_p[k]))
+             for k in ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1")}
+        p["enc_in"] = p["enc_in"] + 3.0 * received_rows(vec.global_p, c.items, content)
+        h3 = decode_hidden(p, encode(p, c.seg, c.x, 1))
+        if strategy != "local":
+            torch.testing.assert_close(got[j], full_scores(vec.global_p, h3, content)[0], atol=1e-10, rtol=0)
+    if strategy == "personalfr":
+        u = int(vec.sample(vec.round)[0])
+        m_tied, m_plain = vec.client_message(u), untied.client_message(u)
+        assert set(m_tied) == set(m_plain) == set(update_keys(vec.shape))
+        assert all(m_tied[k].shape == m_plain[k].shape for k in m_tied)

@@ -15,6 +15,14 @@ with dec_P (H1, F) a shared projection, federated like the dense decoder layer. 
 so an item nobody has rated (dec_out, dec_ob still at their zero init) is scored from content alone,
 and a client still sends only its own items' rows plus the (H1, F) projection.
 
+Tied encoder input (``input_tie`` alpha > 0): the encoder row of item i is
+    enc_in[i] + alpha * r_i        r_i = the item's output row as the client received it this round
+                                   (dec_out[i], plus dec_P @ c_i with content)
+enc_in stays personal and becomes a residual: weight decay pulls the personal encoder towards the
+federation's item vectors, so a user's code is built from what every client learned about its items
+(the role a shared encoder plays in the joint model) while nothing new leaves the client. r_i is a
+constant of the round: it gets no gradient from the encoder path and its message is unchanged.
+
 Because x_u is zero outside the user's items, only the rows of enc_in for those items matter:
 a client holds just those rows. With partial compression a client likewise trains and sends
 only the rows of dec_out/dec_ob for its own items.
@@ -45,6 +53,7 @@ class AEShape:
     input_norm: str = "none"        # none | l2: scale a user's input row to unit L2 norm (Mult-DAE style)
     content_dim: int = 0            # F: width of the item content vectors (0: content-free model)
     content_dropout: float = 0.0    # P(a client's local step scores every item from content alone), see rows_kept
+    input_tie: float = 0.0          # alpha: encoder row of item i = personal enc_in[i] + alpha * received row i
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         out = {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
@@ -172,6 +181,15 @@ def full_scores(p: dict[str, torch.Tensor], h3: torch.Tensor, content: torch.Ten
     if content is not None and CONTENT_KEY in p:
         out = out + (h3 @ p[CONTENT_KEY]) @ content.T                                 # (B, F) @ (F, N)
     return out
+
+
+def received_rows(p: dict[str, torch.Tensor], items: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, H1) output rows of ``items`` (T,) under the global parameters p: dec_out[i] (+ dec_P @ c_i
+    with content (N, F)). What ``AEShape.input_tie`` adds to a client's personal encoder rows."""
+    rows = p["dec_out"].index_select(0, items)
+    if content is not None and CONTENT_KEY in p:
+        rows = rows + content.index_select(0, items).to(rows.dtype) @ p[CONTENT_KEY].T
+    return rows
 
 
 def item_rows(p: dict[str, torch.Tensor], content: torch.Tensor | None = None) -> torch.Tensor:
