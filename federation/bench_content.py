@@ -166,7 +166,7 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     for name, content, slr, seeded in variants:
         fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
         content = dict(content)
-        mover = {k: content.pop(k) for k in list(content) if k == "input_tie"}       # the model section's
+        mover = {"input_tie": content.pop("input_tie")} if "input_tie" in content else {}   # a model option
         cfg, data, split, model, secs = _train(_cfg("synth-cold.yaml", path, rounds, content=content,
                                                     federation={"server_lr": slr}, model=mover), fn)
         if base is None:

@@ -8,7 +8,7 @@ from torch import nn
 
 from federation.local_sgd import SGDConfig
 from federation.strategies import Strategy
-from recsys.models.autoencoder import CONTENT_KEY, ITEM_ROW_KEYS, AEShape, dropout_keep, received_rows, rows_kept
+from recsys.models.autoencoder import CONTENT_KEY, ITEM_ROW_KEYS, AEShape, dropout_keep, item_rows, rows_kept
 
 
 class ClientModel(nn.Module):
@@ -74,13 +74,13 @@ def reference_client_update(shape: AEShape, strategy: Strategy, items: torch.Ten
             start[k] = global_p[k]
     frozen = strategy.rows == "touched" and shape.mode == "implicit"
     dt = start["enc_in"].dtype
-    tie = shape.input_tie * received_rows(global_p, items, content).to(dt) if shape.input_tie else None
+    tie = shape.input_tie * item_rows(global_p, content, items).to(dt) if shape.input_tie else None
     model = ClientModel(shape, start, out_items, global_p["dec_out"] if frozen else None,
                         global_p["dec_ob"] if frozen else None,
                         content.to(dt) if content is not None else None, tie)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=sgd.momentum, nesterov=sgd.nesterov,
                           weight_decay=sgd.weight_decay)
-    x = values.to(start["enc_in"].dtype)
+    x = values.to(dt)
     total = 0.0
     for step in range(local_epochs):
         keep = dropout_keep(seed, rnd, torch.tensor([user]), step, shape.h2, shape.dropout)[0].to(x.dtype)

@@ -22,7 +22,7 @@ import torch
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
-from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, dropout_keep, received_rows, rows_kept,
+from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, dropout_keep, item_rows, rows_kept,
                                       segment_sum)
 
 # For each parameter: the names of its (u, v) gradient factors; v None for vectors.
@@ -180,8 +180,8 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     E0x = segment_sum(x[:, None] * start["enc_in"], seg, B) + start["enc_b1"]    # (B, H1): constant
     tie = 0.0
     if shape.input_tie:   # the received rows' part of the encoder input: constant, so no decay and no grad
-        R = received_rows({k: v.to(dtype) for k, v in global_p.items() if k in ("dec_out", CONTENT_KEY)},
-                          items, content)                                        # (T, H1)
+        R = item_rows({k: v.to(dtype) for k, v in global_p.items() if k in ("dec_out", CONTENT_KEY)},
+                      content, items)                                            # (T, H1) received rows
         tie = shape.input_tie * segment_sum(x[:, None] * R, seg, B)              # (B, H1)
     loss_sum = torch.zeros(B, dtype=dtype, device=x.device)
     F = res.steps

@@ -25,7 +25,7 @@ from federation.state import ClientStore, Cohort, make_cohorts
 from federation.strategies import get_strategy
 from recsys.errors import FedrecError
 from recsys.models.autoencoder import (CONTENT_KEY, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
-                                      init_params, input_values, item_rows, received_rows)
+                                      init_params, input_values, item_rows)
 from recsys.models.base import Recommender
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class Federation:
                 else:
                     p[k] = self.global_p[k][c.items] if k == "enc_in" else self.global_p[k]
             if self.shape.input_tie:
-                p["enc_in"] = p["enc_in"] + self.shape.input_tie * received_rows(self.global_p, c.items, self.content)
+                p["enc_in"] = p["enc_in"] + self.shape.input_tie * item_rows(self.global_p, self.content, c.items)
             h3 = decode_hidden(p, encode(p, c.seg, c.x, c.size))                          # (B_c, H1)
             idx = torch.as_tensor([where[int(u)] for u in c.users.cpu()], device=self.device)
             out[idx] = h3

@@ -183,20 +183,16 @@ def full_scores(p: dict[str, torch.Tensor], h3: torch.Tensor, content: torch.Ten
     return out
 
 
-def received_rows(p: dict[str, torch.Tensor], items: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
-    """(T, H1) output rows of ``items`` (T,) under the global parameters p: dec_out[i] (+ dec_P @ c_i
-    with content (N, F)). What ``AEShape.input_tie`` adds to a client's personal encoder rows."""
-    rows = p["dec_out"].index_select(0, items)
+def item_rows(p: dict[str, torch.Tensor], content: torch.Tensor | None = None,
+              items: torch.Tensor | None = None) -> torch.Tensor:
+    """Effective output rows dec_out + content @ dec_P^T (so h3 . row + dec_ob is the score): (N, H1),
+    or (T, H1) for ``items`` (T,) only. The latter under the received global parameters is what
+    ``AEShape.input_tie`` adds to a client's personal encoder rows."""
+    rows = p["dec_out"] if items is None else p["dec_out"].index_select(0, items)
     if content is not None and CONTENT_KEY in p:
-        rows = rows + content.index_select(0, items).to(rows.dtype) @ p[CONTENT_KEY].T
+        c = content if items is None else content.index_select(0, items)
+        rows = rows + c.to(rows.dtype) @ p[CONTENT_KEY].T
     return rows
-
-
-def item_rows(p: dict[str, torch.Tensor], content: torch.Tensor | None = None) -> torch.Tensor:
-    """Effective output rows (N, H1): dec_out + content @ dec_P^T (so h3 . row + dec_ob is the score)."""
-    if content is not None and CONTENT_KEY in p:
-        return p["dec_out"] + content @ p[CONTENT_KEY].T
-    return p["dec_out"]
 
 
 def client_loss(shape: AEShape, y: torch.Tensor, seg: torch.Tensor, items: torch.Tensor, x: torch.Tensor,
