@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from federation.config import parse_config
-from federation.jobs import build_federation, item_content, prepare_data
+from federation.jobs import build_federation, content_vectors, item_content, prepare_data
 from federation.simulation import FederatedAutoencoder
 from recsys.evaluation import evaluate_candidates, evaluate_model
 from recsys.synth import ATTRIBUTES
@@ -59,8 +59,8 @@ def _train(cfgd: dict, content_fn=None):
     content = None
     if content_fn is not None:
         f = content_fn(data)
-        f = f / np.linalg.norm(f, axis=1, keepdims=True)       # as item_content: unit rows, a 1 column, scale
-        content = (cfg.content.scale * np.hstack([f, np.ones((len(f), 1))])).astype(np.float32)
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)       # unit rows as the extractors give them
+        content = content_vectors(cfg, f)                      # then as item_content: whiten, a 1 column, scale
     fed = build_federation(cfg, data, split, content=content)
     for _ in range(cfg.federation.rounds):
         fed.run_round()
@@ -125,8 +125,8 @@ class _Random:
 
 def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None, seeds: tuple[int, ...] = (1, 2)) -> list:
     """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items (valid and
-    test part): the shipped config (server_lr 5, holder-weighted content, content dropout, tied encoder
-    input), the same without the tied input, the same content without holder weights and content dropout (the plain projection; server_lr 1, the earlier default, and 5) and the
+    test part): the shipped config (server_lr 5, whitened features, holder-weighted content, content
+    dropout, tied encoder input), the same without whitening, the same without the tied input, the same content without holder weights and content dropout (the plain projection; server_lr 1, the earlier default, and 5) and the
     content-free model at server_lr 1 and 5 (its best warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 /
     10 / 20 tried, 2026-11-24). ``seeds``: extra model
     seeds for the shipped CLIP row and the best content-free row (same split), reported as mean and range."""
@@ -145,7 +145,8 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     variants = [("no content (PersonalFR)", {**none, **untied}, 1.0, False),
                 ("no content (PersonalFR)", {**none, **untied}, 5.0, True),
                 ("no content, tied input 30", none, 5.0, False),
-                (f"open_clip image+text (fedrec clip train, 128-d), {tricks}, tied input 30: shipped", clip, 5.0, True),
+                (f"open_clip image+text (fedrec clip train, 128-d), whitened (eps 0.1), {tricks}, tied input 30: shipped", clip, 5.0, True),
+                (f"open_clip image+text, not whitened (whiten 0), {tricks}, tied input 30", {**clip, "whiten": 0.0}, 5.0, True),
                 (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, 5.0, True),
                 ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False),
                 ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False),

@@ -55,6 +55,9 @@ class ContentCfg(_Strict):
     graph: Literal["none", "co_interaction", "kg"] = "none"
     graph_layers: int = Field(2, ge=1, le=8)
     graph_neighbors: int = Field(20, ge=1)
+    # eps > 0: soft PCA whitening of the features over the catalogue before the projection, eigenvalue
+    # floor eps * the largest (recsys.features.whiten); 0: off
+    whiten: float = Field(0.0, ge=0)
     scale: float = Field(6.0, gt=0)      # content vector norm: the projection's effective step is ~scale^2
     row_dropout: float = Field(0.0, ge=0, lt=1)   # P(a client's local step ranks by content alone), DropoutNet-style
     # n0 > 0: item i's content enters at weight 1/(1 + n_i/n0), n_i its training holders (0: off). In

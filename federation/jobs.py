@@ -103,9 +103,8 @@ def content_spec(cfg: JobConfig):
 
 def item_content(cfg: JobConfig, data: InteractionData, split: Split, progress: bool = False) -> np.ndarray | None:
     """(N, F+1) float32 content vectors of a content-aware job, or None: cached item features
-    (recsys.features), optionally propagated over an item graph (recsys.content_graph), unit-normed,
-    plus a constant 1 column (lets the projection learn a shared offset for items with no free row),
-    times content.scale."""
+    (recsys.features), optionally propagated over an item graph (recsys.content_graph), then
+    ``content_vectors``."""
     c = cfg.content
     if not c.enabled:
         return None
@@ -118,9 +117,19 @@ def item_content(cfg: JobConfig, data: InteractionData, split: Split, progress: 
         ei, ew = build_graph(c.graph, split.matrix(data, "train"), data, Path(cfg.data.path), c.graph_neighbors)
         feats = propagate(feats, ei, ew, c.graph_layers)
         log.info("content propagated over the %s graph (%d edges, %d layers)", c.graph, ei.shape[1], c.graph_layers)
+    return content_vectors(cfg, feats)
+
+
+def content_vectors(cfg: JobConfig, feats: np.ndarray) -> np.ndarray:
+    """(N, D) item features -> (N, D+1) float32: whitened over the catalogue (unit rows) if
+    content.whiten > 0, plus a constant 1 column (lets the projection learn a shared offset for items with no
+    free row), times content.scale."""
+    from recsys.features import whiten
+
+    f = whiten(feats, cfg.content.whiten)                                                   # (N, D)
     # Scaling matters: the free item rows absorb warm items' signal quickly, and the projection (the only
     # thing cold items are scored by) trains with an effective step ~scale^2 (docs/benchmarks.md).
-    return (c.scale * np.hstack([feats, np.ones((len(feats), 1), np.float32)])).astype(np.float32)
+    return (cfg.content.scale * np.hstack([f, np.ones((len(f), 1), np.float32)])).astype(np.float32)
 
 
 def holder_counts(train: sp.csr_matrix) -> np.ndarray:

@@ -193,6 +193,26 @@ def fuse(text: np.ndarray, image: np.ndarray, has_image: np.ndarray, fusion: str
     return unit(np.where(has_image[:, None], (unit(text) + unit(image)) / 2, text)).astype(np.float32)
 
 
+def whiten(feats: np.ndarray, eps: float) -> np.ndarray:
+    """(N, D) item features -> (N, D) unit rows after soft PCA (ZCA) whitening over the catalogue.
+
+    Each eigen-direction of the centred features' covariance is divided by sqrt(lambda + eps *
+    lambda_max), so directions the feature model left with little variance (attributes CLIP encodes
+    weakly) get about the same scale as dominant ones; eps > 0 keeps pure-noise directions from being
+    blown up. Why: the decoder's content projection is a linear map trained by SGD, which learns a
+    direction at a speed proportional to its variance; the map's reach (a linear probe) is unchanged.
+    ZCA (V diag V^T) is unique, so the result does not depend on the eigensolver's signs. eps 0: the
+    features are returned unchanged (as float32)."""
+    if eps <= 0:
+        return np.asarray(feats, np.float32)
+    x = np.asarray(feats, np.float64)
+    x = x - x.mean(0)                                                             # (N, D) centred
+    lam, V = np.linalg.eigh(x.T @ x / max(len(x), 1))                             # (D,), (D, D)
+    lam = np.clip(lam, 0.0, None)
+    f = x @ (V / np.sqrt(lam + eps * max(lam.max(), 1e-12))) @ V.T                # (N, D)
+    return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def item_texts(items) -> list[str]:
     """The text an item is described by: its text column, else its title (+ categories)."""
     out = []

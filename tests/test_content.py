@@ -131,6 +131,22 @@ def test_fusion_by_hand():
     np.testing.assert_allclose(out[1], [0.0, 1.0])                  # no image: unit text
 
 
+def test_whitening_by_hand():
+    """Soft ZCA whitening: centred rows +-[2, 1], +-[2, -1] have covariance diag(4, 1); eps 0.25 divides
+    the axes by sqrt(4 + 1) and sqrt(1 + 1) before unit-norming. Rotating the input rotates the output
+    (ZCA is unique, no eigenvector signs leak); eps 0 leaves the features alone."""
+    from recsys.features import whiten
+
+    f = np.array([[2.0, 1.0], [-2.0, -1.0], [2.0, -1.0], [-2.0, 1.0]]) + 1.0       # mean (1, 1)
+    r = np.array([2 / 5 ** 0.5, 1 / 2 ** 0.5])
+    np.testing.assert_allclose(whiten(f, 0.25)[0], r / np.linalg.norm(r), rtol=1e-6)
+    np.testing.assert_allclose(whiten(f, 1e-12)[0], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)   # full whitening
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(2, 2)))[0]
+    np.testing.assert_allclose(whiten(f @ q, 0.25), whiten(f, 0.25) @ q, atol=1e-6)
+    np.testing.assert_array_equal(whiten(f, 0.0), f.astype(np.float32))
+    assert whiten(f, 0.25).dtype == np.float32
+
+
 def test_bad_models_are_clear_errors(tmp_path):
     from recsys.features import ClipExtractor, ClipSpec
 
