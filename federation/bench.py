@@ -334,7 +334,8 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
     rounds = 50 if quick else shipped["federation"]["rounds"]
     md += "\n" + _table(f"Cold-start: configs/synth-cold.yaml (implicit, personalfr, {rounds} rounds); NDCG@10 "
                         "ranking only cold items (100) / only warm items (900); valid part used for choices, test reported; "
-                        "every content row keeps the config's whitening (eps 0.1) and tied input 30 unless it says whiten 0 / input_tie 0",
+                        f"every content row keeps the config's whitening (eps {shipped['content'].get('whiten', 0):g}) and tied "
+                        f"input {shipped['model'].get('input_tie', 0):g} unless it says whiten 0 / input_tie 0",
                         ["model", "server_lr", "cold NDCG@10 (valid)", "cold NDCG@10 (test)", "warm NDCG@10 (test)",
                          "train s (incl. features)"],
                         bench_cold_start(data_dir, model_dir, rounds, seeds=() if quick else (1, 2)))

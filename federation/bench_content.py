@@ -140,13 +140,17 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     none = {"enabled": False}
     # (name, content, server_lr, also run the extra model seeds)
     plain = {"holder_weight": 0.0, "row_dropout": 0.0}          # the projection without the shipped tricks
-    tricks = "holder-weighted n0 20 + content dropout 0.45"
+    shipped = _cfg("synth-cold.yaml", path)                     # names below quote its settings
+    tricks = (f"holder-weighted n0 {shipped['content']['holder_weight']:g} + content dropout "
+              f"{shipped['content']['row_dropout']:g}")
+    tied = f"tied input {shipped['model']['input_tie']:g}"
+    white = f"whitened (eps {shipped['content']['whiten']:g})"
     untied = {"input_tie": 0.0}                                  # model option, split off below
     variants = [("no content (PersonalFR)", {**none, **untied}, 1.0, False),
                 ("no content (PersonalFR)", {**none, **untied}, 5.0, True),
-                ("no content, tied input 30", none, 5.0, False),
-                (f"open_clip image+text (fedrec clip train, 128-d), whitened (eps 0.1), {tricks}, tied input 30: shipped", clip, 5.0, True),
-                (f"open_clip image+text, not whitened (whiten 0), {tricks}, tied input 30", {**clip, "whiten": 0.0}, 5.0, True),
+                (f"no content, {tied}", none, 5.0, False),
+                (f"open_clip image+text (fedrec clip train, 128-d), {white}, {tricks}, {tied}: shipped", clip, 5.0, True),
+                (f"open_clip image+text, not whitened (whiten 0), {tricks}, {tied}", {**clip, "whiten": 0.0}, 5.0, True),
                 (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, 5.0, True),
                 ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False),
                 ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False),

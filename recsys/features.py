@@ -194,15 +194,15 @@ def fuse(text: np.ndarray, image: np.ndarray, has_image: np.ndarray, fusion: str
 
 
 def whiten(feats: np.ndarray, eps: float) -> np.ndarray:
-    """(N, D) item features -> (N, D) unit rows after soft PCA (ZCA) whitening over the catalogue.
+    """(N, D) item features -> (N, D) float32: unit rows after soft PCA (ZCA) whitening over the
+    catalogue (eps > 0), or the features unchanged (eps 0).
 
     Each eigen-direction of the centred features' covariance is divided by sqrt(lambda + eps *
     lambda_max), so directions the feature model left with little variance (attributes CLIP encodes
     weakly) get about the same scale as dominant ones; eps > 0 keeps pure-noise directions from being
     blown up. Why: the decoder's content projection is a linear map trained by SGD, which learns a
     direction at a speed proportional to its variance; the map's reach (a linear probe) is unchanged.
-    ZCA (V diag V^T) is unique, so the result does not depend on the eigensolver's signs. eps 0: the
-    features are returned unchanged (as float32)."""
+    ZCA (V diag V^T) is unique, so the result does not depend on the eigensolver's signs."""
     if eps <= 0:
         return np.asarray(feats, np.float32)
     x = np.asarray(feats, np.float64)
