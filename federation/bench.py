@@ -335,7 +335,10 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
     md += "\n" + _table(f"Cold-start: configs/synth-cold.yaml (implicit, personalfr, {rounds} rounds); NDCG@10 "
                         "ranking only cold items (100) / only warm items (900); valid part used for choices, test reported; "
                         f"every content row keeps the config's whitening (eps {shipped['content'].get('whiten', 0):g}) and tied "
-                        f"input {shipped['model'].get('input_tie', 0):g} unless it says whiten 0 / input_tie 0",
+                        f"input {shipped['model'].get('input_tie', 0):g} unless it says whiten 0 / input_tie 0, and "
+                        + (f"the config's federated prototypes (k {shipped['prototypes']['k']}, blend "
+                           f"{shipped['prototypes']['blend']:g}) unless it says no prototypes"
+                           if shipped.get("prototypes", {}).get("enabled") else "no prototypes"),
                         ["model", "server_lr", "cold NDCG@10 (valid)", "cold NDCG@10 (test)", "warm NDCG@10 (test)",
                          "train s (incl. features)"],
                         bench_cold_start(data_dir, model_dir, rounds, seeds=() if quick else (1, 2)))

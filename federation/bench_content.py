@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from federation.config import parse_config
-from federation.jobs import build_federation, content_vectors, item_content, prepare_data
+from federation.jobs import build_federation, content_vectors, item_content, prepare_data, prototype_settings
 from federation.simulation import FederatedAutoencoder
 from recsys.evaluation import evaluate_candidates, evaluate_model
 from recsys.synth import ATTRIBUTES
@@ -64,6 +64,8 @@ def _train(cfgd: dict, content_fn=None):
     fed = build_federation(cfg, data, split, content=content)
     for _ in range(cfg.federation.rounds):
         fed.run_round()
+    if cfg.prototypes.enabled:                                 # as a job does after its last round
+        fed.fit_prototypes(prototype_settings(cfg))
     return cfg, data, split, FederatedAutoencoder(fed, (1.0, 5.0) if cfg.model.mode == "explicit" else None), \
         time.perf_counter() - t
 
@@ -126,10 +128,12 @@ class _Random:
 def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None, seeds: tuple[int, ...] = (1, 2)) -> list:
     """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items (valid and
     test part): the shipped config (server_lr 5, whitened features, holder-weighted content, content
-    dropout, tied encoder input), the same without whitening, the same without the tied input, the same content without holder weights and content dropout (the plain projection; server_lr 1, the earlier default, and 5) and the
-    content-free model at server_lr 1 and 5 (its best warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 /
-    10 / 20 tried, 2026-11-24). ``seeds``: extra model
-    seeds for the shipped CLIP row and the best content-free row (same split), reported as mean and range."""
+    dropout, tied encoder input, federated prototypes), the same without prototypes, without
+    whitening, without the tied input, the same content without holder weights and content dropout
+    (the plain projection; server_lr 1, the earlier default, and 5) and the content-free model at
+    server_lr 1 and 5 (its best warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 / 10 / 20 tried,
+    2026-11-24), tied, with and without prototypes. ``seeds``: extra model seeds for the seeded rows
+    (same split), reported as mean and range."""
     from recsys.models.baselines import Popularity
 
     path = ensure_synth(data_dir)
@@ -146,41 +150,50 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     tied = f"tied input {shipped['model']['input_tie']:g}"
     white = f"whitened (eps {shipped['content']['whiten']:g})"
     untied = {"input_tie": 0.0}                                  # model option, split off below
-    variants = [("no content (PersonalFR)", {**none, **untied}, 1.0, False),
-                ("no content (PersonalFR)", {**none, **untied}, 5.0, True),
-                (f"no content, {tied}", none, 5.0, False),
-                (f"open_clip image+text (fedrec clip train, 128-d), {white}, {tricks}, {tied}: shipped", clip, 5.0, True),
-                (f"open_clip image+text, not whitened (whiten 0), {tricks}, {tied}", {**clip, "whiten": 0.0}, 5.0, True),
-                (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, 5.0, True),
-                ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False),
-                ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False),
-                ("open_clip image+text, holder-weighted only", {**clip, "row_dropout": 0.0}, 5.0, False),
-                ("open_clip image+text, content dropout 0.45 only", {**clip, "holder_weight": 0.0}, 5.0, False),
-                (f"open_clip image+text + co-interaction GNN, {tricks}", {**clip, "graph": "co_interaction"}, 5.0, False),
-                (f"open_clip text tower only (fusion text), {tricks}", {**clip, "fusion": "text"}, 5.0, False),
-                (f"MiniLM text (sentence backend, 384-d), {tricks}", minilm, 5.0, False),
-                ("MiniLM text, plain projection", {**minilm, **plain}, 5.0, False)]
+    pr = shipped.get("prototypes", {})
+    protos = (f"prototypes k {pr.get('k', 16)} blend {pr.get('blend', 0.75):g}" if pr.get("enabled")
+              else "no prototypes")
+    off = {"enabled": False}                                     # prototypes off: each user's own code
+    # (name, content, server_lr, also run the extra model seeds, prototype overrides)
+    variants = [("no content (PersonalFR)", {**none, **untied}, 1.0, False, off),
+                ("no content (PersonalFR)", {**none, **untied}, 5.0, True, off),
+                (f"no content, {tied}", none, 5.0, False, off),
+                (f"no content, {tied}, {protos}", none, 5.0, True, {}),
+                (f"open_clip image+text (fedrec clip train, 128-d), {white}, {tricks}, {tied}, {protos}: shipped",
+                 clip, 5.0, True, {}),
+                (f"open_clip image+text, {white}, {tricks}, {tied}, no prototypes", clip, 5.0, True, off),
+                (f"open_clip image+text, not whitened (whiten 0), {tricks}, {tied}", {**clip, "whiten": 0.0}, 5.0, True, {}),
+                (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, 5.0, True, {}),
+                ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False, {}),
+                ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False, {}),
+                ("open_clip image+text, holder-weighted only", {**clip, "row_dropout": 0.0}, 5.0, False, {}),
+                ("open_clip image+text, content dropout 0.45 only", {**clip, "holder_weight": 0.0}, 5.0, False, {}),
+                (f"open_clip image+text + co-interaction GNN, {tricks}", {**clip, "graph": "co_interaction"}, 5.0, False, {}),
+                (f"open_clip text tower only (fusion text), {tricks}", {**clip, "fusion": "text"}, 5.0, False, {}),
+                (f"MiniLM text (sentence backend, 384-d), {tricks}", minilm, 5.0, False, {}),
+                ("MiniLM text, plain projection", {**minilm, **plain}, 5.0, False, {})]
     truth = {"enabled": True, "backend": "sentence", "model": "minilm"}     # features replaced below
-    variants += [(f"reference: the generator's true attributes as content (one-hot, 28-d), {tricks}", truth, 5.0, False)]
+    variants += [(f"reference: the generator's true attributes as content (one-hot, 28-d), {tricks}", truth, 5.0, False, {})]
     def cold_warm(model, data, split) -> list[float]:
         """[cold valid, cold test, warm test] NDCG@10."""
         warm = np.setdiff1d(np.arange(data.n_items), split.cold_items)
         return [round(evaluate_candidates(model, data, split, items, part, (10,))["ndcg@10"], 4)
                 for items, part in ((split.cold_items, "valid"), (split.cold_items, "test"), (warm, "test"))]
 
-    for name, content, slr, seeded in variants:
+    for name, content, slr, seeded, pov in variants:
         fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
         content = dict(content)
         mover = {"input_tie": content.pop("input_tie")} if "input_tie" in content else {}   # a model option
         cfg, data, split, model, secs = _train(_cfg("synth-cold.yaml", path, rounds, content=content,
-                                                    federation={"server_lr": slr}, model=mover), fn)
+                                                    federation={"server_lr": slr}, model=mover, prototypes=pov), fn)
         if base is None:
             base = (data, split)
         rows.append([name, f"{slr:g}", *cold_warm(model, data, split), round(secs, 1)])
         if seeded and seeds:
             runs = [rows[-1][2:5]]
             for sd in seeds:
-                cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr}, model=mover)
+                cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr}, model=mover,
+                            prototypes=pov)
                 cfgd["seed"] = sd
                 _, d, sp_, m, _ = _train(cfgd)
                 runs.append(cold_warm(m, d, sp_))

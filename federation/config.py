@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys.errors import ConfigError
 
@@ -87,6 +87,18 @@ class PrivacyCfg(_Strict):
     outlier_factor: float | None = Field(10.0, gt=1)   # reject updates > factor x the round's median norm
 
 
+class PrototypeCfg(_Strict):
+    """Federated prototypes of the user codes (federation/prototypes.py), fitted after the last round:
+    k-means grown by splitting, where each client sends only its code summed into its nearest
+    prototype's row; each client then scores with (1 - blend) x its code + blend x that prototype.
+    Off by default (docs/content.md, "Federated prototypes")."""
+    enabled: bool = False
+    k: int = Field(16, ge=2, le=4096)
+    blend: float = Field(0.75, ge=0, le=1)
+    iters: int = Field(5, ge=1)              # Lloyd rounds after each split
+    split_radius: float = Field(0.1, gt=0)
+
+
 class OptimizerCfg(_Strict):
     name: Literal["sgd"] = "sgd"
     lr: float = Field(0.1, gt=0)
@@ -128,7 +140,16 @@ class JobConfig(_Strict):
     engine: EngineCfg = Field(default_factory=EngineCfg)
     privacy: PrivacyCfg = Field(default_factory=PrivacyCfg)
     content: ContentCfg = Field(default_factory=ContentCfg)
+    prototypes: PrototypeCfg = Field(default_factory=PrototypeCfg)
     output: OutputCfg = Field(default_factory=OutputCfg)
+
+    @model_validator(mode="after")
+    def _prototypes_not_under_dp(self):
+        # The DP accountant covers the decoder updates only; the prototype rounds send codes.
+        if self.prototypes.enabled and self.privacy.dp:
+            raise ValueError("prototypes: not covered by privacy.dp (the prototype rounds would leave "
+                             "the privacy accounting); disable one of them")
+        return self
 
 
 def parse_config(obj: dict, source: str = "<config>") -> JobConfig:
@@ -137,7 +158,7 @@ def parse_config(obj: dict, source: str = "<config>") -> JobConfig:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise ConfigError(f"{source}: {where}: {msg}{more}") from None
 

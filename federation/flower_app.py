@@ -22,7 +22,11 @@ Wire format (record names; all arrays numpy):
                               "config" {round, lr, dp-clip}[, "holders" {counts}]
   node -> server  "train":    "update.<user>" {federation.messages.UPDATE_KEYS} per trained user,
                               "totals" {num-users, loss-sum}
-  server -> node  "evaluate": "decoder", "config" {part}[, "holders"];   node -> server: "eval" {sum, count}
+  server -> node  "evaluate": "decoder", "config" {part}[, "holders"][, "prototypes" {centroids}];
+                  node -> server: "eval" {sum, count}
+  server -> node  "query.prototypes": "decoder", "prototypes" {centroids}[, "holders"];
+                  node -> server: "stats" {federation.prototypes SUMS_KEY, COUNTS_KEY, SQ_KEY}, summed
+                  over the node's users (prototypes.enabled: after the last round)
   holders: holder-weighted content only (content.holder_weight > 0): per-item counts of users holding
   each item, the node's own in hello, the federation's (summed by the server) in train/evaluate.
 Testing hooks (environment of a SuperNode): FEDREC_FAULT_EXIT_AT_ROUND=r makes its ClientApp process
@@ -47,6 +51,9 @@ from federation.server import FederatedServer, TrainRequest
 log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[1]
 MSG_QUERY, MSG_TRAIN, MSG_EVALUATE = "query", "train", "evaluate"
+ACTION_PROTOTYPES = "prototypes"
+MSG_PROTOTYPES = f"{MSG_QUERY}.{ACTION_PROTOTYPES}"
+REC_PROTOTYPES, PROTO_CENTROIDS, REC_STATS = "prototypes", "centroids", "stats"
 REC_DECODER, REC_USERS, REC_CONFIG, REC_HELLO, REC_INFO = "decoder", "users", "config", "hello", "info"
 REC_TOTALS, REC_EVAL, UPDATE_PREFIX = "totals", "eval", "update."
 REC_HOLDERS, HOLDER_COUNTS = "holders", "counts"
@@ -145,10 +152,21 @@ def _with_holders(c: RecordDict, holders: np.ndarray | None) -> RecordDict:
     return c
 
 
+def _prototypes(c: RecordDict) -> np.ndarray | None:
+    return c[REC_PROTOTYPES][PROTO_CENTROIDS].numpy() if REC_PROTOTYPES in c.keys() else None
+
+
+@client_app.query(ACTION_PROTOTYPES)
+def client_prototypes(msg: Message, context: Context) -> Message:
+    stats = _node(context).prototype_stats(_numpy(msg.content[REC_DECODER]), _prototypes(msg.content),
+                                           _holders(msg.content))
+    return Message(RecordDict({REC_STATS: _arrays(stats)}), reply_to=msg)
+
+
 @client_app.evaluate()
 def client_evaluate(msg: Message, context: Context) -> Message:
     r = _node(context).evaluate(_numpy(msg.content[REC_DECODER]), str(msg.content[REC_CONFIG]["part"]),
-                                holders=_holders(msg.content))
+                                holders=_holders(msg.content), prototypes=_prototypes(msg.content))
     return Message(RecordDict({REC_EVAL: MetricRecord({EVAL_SUM: r[EVAL_SUM], EVAL_COUNT: r[EVAL_COUNT]})}),
                    reply_to=msg)
 
@@ -195,12 +213,24 @@ class GridTransport:
         return self._exchange(contents, MSG_TRAIN, decode_train_reply)
 
     def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
-                 holders: np.ndarray | None = None) -> dict:
-        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(decoder), REC_CONFIG: ConfigRecord({"part": part})}),
-                                     holders)
-                    for n in nodes}
+                 holders: np.ndarray | None = None, prototypes: np.ndarray | None = None) -> dict:
+        def content() -> RecordDict:
+            c = _with_holders(RecordDict({REC_DECODER: _arrays(decoder), REC_CONFIG: ConfigRecord({"part": part})}),
+                              holders)
+            if prototypes is not None:
+                c[REC_PROTOTYPES] = _arrays({PROTO_CENTROIDS: prototypes})
+            return c
+        contents = {n: content() for n in nodes}
         return self._exchange(contents, MSG_EVALUATE,
                               lambda c: {EVAL_SUM: float(c[REC_EVAL][EVAL_SUM]), EVAL_COUNT: int(c[REC_EVAL][EVAL_COUNT])})
+
+
+    def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
+                   holders: np.ndarray | None = None) -> dict:
+        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(decoder),
+                                                 REC_PROTOTYPES: _arrays({PROTO_CENTROIDS: centroids})}), holders)
+                    for n in nodes}
+        return self._exchange(contents, MSG_PROTOTYPES, lambda c: _numpy(c[REC_STATS]))
 
 
 def decode_train_reply(c: RecordDict) -> TrainReply:

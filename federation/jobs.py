@@ -24,7 +24,8 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from federation.config import JobConfig, load_config, parse_config
 from federation.local_sgd import SGDConfig
-from federation.simulation import FederatedAutoencoder, Federation, FedSettings
+from federation.prototypes import PrototypeSettings, rounds_needed
+from federation.simulation import PROTOTYPES_TENSOR, FederatedAutoencoder, Federation, FedSettings
 from recsys.data import InteractionData
 from federation.privacy import DPSettings, epsilon, noise_for_epsilon
 from recsys.errors import ConfigError, FedrecError, ManifestError
@@ -166,8 +167,16 @@ def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
     shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
                     cfg.model.input_norm, 0 if content is None else content.shape[1],
                     cfg.content.row_dropout if content is not None else 0.0, cfg.model.input_tie)
-    return Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train, resolve_device(cfg.engine.device),
-                      _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype], content, content_drop)
+    fed = Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train,
+                     resolve_device(cfg.engine.device), _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype],
+                     content, content_drop)
+    fed.prototype_blend = cfg.prototypes.blend
+    return fed
+
+
+def prototype_settings(cfg: JobConfig) -> PrototypeSettings:
+    p = cfg.prototypes
+    return PrototypeSettings(k=p.k, blend=p.blend, iters=p.iters, split_radius=p.split_radius)
 
 
 CONTENT_FILE = "content.safetensors"      # the exact item content a content-aware run was trained with
@@ -207,7 +216,8 @@ def _save_checkpoint(run_dir: Path, fed: Federation) -> None:
                                              "sha256": sha256_file(run_dir / "checkpoint.safetensors")})
 
 
-def _load_checkpoint(run_dir: Path, fed: Federation) -> None:
+def _load_checkpoint(run_dir: Path, fed: Federation, k_prototypes: int | None = None) -> None:
+    """Load the last checkpoint into ``fed``; k_prototypes: the config's prototype count (None: off)."""
     meta_p, ck = run_dir / "checkpoint.json", run_dir / "checkpoint.safetensors"
     if not meta_p.exists() or not ck.exists():
         return
@@ -218,9 +228,10 @@ def _load_checkpoint(run_dir: Path, fed: Federation) -> None:
         tensors = load_torch(str(ck))
     except Exception:  # noqa: BLE001
         raise ManifestError(f"{ck}: unreadable checkpoint") from None
-    expected = {k: tuple(v.shape) for k, v in fed.state_tensors().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != got:
+    expected = {k: tuple(v.shape) for k, v in fed.state_tensors().items() if k != PROTOTYPES_TENSOR}
+    got = {k: tuple(v.shape) for k, v in tensors.items() if k != PROTOTYPES_TENSOR}
+    P = tensors.get(PROTOTYPES_TENSOR)
+    if expected != got or (P is not None and tuple(P.shape) != (k_prototypes, fed.shape.h1)):
         raise ManifestError(f"{ck}: checkpoint shapes do not match this config and data")
     fed.load_state_tensors(tensors, int(meta["round"]))
 
@@ -285,7 +296,7 @@ def train(config_path: str | Path, run_dir: str | Path | None = None, device: st
             save_arrays(run_dir / CONTENT_FILE, {"content": content})
     fed = build_federation(cfg, data, split, content=content)
     if resume:
-        _load_checkpoint(run_dir, fed)
+        _load_checkpoint(run_dir, fed, cfg.prototypes.k if cfg.prototypes.enabled else None)
         log.info("resuming %s after round %d", run_dir, fed.round)
     metrics_path = run_dir / "metrics.jsonl"
     _trim_metrics(metrics_path, fed.round)
@@ -331,9 +342,15 @@ def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | 
                 bar.close()
                 return
     bar.close()
+    if cfg.prototypes.enabled and fed.prototypes is None:
+        proto_info = _fit_prototypes(run, progress)
+        _save_checkpoint(run.dir, fed)
+        cum_up += proto_info["bytes_up"]
     summary = {split: evaluate_model(run.model(), run.data, run.split, split, cfg.model.mode, cfg.eval.k)
                for split in ("valid", "test")}
     summary["rounds"] = fed.round
+    if cfg.prototypes.enabled:
+        summary["prototypes"] = _read_json_or(run.dir / PROTOTYPE_LOG, {})
     if fed.cfg.dp is not None:
         summary.update(epsilon=epsilon(fed.cfg.dp.noise_multiplier, cfg.federation.fraction, fed.round,
                                        fed.cfg.dp.delta), delta=fed.cfg.dp.delta)
@@ -343,6 +360,44 @@ def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | 
     m = _read_manifest(run.dir)
     m["status"] = "completed"
     write_json(run.dir / "manifest.json", m)
+
+
+PROTOTYPE_LOG = "prototypes.json"          # the prototype rounds of a run: sizes, spread, bytes
+
+
+def _fit_prototypes(run: Run, progress: bool) -> dict:
+    """Fit the federated prototypes of a finished run (every active client takes part in each round)
+    and record what the rounds cost; returns that record."""
+    from recsys.progress import progress_bar
+
+    cfg, fed = run.cfg, run.fed
+    st_ = prototype_settings(cfg)
+    n_rounds = rounds_needed(st_)
+    bar = progress_bar(total=n_rounds, desc=f"{cfg.name} prototypes", unit="round", disable=not progress,
+                       dynamic_ncols=True)
+    info = {"k": st_.k, "blend": st_.blend, "rounds": 0, "clients": int(len(fed.active_users)),
+            "bytes_up": 0, "bytes_down": 0}
+
+    def on_round(rnd, C, stats):
+        K, H = C.shape
+        n = float(stats.counts.sum())
+        info["rounds"] = rnd
+        info["bytes_up"] += int(n) * 4 * K * (H + 2)        # sums (K, H) + counts (K,) + sq (K,), float32
+        info["bytes_down"] += int(n) * 4 * K * H            # the broadcast centroids
+        bar.update(1)
+
+    C = fed.fit_prototypes(st_, on_round)
+    bar.close()
+    sizes = fed.prototype_stats(C).counts
+    info["sizes"] = [int(v) for v in sizes.cpu().tolist()]
+    write_json(run.dir / PROTOTYPE_LOG, info)
+    log.info("prototypes: %d over %d clients in %d rounds, %.1f MB up", st_.k, info["clients"], info["rounds"],
+             info["bytes_up"] / 1e6)
+    return info
+
+
+def _read_json_or(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
@@ -360,7 +415,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     fed = build_federation(cfg, data, split, content=content)
     if not (run_dir / "checkpoint.safetensors").exists():
         raise ManifestError(f"{run_dir}: no checkpoint yet (the run has not completed a checkpointed round)")
-    _load_checkpoint(run_dir, fed)
+    _load_checkpoint(run_dir, fed, cfg.prototypes.k if cfg.prototypes.enabled else None)
     return Run(run_dir, cfg, data, split, fed)
 
 

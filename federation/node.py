@@ -10,6 +10,9 @@ call them directly. What a node sends is built here and nowhere else:
                each sampled user's update carries anyway under partial compression)
   train     -> one federation.messages update per sampled user + node totals (users, loss sum)
   evaluate  -> sums over its users (squared error and count, or NDCG sum and user count)
+  prototypes -> federation.prototypes stats summed over its users for the broadcast centroids: per
+               centroid the sum of the codes nearest to it, their count and their summed |code|^2
+               (prototypes.enabled; after the last round)
 Encoders and optimizer state never leave: they live in ``state_dir`` (safetensors, written atomically).
 
 Exactly-once rounds: the state file records the last round the node trained and keeps the state from
@@ -183,15 +186,45 @@ class ClientNode:
         self._save_state()
         return TrainReply(msgs, len(users), float(sum(losses.values())))
 
+    # -- prototypes --------------------------------------------------------------------------
+    def _set_prototypes(self, centroids: np.ndarray | None) -> torch.Tensor | None:
+        """Check the server's centroids (K, H1); None clears them (score with the users' own codes)."""
+        if centroids is None:
+            self.fed.prototypes = None
+            return None
+        C = np.asarray(centroids)
+        h = self.fed.shape.h1
+        if C.ndim != 2 or C.shape[1] != h or not 1 <= C.shape[0] <= 4096 or not np.isfinite(C).all():
+            raise RejectedUpdate(f"server prototypes: {C.dtype} {C.shape}, expected finite (K, {h})")
+        return torch.as_tensor(C, dtype=self.fed.dtype).to(self.fed.device)
+
+    @torch.no_grad()
+    def prototype_stats(self, decoder: dict[str, np.ndarray], centroids: np.ndarray,
+                        holders: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One prototype round: this node's users' codes under the server's decoder, summed into
+        their nearest of ``centroids`` (K, H1) (federation.prototypes.client_stats)."""
+        from federation.prototypes import PrototypeStats
+
+        self._set_decoder(decoder)
+        self._set_holders(holders)
+        C = self._set_prototypes(centroids)
+        self.fed.prototypes = None                       # the stats are over the users' own codes
+        if len(self.active) == 0:
+            z = torch.zeros(C.shape[0], dtype=C.dtype)
+            return PrototypeStats(torch.zeros_like(C), z, z.clone()).as_message()
+        return self.fed.prototype_stats(C, self.active).as_message()
+
     # -- evaluate ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, decoder: dict[str, np.ndarray], part: str = "valid", k: int | None = None,
-                 holders: np.ndarray | None = None) -> dict[str, float]:
+                 holders: np.ndarray | None = None, prototypes: np.ndarray | None = None) -> dict[str, float]:
         """Sums over this node's users: explicit -> squared error and rating count; implicit ->
-        NDCG@k sum and the number of users with held-out items (train items excluded)."""
+        NDCG@k sum and the number of users with held-out items (train items excluded). With the
+        server's ``prototypes`` (K, H1) each user scores with its blended code."""
         k = k or self.cfg.eval.k[0]
         self._set_decoder(decoder)
         self._set_holders(holders)
+        self.fed.prototypes = self._set_prototypes(prototypes)
         truth = self.split.matrix(self.data, part)
         rows = truth[self.users]
         if self.cfg.model.mode == "explicit":

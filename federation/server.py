@@ -33,7 +33,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from federation.config import JobConfig
-from federation.jobs import RUN_FORMAT, _trim_metrics, fed_settings
+from federation.jobs import PROTOTYPE_LOG, RUN_FORMAT, _trim_metrics, fed_settings, prototype_settings
+from federation.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
+from federation.simulation import PROTOTYPES_TENSOR
 from federation.messages import aggregate_updates, validate_updates
 from federation.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_HOLDERS,
                              HELLO_N_ITEMS, HELLO_USERS, TrainReply, config_fingerprint, content_dim_of, decoder_keys)
@@ -68,7 +70,10 @@ class Transport(Protocol):
     def train(self, requests: dict[int, TrainRequest]) -> dict[int, TrainReply | Exception]: ...
 
     def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
-                 holders: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
+                 holders: np.ndarray | None = None, prototypes: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
+
+    def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
+                   holders: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
 
 
 def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
@@ -94,6 +99,7 @@ class FederatedServer:
         self.weighted = cfg.content.enabled and cfg.content.holder_weight > 0
         self.node_holders: dict[int, np.ndarray] = {}   # node -> its users' count per item (hello)
         self.holders: np.ndarray | None = None          # (N,) the run's holder counts, fixed before round 1
+        self.prototypes: torch.Tensor | None = None     # (K, H1) fitted after the last round (prototypes.enabled)
 
     # -- membership --------------------------------------------------------------------------
     def _refresh_nodes(self) -> list[int]:
@@ -220,8 +226,10 @@ class FederatedServer:
 
     def _save_checkpoint(self) -> None:
         with atomic_path(self.run_dir / "checkpoint.safetensors") as tmp:
-            save_file({f"global.{k}": v.contiguous() for k, v in self.global_p.items()}, str(tmp),
-                      metadata={"round": str(self.round)})
+            t = {f"global.{k}": v.contiguous() for k, v in self.global_p.items()}
+            if self.prototypes is not None:
+                t[PROTOTYPES_TENSOR] = self.prototypes.contiguous()
+            save_file(t, str(tmp), metadata={"round": str(self.round)})
         write_json(self.run_dir / "checkpoint.json",
                    {"round": self.round, "sha256": sha256_file(self.run_dir / "checkpoint.safetensors")})
 
@@ -237,6 +245,10 @@ class FederatedServer:
             if f"global.{k}" not in t or tuple(t[f"global.{k}"].shape) != tuple(self.global_p[k].shape):
                 raise ManifestError(f"{ck}: {k} shape does not match this config and catalogue")
             self.global_p[k] = t[f"global.{k}"]
+        P = t.get(PROTOTYPES_TENSOR)
+        if P is not None and (not self.cfg.prototypes.enabled or tuple(P.shape) != (self.cfg.prototypes.k, self.shape.h1)):
+            raise ManifestError(f"{ck}: prototypes of shape {tuple(P.shape)} do not match this config")
+        self.prototypes = P
         self.round = int(meta["round"])
         log.info("resuming %s after round %d", self.run_dir, self.round)
 
@@ -272,8 +284,16 @@ class FederatedServer:
                 mf.flush()
                 bar.update(1)
         bar.close()
+        if self.cfg.prototypes.enabled:
+            if self.prototypes is None:
+                self._fit_prototypes(progress)
+                self._save_checkpoint()
+            info = json.loads((self.run_dir / PROTOTYPE_LOG).read_text())
+            cum_up, cum_down = cum_up + info["bytes_up"], cum_down + info["bytes_down"]
         summary = {part: self.evaluate(part) for part in ("valid", "test")}
         summary.update(rounds=self.round, bytes_up_total=cum_up, bytes_down_total=cum_down)
+        if self.cfg.prototypes.enabled:
+            summary["prototypes"] = info
         if self.dp is not None:
             summary["epsilon"] = epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round,
                                          self.dp.delta)
@@ -339,6 +359,49 @@ class FederatedServer:
                         "(attempt %d of %d)", rnd + 1, accepted, len(users), need, attempt + 1, self.max_retries)
         raise FedrecError(f"round {rnd + 1} failed {self.max_retries + 1} times: too few clients answered")
 
+    def _fit_prototypes(self, progress: bool) -> None:
+        """The prototype rounds (federation.prototypes) over every node's users; each node returns the
+        stats summed over its users. A node that fails a round is left out of that round (logged)."""
+        from recsys.progress import progress_bar
+
+        st_ = prototype_settings(self.cfg)
+        dec = self.decoder_arrays()
+        info = {"k": st_.k, "blend": st_.blend, "rounds": 0, "clients": len(self.owner), "bytes_up": 0,
+                "bytes_down": 0, "failed_nodes": 0}
+        # + 1: the nodes report how many users the final prototypes have (each node knows its own).
+        bar = progress_bar(total=rounds_needed(st_) + 1, desc=f"{self.cfg.name} prototypes (flower)", unit="round",
+                           disable=not progress)
+
+        def stats_of(C: torch.Tensor) -> PrototypeStats:
+            self._refresh_nodes()
+            nodes = sorted(set(self.owner.values()))
+            reps = self.t.prototypes(nodes, dec, C.numpy(), self.holders)
+            total = None
+            for node, r in reps.items():
+                if isinstance(r, Exception):
+                    info["failed_nodes"] += 1
+                    log.warning("prototype round %d: node %s failed: %s", info["rounds"] + 1, node, r)
+                    continue
+                try:
+                    st = stats_from_message(r, C.shape)
+                except ValueError as e:
+                    info["failed_nodes"] += 1
+                    log.warning("prototype round %d: node %s sent bad stats (%s); ignored", info["rounds"] + 1, node, e)
+                    continue
+                info["bytes_up"] += payload_bytes(r)
+                total = st if total is None else total + st
+            if total is None:
+                raise FedrecError(f"prototype round {info['rounds'] + 1}: no node answered")
+            info["rounds"] += 1
+            info["bytes_down"] += len(nodes) * (payload_bytes(dec) + C.numel() * 4)
+            bar.update(1)
+            return total
+
+        self.prototypes = fit_prototypes(stats_of, self.shape.h1, st_, self.cfg.seed).float()
+        info["sizes"] = [int(v) for v in stats_of(self.prototypes).counts.tolist()]
+        bar.close()
+        write_json(self.run_dir / PROTOTYPE_LOG, info)
+
     def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
         p = self.cfg.privacy
         if self.dp is None:
@@ -355,7 +418,8 @@ class FederatedServer:
         """Federated evaluation: every node scores its own users; only sums come back."""
         self._refresh_nodes()
         nodes = sorted(set(self.owner.values()))       # a node whose users moved (it reconnected) is skipped
-        reps = self.t.evaluate(nodes, self.decoder_arrays(), part, self.holders)
+        P = None if self.prototypes is None else self.prototypes.numpy()
+        reps = self.t.evaluate(nodes, self.decoder_arrays(), part, self.holders, P)
         s = c = 0.0
         answered = 0
         for node, r in reps.items():

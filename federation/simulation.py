@@ -20,6 +20,7 @@ from federation.client import reference_client_update
 from federation.cohort import train_cohort
 from federation.comm import client_bytes, fedavg_bytes
 from federation.local_sgd import SGDConfig, decay_factor
+from federation import prototypes as proto
 from federation.privacy import DPSettings, dp_aggregate, epsilon
 from federation.state import ClientStore, Cohort, make_cohorts
 from federation.strategies import get_strategy
@@ -29,6 +30,8 @@ from recsys.models.autoencoder import (CONTENT_KEY, ITEM_ROW_KEYS, AEShape, deco
 from recsys.models.base import Recommender
 
 log = logging.getLogger(__name__)
+
+PROTOTYPES_TENSOR = "server.prototypes"     # checkpoint key of the fitted prototypes (K, H1)
 
 
 @dataclass
@@ -118,6 +121,10 @@ class Federation:
         self.n_per_user = np.diff(self.train.indptr)
         self.active_users = np.flatnonzero(self.n_per_user > 0)
         self.round = 0                    # rounds completed
+        # Federated prototypes of the user codes (federation.prototypes), fitted after training when
+        # configured: (K, H1) broadcast to every client, which blends its own code towards the nearest.
+        self.prototypes: torch.Tensor | None = None
+        self.prototype_blend = 0.0
 
     def set_content(self, content: np.ndarray | torch.Tensor | None,
                     content_drop: np.ndarray | torch.Tensor | None = None) -> None:
@@ -308,9 +315,9 @@ class Federation:
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def user_hidden(self, users: np.ndarray) -> tuple[torch.Tensor, list[tuple[Cohort, torch.Tensor]]]:
-        """Last hidden layer h3 (B, H1) of ``users`` (in the given order), from each user's own encoder,
-        plus the cohorts used (for strategies with personal rows)."""
+    def user_codes(self, users: np.ndarray) -> tuple[torch.Tensor, list[tuple[Cohort, torch.Tensor]]]:
+        """Each user's own code: the last hidden layer h3 (B, H1) of ``users`` (in the given order), from
+        the user's own encoder, plus the cohorts used (for strategies with personal rows)."""
         users = np.asarray(users, dtype=np.int64)
         uniq, inverse = np.unique(users, return_inverse=True)
         out = torch.empty(len(uniq), self.shape.h1, dtype=self.dtype, device=self.device)
@@ -330,6 +337,41 @@ class Federation:
             out[idx] = h3
             parts.append((c, idx))
         return out[torch.as_tensor(inverse, device=self.device)], parts
+
+    @torch.no_grad()
+    def user_hidden(self, users: np.ndarray) -> tuple[torch.Tensor, list[tuple[Cohort, torch.Tensor]]]:
+        """The code each user scores with (B, H1): its own code, blended towards its nearest prototype
+        once prototypes are fitted (federation.prototypes.blend); plus the cohorts used."""
+        h3, parts = self.user_codes(users)
+        if self.prototypes is not None:
+            h3 = proto.blend(h3, self.prototypes, self.prototype_blend)
+        return h3, parts
+
+    @torch.no_grad()
+    def prototype_stats(self, centroids: torch.Tensor, users: np.ndarray | None = None,
+                        chunk: int = 4096) -> proto.PrototypeStats:
+        """The summed prototype messages of ``users`` (default: every active client) for ``centroids``."""
+        users = self.active_users if users is None else np.asarray(users)
+        total = None
+        for lo in range(0, len(users), chunk):
+            h3, _ = self.user_codes(users[lo:lo + chunk])
+            st = proto.client_stats(h3, centroids.to(self.device, self.dtype))
+            total = st if total is None else total + st
+        return total
+
+    def client_prototype_message(self, user: int, centroids: torch.Tensor) -> dict[str, np.ndarray]:
+        """Exactly what one client sends in a prototype round (keys federation.prototypes.*_KEY)."""
+        h3, _ = self.user_codes(np.array([user]))
+        return proto.client_stats(h3, centroids.to(self.device, self.dtype)).as_message()
+
+    def fit_prototypes(self, settings: proto.PrototypeSettings, on_round=None) -> torch.Tensor:
+        """Run the prototype rounds over every active client (federation.prototypes.fit_prototypes)
+        and keep the result for scoring; returns the prototypes (K, H1)."""
+        self.prototypes = None                              # the rounds read the users' own codes
+        C = proto.fit_prototypes(self.prototype_stats, self.shape.h1, settings, self.cfg.seed,
+                                 self.dtype, str(self.device), on_round)
+        self.prototypes, self.prototype_blend = C, settings.blend
+        return C
 
     @torch.no_grad()
     def user_scores(self, users: np.ndarray) -> torch.Tensor:
@@ -352,6 +394,8 @@ class Federation:
     # -- checkpoints -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"global.{k}": v for k, v in self.global_p.items()}
+        if self.prototypes is not None:
+            out[PROTOTYPES_TENSOR] = self.prototypes
         if self.store is not None:
             out.update({f"client.{k}": v for k, v in self.store.tensors.items()})
         return out
@@ -362,6 +406,8 @@ class Federation:
         if self.store is not None:
             for k in self.store.tensors:
                 self.store.tensors[k] = tensors[f"client.{k}"].to(self.device, self.store.dtype)
+        P = tensors.get(PROTOTYPES_TENSOR)
+        self.prototypes = None if P is None else P.to(self.device, self.dtype)
         self.round = completed_round
 
 

@@ -44,6 +44,7 @@ class Loopback:
     def __init__(self, nodes: dict[int, ClientNode]):
         self.nodes, self.down, self.sent = nodes, set(), []
         self.poison: set[int] = set()
+        self.proto_sent: list[tuple[int, dict]] = []      # every prototype-round reply a node sent
         self.hellos: list[tuple[int, dict]] = []          # every hello a node sent
         self.received: list[tuple[int, str, object]] = []  # (node, train|evaluate, holder counts sent to it)
 
@@ -72,15 +73,40 @@ class Loopback:
             out[n] = rep
         return out
 
-    def evaluate(self, nodes, decoder, part, holders=None):
+    def evaluate(self, nodes, decoder, part, holders=None, prototypes=None):
         self.received += [(n, "evaluate", holders) for n in nodes]
-        return {n: self.nodes[n].evaluate(decoder, part, holders=holders) for n in nodes if n not in self.down}
+        return {n: self.nodes[n].evaluate(decoder, part, holders=holders, prototypes=prototypes)
+                for n in nodes if n not in self.down}
+
+    def prototypes(self, nodes, decoder, centroids, holders=None):
+        from federation.flower_app import _arrays, _numpy
+
+        out = {}
+        for n in nodes:
+            if n in self.down:
+                out[n] = TimeoutError("no reply")
+                continue
+            stats = self.nodes[n].prototype_stats(decoder, centroids, holders)
+            self.proto_sent.append((n, stats))
+            out[n] = _numpy(_arrays(stats))                       # through a Flower ArrayRecord and back
+        return out
 
 
 def _nodes(cfg, tmp_path, parts=3):
     data, split = prepare_data(cfg)
     return {100 + p: ClientNode(cfg, partition_users(data.n_users, p, parts), tmp_path / f"node{p}", data, split)
             for p in range(parts)}, data, split
+
+
+def _deploy_and_simulate(cfg, tmp_path):
+    """Run ``cfg`` on three loopback nodes and the same rounds in process: (transport, data, split, engine)."""
+    nodes, data, split = _nodes(cfg, tmp_path)
+    t = Loopback(nodes)
+    FederatedServer(cfg, tmp_path / "run", t).run()
+    sim = build_federation(cfg, data, split)
+    for _ in range(cfg.federation.rounds):
+        sim.run_round()
+    return t, data, split, sim
 
 
 @pytest.mark.parametrize("model", [{}, {"input_tie": 3.0}])
@@ -113,6 +139,35 @@ def test_deployment_equals_the_in_process_engine(synth, tmp_path, model):
     central = evaluate_model(FederatedAutoencoder(sim, (float(r.min()), float(r.max()))), data, split, "test")
     assert summary["test"]["rmse"] == pytest.approx(central["rmse"], abs=1e-4)
     assert summary["test"]["n"] == central["n"]
+
+
+def test_prototype_deployment_equals_the_in_process_prototypes(synth, tmp_path):
+    """prototypes.enabled on the deployment: after the last round the server runs the prototype rounds
+    through the nodes (each sends its users' stats summed: three arrays, nothing else), saves the
+    prototypes with the checkpoint, and evaluates with blended codes; all equal to the in-process job."""
+    from federation import prototypes as P
+    from federation.jobs import prototype_settings
+    from federation.simulation import PROTOTYPES_TENSOR
+    from safetensors.torch import load_file
+
+    cfg = _cfg(synth, prototypes={"enabled": True, "k": 3, "blend": 0.75, "iters": 2})
+    t, data, split, sim = _deploy_and_simulate(cfg, tmp_path)
+    sim.fit_prototypes(prototype_settings(cfg))
+    ck = load_file(str(tmp_path / "run/checkpoint.safetensors"))
+    torch.testing.assert_close(ck[PROTOTYPES_TENSOR], sim.prototypes, atol=1e-4, rtol=0)
+    stats = [m for _, m in t.proto_sent]
+    assert len(stats) == 3 * (P.rounds_needed(prototype_settings(cfg)) + 1)    # + the final size report
+    assert all(set(m) == {P.SUMS_KEY, P.COUNTS_KEY, P.SQ_KEY} for m in stats)
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["prototypes"]["rounds"] == P.rounds_needed(prototype_settings(cfg)) + 1
+    assert sum(summary["prototypes"]["sizes"]) == len(sim.active_users)
+    r = data.ratings.data
+    central = evaluate_model(FederatedAutoencoder(sim, (float(r.min()), float(r.max()))), data, split, "test")
+    assert summary["test"]["rmse"] == pytest.approx(central["rmse"], abs=1e-4)
+    # The blend changed the scores the deployment evaluated with.
+    sim.prototypes = None
+    plain = evaluate_model(FederatedAutoencoder(sim, (float(r.min()), float(r.max()))), data, split, "test")
+    assert abs(plain["rmse"] - central["rmse"]) > 1e-4
 
 
 def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
@@ -159,12 +214,8 @@ def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more
     from federation.node import HELLO_CONTENT
 
     cfg = _cfg(synth, content={**CONTENT, **options})
-    nodes, data, split = _nodes(cfg, tmp_path)
-    t = Loopback(nodes)
-    FederatedServer(cfg, tmp_path / "run", t).run()
-    sim = build_federation(cfg, data, split)
-    for _ in range(cfg.federation.rounds):
-        sim.run_round()
+    t, data, split, sim = _deploy_and_simulate(cfg, tmp_path)
+    nodes = t.nodes
     assert sim.shape.content_dim == 385                                       # MiniLM 384 + the 1 column
     if options:
         from recsys.models.autoencoder import holder_weights

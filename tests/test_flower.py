@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from federation.config import parse_config
 from federation.deploy import LocalFederation, alive, make_certificates, make_node_key
-from federation.jobs import build_federation, prepare_data
+from federation.jobs import build_federation, prepare_data, prototype_settings
+from federation.simulation import PROTOTYPES_TENSOR
 from recsys.synth import SynthSpec, write_catalogue
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -61,20 +62,41 @@ def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3):
     for _ in range(R):
         sim.run_round()
     ck = load_file(str(tmp_path / "run/checkpoint.safetensors"))
+    protos = ck.pop(PROTOTYPES_TENSOR, None)
     assert set(ck) == {f"global.{k}" for k in sim.global_p if not k.startswith("enc")}
     for k in ck:
         torch.testing.assert_close(ck[k], sim.global_p[k.removeprefix("global.")], atol=1e-5, rtol=0)
+    assert (protos is not None) == cfg.prototypes.enabled
+    if protos is not None:                                   # fitted through query.prototypes messages
+        sim.fit_prototypes(prototype_settings(cfg))
+        torch.testing.assert_close(protos, sim.prototypes, atol=1e-4, rtol=0)
     return recs, sim
 
 
 def test_flower_run_equals_the_in_process_engine(job, tmp_path):
-    root, cfg = job
-    recs, sim = _run_and_compare(root / "cfg.yaml", cfg, tmp_path)
-    # measured bytes on the wire match the personalfr accounting of the in-process engine
+    """With prototypes on (k 2): after the rounds, the query.prototypes messages reach every SuperNode,
+    the server's prototypes equal the in-process fit, and the federated evaluation scores with the
+    blended codes (its test RMSE equals the in-process model's with the same prototypes)."""
     from federation.comm import client_bytes
+    from federation.simulation import FederatedAutoencoder
+    from recsys.evaluation import evaluate_model
+
+    root, _ = job
+    d = yaml.safe_load((root / "cfg.yaml").read_text())
+    d["prototypes"] = {"enabled": True, "k": 2, "blend": 0.75, "iters": 1}
+    (tmp_path / "protos.yaml").write_text(yaml.safe_dump(d))
+    cfg = parse_config(d)
+    recs, sim = _run_and_compare(tmp_path / "protos.yaml", cfg, tmp_path)
+    # measured bytes on the wire match the personalfr accounting of the in-process engine
     n = np.diff(sim.train.indptr)
     for r, rec in enumerate(recs):
         assert rec["bytes_up"] == sum(client_bytes("personalfr", sim.shape, int(n[u]))[0] for u in sim.sample(r))
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["prototypes"]["rounds"] == 3 and summary["prototypes"]["failed_nodes"] == 0
+    data, split = prepare_data(cfg)
+    r = data.ratings.data
+    central = evaluate_model(FederatedAutoencoder(sim, (float(r.min()), float(r.max()))), data, split, "test")
+    assert summary["test"]["rmse"] == pytest.approx(central["rmse"], abs=1e-4)
 
 
 def test_flower_content_job_equals_the_in_process_engine(job, tmp_path):
