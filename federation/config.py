@@ -95,7 +95,7 @@ class PrototypeCfg(_Strict):
     enabled: bool = False
     k: int = Field(16, ge=2, le=4096)
     blend: float = Field(0.75, ge=0, le=1)
-    iters: int = Field(5, ge=1)              # Lloyd rounds after each split
+    iters: int = Field(3, ge=1)              # Lloyd rounds after each split
     split_radius: float = Field(0.1, gt=0)
 
 

@@ -342,15 +342,18 @@ def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | 
                 bar.close()
                 return
     bar.close()
-    if cfg.prototypes.enabled and fed.prototypes is None:
-        proto_info = _fit_prototypes(run, progress)
-        _save_checkpoint(run.dir, fed)
+    proto_info = None
+    if cfg.prototypes.enabled:
+        if fed.prototypes is None:                 # else a resumed run already fitted them
+            _fit_prototypes(run, progress)
+            _save_checkpoint(run.dir, fed)
+        proto_info = json.loads((run.dir / PROTOTYPE_LOG).read_text())
         cum_up += proto_info["bytes_up"]
     summary = {split: evaluate_model(run.model(), run.data, run.split, split, cfg.model.mode, cfg.eval.k)
                for split in ("valid", "test")}
     summary["rounds"] = fed.round
-    if cfg.prototypes.enabled:
-        summary["prototypes"] = _read_json_or(run.dir / PROTOTYPE_LOG, {})
+    if proto_info is not None:
+        summary["prototypes"] = proto_info
     if fed.cfg.dp is not None:
         summary.update(epsilon=epsilon(fed.cfg.dp.noise_multiplier, cfg.federation.fraction, fed.round,
                                        fed.cfg.dp.delta), delta=fed.cfg.dp.delta)
@@ -394,10 +397,6 @@ def _fit_prototypes(run: Run, progress: bool) -> dict:
     log.info("prototypes: %d over %d clients in %d rounds, %.1f MB up", st_.k, info["clients"], info["rounds"],
              info["bytes_up"] / 1e6)
     return info
-
-
-def _read_json_or(path: Path, default):
-    return json.loads(path.read_text()) if path.exists() else default
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:

@@ -187,10 +187,9 @@ class ClientNode:
         return TrainReply(msgs, len(users), float(sum(losses.values())))
 
     # -- prototypes --------------------------------------------------------------------------
-    def _set_prototypes(self, centroids: np.ndarray | None) -> torch.Tensor | None:
-        """Check the server's centroids (K, H1); None clears them (score with the users' own codes)."""
+    def _checked_prototypes(self, centroids: np.ndarray | None) -> torch.Tensor | None:
+        """The server's centroids (K, H1) as a tensor, after checking them; None stays None."""
         if centroids is None:
-            self.fed.prototypes = None
             return None
         C = np.asarray(centroids)
         h = self.fed.shape.h1
@@ -203,16 +202,11 @@ class ClientNode:
                         holders: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One prototype round: this node's users' codes under the server's decoder, summed into
         their nearest of ``centroids`` (K, H1) (federation.prototypes.client_stats)."""
-        from federation.prototypes import PrototypeStats
-
         self._set_decoder(decoder)
         self._set_holders(holders)
-        C = self._set_prototypes(centroids)
-        self.fed.prototypes = None                       # the stats are over the users' own codes
-        if len(self.active) == 0:
-            z = torch.zeros(C.shape[0], dtype=C.dtype)
-            return PrototypeStats(torch.zeros_like(C), z, z.clone()).as_message()
-        return self.fed.prototype_stats(C, self.active).as_message()
+        if centroids is None:
+            raise RejectedUpdate("server sent a prototype round without centroids")
+        return self.fed.prototype_stats(self._checked_prototypes(centroids), self.active).as_message()
 
     # -- evaluate ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,7 +218,7 @@ class ClientNode:
         k = k or self.cfg.eval.k[0]
         self._set_decoder(decoder)
         self._set_holders(holders)
-        self.fed.prototypes = self._set_prototypes(prototypes)
+        self.fed.prototypes = self._checked_prototypes(prototypes)
         truth = self.split.matrix(self.data, part)
         rows = truth[self.users]
         if self.cfg.model.mode == "explicit":

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 # Message keys of one client's (or a summed cohort's) prototype stats.
@@ -58,8 +59,6 @@ class PrototypeStats:
 def stats_from_message(msg: dict, shape: tuple[int, int]) -> PrototypeStats:
     """A (summed) prototype message back into stats, checked against the broadcast centroids' shape
     (K, H): ValueError for missing keys, wrong shapes, non-finite values or negative counts."""
-    import numpy as np
-
     K, H = shape
     want = {SUMS_KEY: (K, H), COUNTS_KEY: (K,), SQ_KEY: (K,)}
     out = {}

@@ -352,11 +352,11 @@ class Federation:
                         chunk: int = 4096) -> proto.PrototypeStats:
         """The summed prototype messages of ``users`` (default: every active client) for ``centroids``."""
         users = self.active_users if users is None else np.asarray(users)
-        total = None
+        C = centroids.to(self.device, self.dtype)
+        total = proto.client_stats(C[:0], C)                   # zeros: what no users send
         for lo in range(0, len(users), chunk):
             h3, _ = self.user_codes(users[lo:lo + chunk])
-            st = proto.client_stats(h3, centroids.to(self.device, self.dtype))
-            total = st if total is None else total + st
+            total = total + proto.client_stats(h3, C)
         return total
 
     def client_prototype_message(self, user: int, centroids: torch.Tensor) -> dict[str, np.ndarray]:
@@ -367,7 +367,6 @@ class Federation:
     def fit_prototypes(self, settings: proto.PrototypeSettings, on_round=None) -> torch.Tensor:
         """Run the prototype rounds over every active client (federation.prototypes.fit_prototypes)
         and keep the result for scoring; returns the prototypes (K, H1)."""
-        self.prototypes = None                              # the rounds read the users' own codes
         C = proto.fit_prototypes(self.prototype_stats, self.shape.h1, settings, self.cfg.seed,
                                  self.dtype, str(self.device), on_round)
         self.prototypes, self.prototype_blend = C, settings.blend

@@ -135,7 +135,7 @@ def test_prototype_messages_are_exactly_one_code_each(proto_run):
     np.testing.assert_allclose(sum(m[P.SUMS_KEY] for m in msgs), total.sums.numpy(), atol=1e-5)
 
 
-def test_resume_after_the_last_round_fits_the_same_prototypes(proto_run, tmp_path):
+def test_a_killed_and_resumed_run_fits_the_same_prototypes(proto_run, tmp_path):
     from federation.jobs import load_run, train
 
     _, p, _ = proto_run
@@ -144,6 +144,16 @@ def test_resume_after_the_last_round_fits_the_same_prototypes(proto_run, tmp_pat
     train(p, run_dir, progress=False, resume=True)
     a, b = load_run(proto_run[0]).fed.prototypes, load_run(run_dir).fed.prototypes
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # Killed after the prototypes were saved but before the summary: resuming keeps them (no refit)
+    # and the summary counts their bytes as an uninterrupted run does.
+    full = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").unlink()
+    (run_dir / "prototypes.json").write_text(json.dumps(full["prototypes"]))
+    before = (run_dir / "prototypes.json").stat().st_mtime_ns      # a refit would rewrite the file
+    train(p, run_dir, progress=False, resume=True)
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert (run_dir / "prototypes.json").stat().st_mtime_ns == before
+    assert again["bytes_up_total"] == full["bytes_up_total"] and again["prototypes"] == full["prototypes"]
 
 
 def test_prototypes_bad_config(proto_run, tmp_path):
