@@ -127,13 +127,14 @@ class _Random:
 
 def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None, seeds: tuple[int, ...] = (1, 2)) -> list:
     """Synthetic catalogue, 10% cold items: NDCG@10 among cold items and among warm items (valid and
-    test part): the shipped config (server_lr 5, whitened features, holder-weighted content, content
+    test part): the shipped config (its server_lr, whitened features, holder-weighted content, content
     dropout, tied encoder input, federated prototypes), the same without prototypes, without
     whitening, without the tied input, the same content without holder weights and content dropout
     (the plain projection; server_lr 1, the earlier default, and 5) and the content-free model at
-    server_lr 1 and 5 (its best warm NDCG@10 on the valid part: 1 / 2 / 3 / 5 / 10 / 20 tried,
-    2026-11-24), tied, with and without prototypes. ``seeds``: extra model seeds for the seeded rows
-    (same split), reported as mean and range."""
+    server_lr 1 and 5 (its best warm NDCG@10 on the valid part without prototypes: 1 / 2 / 3 / 5 / 10 /
+    20 tried, 2026-11-24), tied, with prototypes at 5 and at 9 (its best with prototypes: 5 / 9 / 12 /
+    20 tried, 2026-12-02). ``seeds``: extra model seeds for the seeded rows (same split), reported as
+    mean and range."""
     from recsys.models.baselines import Popularity
 
     path = ensure_synth(data_dir)
@@ -154,31 +155,36 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
     protos = (f"prototypes k {pr.get('k', 16)} blend {pr.get('blend', 0.75):g}" if pr.get("enabled")
               else "no prototypes")
     off = {"enabled": False}                                     # prototypes off: each user's own code
+    ship = float(shipped["federation"].get("server_lr", 1.0))   # the shipped config's row step
     # (name, content, server_lr, also run the extra model seeds, prototype overrides)
     variants = [("no content (PersonalFR)", {**none, **untied}, 1.0, False, off),
                 ("no content (PersonalFR)", {**none, **untied}, 5.0, True, off),
                 (f"no content, {tied}", none, 5.0, False, off),
                 (f"no content, {tied}, {protos}", none, 5.0, True, {}),
+                (f"no content, {tied}, {protos}", none, 9.0, True, {}),
                 (f"open_clip image+text (fedrec clip train, 128-d), {white}, {tricks}, {tied}, {protos}: shipped",
-                 clip, 5.0, True, {}),
-                (f"open_clip image+text, {white}, {tricks}, {tied}, no prototypes", clip, 5.0, True, off),
-                (f"open_clip image+text, not whitened (whiten 0), {tricks}, {tied}", {**clip, "whiten": 0.0}, 5.0, True, {}),
-                (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, 5.0, True, {}),
+                 clip, ship, True, {}),
+                (f"open_clip image+text, {white}, {tricks}, {tied}, {protos}, server_lr 5 (shipped until 2026-12-02)",
+                 clip, 5.0, False, {}),
+                (f"open_clip image+text, {white}, {tricks}, {tied}, no prototypes", clip, ship, True, off),
+                (f"open_clip image+text, not whitened (whiten 0), {tricks}, {tied}", {**clip, "whiten": 0.0}, ship, True, {}),
+                (f"open_clip image+text, {tricks}, no tied input (input_tie 0)", {**clip, **untied}, ship, True, {}),
                 ("open_clip image+text, plain projection (the earlier default)", {**clip, **plain}, 1.0, False, {}),
                 ("open_clip image+text, plain projection", {**clip, **plain}, 5.0, False, {}),
-                ("open_clip image+text, holder-weighted only", {**clip, "row_dropout": 0.0}, 5.0, False, {}),
-                ("open_clip image+text, content dropout 0.45 only", {**clip, "holder_weight": 0.0}, 5.0, False, {}),
-                (f"open_clip image+text + co-interaction GNN, {tricks}", {**clip, "graph": "co_interaction"}, 5.0, False, {}),
-                (f"open_clip text tower only (fusion text), {tricks}", {**clip, "fusion": "text"}, 5.0, False, {}),
-                (f"MiniLM text (sentence backend, 384-d), {tricks}", minilm, 5.0, False, {}),
+                ("open_clip image+text, holder-weighted only", {**clip, "row_dropout": 0.0}, ship, False, {}),
+                (f"open_clip image+text, content dropout {shipped['content']['row_dropout']:g} only", {**clip, "holder_weight": 0.0}, ship, False, {}),
+                (f"open_clip image+text + co-interaction GNN, {tricks}", {**clip, "graph": "co_interaction"}, ship, False, {}),
+                (f"open_clip text tower only (fusion text), {tricks}", {**clip, "fusion": "text"}, ship, False, {}),
+                (f"MiniLM text (sentence backend, 384-d), {tricks}", minilm, ship, False, {}),
                 ("MiniLM text, plain projection", {**minilm, **plain}, 5.0, False, {})]
     truth = {"enabled": True, "backend": "sentence", "model": "minilm"}     # features replaced below
-    variants += [(f"reference: the generator's true attributes as content (one-hot, 28-d), {tricks}", truth, 5.0, False, {})]
+    variants += [(f"reference: the generator's true attributes as content (one-hot, 28-d), {tricks}", truth, ship, False, {})]
     def cold_warm(model, data, split) -> list[float]:
-        """[cold valid, cold test, warm test] NDCG@10."""
+        """[cold valid, cold test, warm valid, warm test] NDCG@10."""
         warm = np.setdiff1d(np.arange(data.n_items), split.cold_items)
         return [round(evaluate_candidates(model, data, split, items, part, (10,))["ndcg@10"], 4)
-                for items, part in ((split.cold_items, "valid"), (split.cold_items, "test"), (warm, "test"))]
+                for items, part in ((split.cold_items, "valid"), (split.cold_items, "test"), (warm, "valid"),
+                                    (warm, "test"))]
 
     for name, content, slr, seeded, pov in variants:
         fn = (lambda d: _truth(path, d)["attributes"]) if content is truth else None
@@ -190,14 +196,14 @@ def bench_cold_start(data_dir: Path, model_dir: Path, rounds: int | None = None,
             base = (data, split)
         rows.append([name, f"{slr:g}", *cold_warm(model, data, split), round(secs, 1)])
         if seeded and seeds:
-            runs = [rows[-1][2:5]]
+            runs = [rows[-1][2:6]]
             for sd in seeds:
                 cfgd = _cfg("synth-cold.yaml", path, rounds, content=content, federation={"server_lr": slr}, model=mover,
                             prototypes=pov)
                 cfgd["seed"] = sd
                 _, d, sp_, m, _ = _train(cfgd)
                 runs.append(cold_warm(m, d, sp_))
-            arr = np.array(runs)                                                # (seeds, 3)
+            arr = np.array(runs)                                                # (seeds, 4)
             rows.append([f"{name}, model seeds 0,{','.join(map(str, seeds))}: mean (min-max)", f"{slr:g}",
                          *[f"{m:.4f} ({lo:.4f}-{hi:.4f})" for m, lo, hi in zip(arr.mean(0), arr.min(0), arr.max(0))],
                          "-"])
