@@ -340,8 +340,7 @@ def bench_content_section(data_dir: Path, quick: bool) -> str:
                            f"{shipped['prototypes']['blend']:g}) unless it says no prototypes"
                            if shipped.get("prototypes", {}).get("enabled") else "no prototypes"),
                         ["model", "server_lr", "cold NDCG@10 (valid)", "cold NDCG@10 (test)", "warm NDCG@10 (valid)",
-                         "warm NDCG@10 (test)",
-                         "train s (incl. features)"],
+                         "warm NDCG@10 (test)", "train s (incl. features)"],
                         bench_cold_start(data_dir, model_dir, rounds, seeds=() if quick else (1, 2)))
     ml_rows, ml_rounds = bench_ml100k_content(data_dir, 100 if quick else None)
     md += "\n" + _table("ml-100k, per-user 80/10/10: shipped configs + content "

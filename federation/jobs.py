@@ -344,7 +344,9 @@ def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | 
     bar.close()
     proto_info = None
     if cfg.prototypes.enabled:
-        if fed.prototypes is None:                 # else a resumed run already fitted them
+        # A resumed run whose checkpoint holds them keeps them; without their log it refits (the fit
+        # is seeded, so the prototypes come out the same).
+        if fed.prototypes is None or not (run.dir / PROTOTYPE_LOG).exists():
             _fit_prototypes(run, progress)
             _save_checkpoint(run.dir, fed)
         proto_info = json.loads((run.dir / PROTOTYPE_LOG).read_text())

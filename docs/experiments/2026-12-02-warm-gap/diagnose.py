@@ -41,12 +41,11 @@ for name, over in variants.items():
     Up = model.user_vectors(np.arange(data.n_users)).astype(np.float64)
     lab = nearest(model.fed.user_codes(np.arange(data.n_users))[0], C).cpu().numpy()
     purity = sum(np.bincount(g[lab == k]).max() for k in np.unique(lab)) / len(g)
-    print(f"  prototypes k8 warm", ndcg(Up @ V.T, data, split, warm), "cold", ndcg(Up @ V.T, data, split, split.cold_items),
+    print("  prototypes k8 warm", ndcg(Up @ V.T, data, split, warm), "cold", ndcg(Up @ V.T, data, split, split.cold_items),
           f"purity {purity:.3f}")
     print("  item bias only warm", ndcg(np.tile(V[:, -1], (data.n_users, 1)), data, split, warm))
     if model.fed.content is not None:
-        fed = model.fed
-        free = fed.global_p["dec_out"].double().cpu().numpy()                       # (N, H1) free rows
+        free = model.fed.global_p["dec_out"].double().cpu().numpy()                       # (N, H1) free rows
         Vf = np.hstack([free, V[:, -1:]])
         print("  free rows only, own   warm", ndcg(U @ Vf.T, data, split, warm))
         print("  free rows only, proto warm", ndcg(Up @ Vf.T, data, split, warm))
