@@ -52,8 +52,9 @@ demo: $(STAMP)
 	$(FEDREC) explain runs/demo-synth-cold --user 0 --item 7
 	@if [ "$(DEMO_SERVE)" = "1" ]; then $(FEDREC) dashboard --runs runs --indices indices --port $(PORT); fi
 
+# --durations: CI prints the slowest tests, to keep the suite inside its ~15-minute budget.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
