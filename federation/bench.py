@@ -91,8 +91,9 @@ def bench_accuracy(data_dir: Path, rounds: int | None) -> str:
                 fed.run_round()
             secs = time.perf_counter() - t
             label = f"{strategy} (federated, {fed.cfg.rounds} rounds)"
-            # The config's prototypes are a personalfr step (a job fits them after its last round);
-            # the row without them stays in the table so their share of the figure is visible.
+            # The config's prototypes are fitted after personalfr's last round, as a job does; fedavg and
+            # local stay the baselines as trained. The row without them stays in the table so
+            # their share of the figure is visible.
             if scfg.prototypes.enabled and strategy == "personalfr":
                 rows[mode].append([label + ", no prototypes", ev(FederatedAutoencoder(fed, clip)), secs])
                 t = time.perf_counter()
