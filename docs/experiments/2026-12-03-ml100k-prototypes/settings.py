@@ -1,4 +1,4 @@
-"""Federated prototypes on MovieLens-100K (docs/benchmarks.md, "Tried on 2026-12-03"): train a shipped
+"""Federated prototypes on MovieLens-100K (docs/benchmarks.md, "Federated prototypes on ml-100k"): train a shipped
 ml-100k config once (model seed SEED, prototypes off during training, as a job does), then fit
 prototypes with each setting and print full-ranking NDCG@10 (implicit) or RMSE (explicit) on valid
 and test.
@@ -18,8 +18,7 @@ from federation.prototypes import PrototypeSettings
 from recsys.evaluation import evaluate_model
 
 config, seed, specs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-cfgd = bc._cfg(config, Path("data/ml-100k"), None, prototypes={"enabled": False}, **extra)
+cfgd = bc._cfg(config, Path("data/ml-100k"), None, prototypes={"enabled": False})
 cfgd["seed"] = seed
 cfg, data, split, model, secs = bc._train(cfgd)
 mode = cfg.model.mode
