@@ -11,7 +11,7 @@ import typer
 
 from federation.cli import flower_app
 from retrieval.cli import index_app
-from recsys.cliutil import _fail, cli_errors
+from recsys.cliutil import _fail, cli_errors, keep_freed_memory
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedrec: federated, multimodal recommendation.")
@@ -263,6 +263,7 @@ def dashboard(runs: Path = typer.Option(Path("runs"), help="directory of run dir
 
 
 def main() -> None:
+    keep_freed_memory()             # before any large tensor exists: see its docstring
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("faiss.loader", "sentence_transformers", "transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)               # load-time chatter

@@ -123,3 +123,36 @@ def test_data_synth_skips_a_current_catalogue(tmp_path):
     assert (out / "s.inter").stat().st_mtime_ns == stamp                        # nothing rewritten
     r3 = run(*args, "--force")
     assert r3.returncode == 0 and (out / "s.inter").stat().st_mtime_ns != stamp
+
+
+
+# A round's pattern: several multi-MiB cohort copies live at once, then all freed (sizes as on ml-100k).
+_ALLOC_LOOP = """
+import resource, sys, numpy as np
+from recsys.cliutil import keep_freed_memory
+print(keep_freed_memory())
+def one_round():
+    live = [np.ones(mib << 18, dtype=np.float32) for mib in (8, 30, 16, 24)]
+    del live
+one_round()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    one_round()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator tuning")
+def test_freed_tensor_memory_is_reused_without_page_faults():
+    """With the CLI's allocator setting, re-allocating a round's freed blocks costs no page faults;
+    with glibc's defaults (the opt-out) the heap top is trimmed at each free and the loop faults
+    ~16,000 pages in over 10 rounds (dev VM, glibc 2.36)."""
+    import os
+
+    out = subprocess.run([sys.executable, "-c", _ALLOC_LOOP], capture_output=True, text=True, check=True)
+    applied, faults = out.stdout.split()
+    assert applied == "True" and int(faults) < 500
+    env = {**os.environ, "FEDREC_KEEP_FREED_MEMORY": "0"}
+    out = subprocess.run([sys.executable, "-c", _ALLOC_LOOP], capture_output=True, text=True, env=env, check=True)
+    applied, faults = out.stdout.split()
+    assert applied == "False" and int(faults) > 5_000
