@@ -38,10 +38,10 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed blocks up to 32 MiB in the heap instead of returning them to the OS.
 
     Why: a training round allocates and frees the same multi-MiB tensors (each cohort's copies of its
-    personal encoder layers) every round. By default glibc serves such blocks with fresh mmaps, so every
-    round page-faults them in again, and on a VM a page fault is slow: on the 2-core dev VM this made an
+    personal encoder layers) every round. By default glibc trims the heap top and unmaps large blocks when
+    they are freed, so every round page-faults them in again, and on a VM a page fault is slow: on the 2-core dev VM this made an
     explicit ml-100k round of 283 clients spend more time in page faults than in arithmetic (see
-    docs/benchmarks.md, "Speed"). Peak memory is unchanged (the same blocks are live at the peak); memory
+    docs/benchmarks.md, "Speed"). Peak memory does not grow (the same blocks are live at the peak); memory
     freed at the end of a job is kept by the process until it exits. Set FEDREC_KEEP_FREED_MEMORY=0 to
     leave glibc's defaults alone. No-op (returns False) off glibc."""
     import ctypes

@@ -1,5 +1,7 @@
 """The CLI end to end: bad input exits 2 with one line; train/resume/evaluate/recommend work."""
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -125,10 +127,10 @@ def test_data_synth_skips_a_current_catalogue(tmp_path):
     assert r3.returncode == 0 and (out / "s.inter").stat().st_mtime_ns != stamp
 
 
-
 # A round's pattern: several multi-MiB cohort copies live at once, then all freed (sizes as on ml-100k).
 _ALLOC_LOOP = """
-import resource, sys, numpy as np
+import resource
+import numpy as np
 from recsys.cliutil import keep_freed_memory
 print(keep_freed_memory())
 def one_round():
@@ -142,13 +144,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator tuning")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator setting")
 def test_freed_tensor_memory_is_reused_without_page_faults():
     """With the CLI's allocator setting, re-allocating a round's freed blocks costs no page faults;
     with glibc's defaults (the opt-out) the heap top is trimmed at each free and the loop faults
     ~16,000 pages in over 10 rounds (dev VM, glibc 2.36)."""
-    import os
-
     out = subprocess.run([sys.executable, "-c", _ALLOC_LOOP], capture_output=True, text=True, check=True)
     applied, faults = out.stdout.split()
     assert applied == "True" and int(faults) < 500
