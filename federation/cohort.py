@@ -15,6 +15,7 @@ tests/test_engine_equivalence.py checks that both give the same updates and aggr
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -22,8 +23,8 @@ import torch
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
-from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, dropout_keep, item_rows, rows_kept,
-                                      segment_sum)
+from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, dropout_keep_steps, item_rows,
+                                      rows_kept_steps, segment_sum)
 
 # For each parameter: the names of its (u, v) gradient factors; v None for vectors.
 # enc_in rows use u = delta1 per interaction scaled by the input value x; rows use u = e per row.
@@ -45,23 +46,56 @@ class FactoredResult:
     per_row: set[str]                       # item-row keys whose start value is per interaction (T, ...)
     steps: list[dict[str, torch.Tensor]] = field(default_factory=list)   # factors of each step
     loss: torch.Tensor | None = None        # (B,) mean loss over local steps
+    store: ClientStore | None = None        # where personal start values not in ``start`` are read from
+    work: set[str] = field(default_factory=set)   # start values in the store's reusable buffers
+    committed: bool = False                 # commit() has written (and may have overwritten) the start values
+    dtype: torch.dtype = torch.float32      # compute dtype of the values
 
     def _coef(self, j: int) -> torch.Tensor:
         return self.b_end[j] * self.steps[j]["c"]                             # (B,)
+
+    def _enc_in_step_sum(self) -> torch.Tensor:
+        """(B, H1): g_u with trained enc_in row i = a_end * start row i + x_i * g_u."""
+        K = torch.stack([self._coef(j) for j in range(len(self.steps))], 1)     # (B, S)
+        return (K[:, :, None] * torch.stack([f["d1"] for f in self.steps], 1)).sum(1)
+
+    def _start(self, key: str) -> torch.Tensor:
+        if self.committed and (key in self.work or key not in self.start):
+            raise RuntimeError(f"{key}: start value overwritten by commit(); read values before committing")
+        if key not in self.start:              # personal encoder rows: materialized on demand
+            return self.store.gather(key, self.cohort, self.dtype)
+        return self.start[key]
+
+    def commit(self, store: ClientStore, keys) -> None:
+        """Write the trained personal ``keys`` into ``store`` (what a client keeps). Updates the
+        encoder rows in their affine form and the per-client matrices held in the store's reusable
+        buffers in place; afterwards value() of those keys is refused."""
+        c = self.cohort
+        for k in keys:
+            if k == "enc_in" and "enc_in" not in self.start:
+                store.update_encoder_rows(c, self.a_end, self._enc_in_step_sum())
+            elif k in self.work and self.start[k].dim() == 3:
+                u, v = _FACTORS[k]
+                K = torch.stack([self._coef(j) for j in range(len(self.steps))], 1)   # (B, S)
+                U = K[:, :, None] * torch.stack([f[u] for f in self.steps], 1)       # (B, S, out)
+                V = torch.stack([f[v] for f in self.steps], 1)                       # (B, S, in)
+                store.scatter(k, c, self.start[k].baddbmm_(U.transpose(1, 2), V, beta=self.a_end))
+            else:
+                store.scatter(k, c, self.value(k))
+        self.committed = True
 
     def value(self, key: str) -> torch.Tensor:
         """Each client's trained value: (B, ...) for per-client shapes, (T, ...) for its item rows,
         (B, N, ...) for all rows."""
         c = self.cohort
-        P0 = self.start[key]
+        P0 = self._start(key)
         batched = key in self.per_client or key == "enc_in" or (key in ("dec_out", "dec_ob") and not self.all_rows)
         if not batched:
             P0 = P0.unsqueeze(0).expand(c.size, *P0.shape)
         S = len(self.steps)
         K = torch.stack([self._coef(j) for j in range(S)], 1)                   # (B, S)
         if key == "enc_in":
-            comb = (K[:, :, None] * torch.stack([f["d1"] for f in self.steps], 1)).sum(1)   # (B, H1)
-            return torch.addcmul(self.a_end * P0, c.x[:, None], comb.index_select(0, c.seg))
+            return torch.addcmul(self.a_end * P0, c.x[:, None], self._enc_in_step_sum().index_select(0, c.seg))
         if key in ("dec_out", "dec_ob"):
             E = torch.stack([f["e"] for f in self.steps], -1)                   # (T, S) or (B, N, S)
             if self.all_rows:
@@ -134,22 +168,79 @@ class FactoredResult:
 
 
 def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
-                 store: ClientStore | None, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], set[str], set[str]]:
+                 store: ClientStore | None, dtype: torch.dtype, in_place: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], set[str], set[str], set[str]]:
     """Start value of every parameter a client of the cohort holds; which keys start per client
-    (B, ...) and which item-row keys start per interaction (T, ...)."""
-    start, per_client, per_row = {}, set(), {"enc_in"}
+    (B, ...), which item-row keys start per interaction (T, ...), and which start values are in the
+    store's reusable buffers (in_place). Personal encoder rows are not gathered: the forward pass
+    needs only their input-weighted sums (ClientStore.encoder_input)."""
+    start, per_client, per_row, work = {}, set(), {"enc_in"}, set()
     keys = ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1", "dec_out", "dec_ob")
     for k in keys + ((CONTENT_KEY,) if CONTENT_KEY in global_p else ()):
+        if k == "enc_in" and k in strategy.personal:
+            continue
         if k in strategy.personal:
-            start[k] = store.gather(k, cohort, dtype)
-            (per_row if k in ("enc_in", "dec_out", "dec_ob") else per_client).add(k)
+            per_client_key = k not in ("dec_out", "dec_ob")
+            start[k] = store.gather(k, cohort, dtype, work=in_place and per_client_key)
+            if in_place and per_client_key and store.tensors[k].dtype == dtype:
+                work.add(k)
+            (per_client if per_client_key else per_row).add(k)
         elif k == "enc_in":
             start[k] = global_p[k].to(dtype).index_select(0, cohort.items)       # (T, H1)
         elif k in ("dec_out", "dec_ob") and strategy.rows == "touched":
             start[k] = global_p[k].to(dtype)                 # shared rows, read by item id when needed
         else:
             start[k] = global_p[k].to(dtype)                                     # shared, unbatched
-    return start, per_client, per_row
+    return start, per_client, per_row, work
+
+
+def cohort_pattern(cohort: Cohort, n_items: int, dtype: torch.dtype) -> torch.Tensor:
+    """The cohort's entries as a sparse CSR (B, N) pattern (values 0); its rows are the clients, in the
+    cohort's entry order (seg is sorted, items ascending within a client)."""
+    counts = torch.bincount(cohort.seg, minlength=cohort.size)                   # (B,)
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])                    # (B + 1,)
+    with warnings.catch_warnings():      # "sparse CSR support is in beta": we use sampled_addmm and mm only
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cohort.items, torch.zeros(len(cohort.items), dtype=dtype,
+                                                                       device=cohort.items.device),
+                                       (cohort.size, n_items), check_invariants=False)
+
+
+class _SampledScores(torch.autograd.Function):
+    """y_t = h[b_t] . W[i_t] for the entries t = (b_t, i_t) of a CSR pattern; W is a constant.
+    Forward: sampled dense-dense product (SDDMM); backward dL/dh = G @ W with G the sparse (B, N)
+    matrix of dL/dy. Both cost T x H1 instead of the B x N x H1 of scoring every item."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, W: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(W)
+        ctx.pattern = pattern
+        return torch.sparse.sampled_addmm(pattern, h, W.T).values()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (W,) = ctx.saved_tensors
+        p = ctx.pattern
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            G = torch.sparse_csr_tensor(p.crow_indices(), p.col_indices(), g.contiguous(), p.shape,
+                                        check_invariants=False)
+        return torch.sparse.mm(G, W), None, None
+
+
+def sampled_scores(h: torch.Tensor, W: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """h (B, H1), W (N, H1) constant, pattern (B, N) CSR with T entries -> (T,) scores, differentiable in h."""
+    return _SampledScores.apply(h, W, pattern)
+
+
+def _dots(U: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """U (B, s, n), v (B, n) -> (B, s): u_j . v per client."""
+    return torch.bmm(U, v.unsqueeze(2)).squeeze(2)
+
+
+def _bvm(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """w (B, s), W (B, s, ...) -> (B, ...): sum_j w_j W_j per client."""
+    return torch.bmm(w.unsqueeze(1), W.reshape(W.shape[0], W.shape[1], -1)).reshape(W.shape[0], *W.shape[2:])
 
 
 def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
@@ -161,23 +252,35 @@ def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
 def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
                  store: ClientStore | None, sgd: SGDConfig, lr: float, local_epochs: int, seed: int, rnd: int,
                  dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None,
-                 content_drop: torch.Tensor | None = None) -> FactoredResult:
+                 content_drop: torch.Tensor | None = None, in_place: bool = False) -> FactoredResult:
     """Run ``local_epochs`` SGD steps (one per local epoch: a client has one example) for all clients.
 
     content (N, F): item content vectors when the model has a content projection (global_p['dec_P']).
     content_drop (N, F): the content a content-only step (AEShape.content_dropout) scores with, when it
-    differs from ``content`` (holder-weighted content: those steps see every item at full weight)."""
+    differs from ``content`` (holder-weighted content: those steps see every item at full weight).
+    in_place: gather personal per-client matrices into the store's reusable buffers; the caller must
+    ``commit`` the result before the next in-place call on the same store."""
     a, b = sgd_coefficients(local_epochs, lr, sgd)
-    start, per_client, per_row = start_values(shape, strategy, cohort, global_p, store, dtype)
+    start, per_client, per_row, work = start_values(shape, strategy, cohort, global_p, store, dtype, in_place)
     all_rows = strategy.rows == "all"
     frozen = not all_rows and shape.mode == "implicit"
-    res = FactoredResult(cohort, all_rows, a[-1], b[-1], start, per_client, per_row)
+    res = FactoredResult(cohort, all_rows, a[-1], b[-1], start, per_client, per_row, store=store, work=work,
+                         dtype=dtype)
     B, seg, items, x = cohort.size, cohort.seg, cohort.items, cohort.x.to(dtype)
     flat = seg * shape.n_items + items                                           # (T,) into (B*N)
     shared_rows = not all_rows and "dec_out" not in strategy.personal
+    if shared_rows:
+        W_out = global_p["dec_out"].to(dtype)                                    # (N, H1)
+        if not frozen:
+            pattern = cohort_pattern(cohort, shape.n_items, dtype)               # (B, N) sparse, T entries
+            ob_t = global_p["dec_ob"].to(dtype).index_select(0, items)           # (T,)
     full0 = None
     xx1 = segment_sum(x * x, seg, B) + 1                                         # (B,) |x|^2 + 1 (bias)
-    E0x = segment_sum(x[:, None] * start["enc_in"], seg, B) + start["enc_b1"]    # (B, H1): constant
+    if "enc_in" in start:                                                        # shared rows (fedavg)
+        E0x = segment_sum(x[:, None] * start["enc_in"], seg, B) + start["enc_b1"]    # (B, H1): constant
+    else:
+        E0x = store.encoder_input(cohort, dtype) + start["enc_b1"]
+
     tie = 0.0
     if shape.input_tie:   # the received rows' part of the encoder input: constant, so no decay and no grad
         R = item_rows({k: v.to(dtype) for k, v in global_p.items() if k in ("dec_out", CONTENT_KEY)},
@@ -195,48 +298,56 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         # Content-only steps add (1 - on) * m . (content_drop - content): precompute the difference.
         Cd = None if content_drop is None else content_drop.to(dtype) - C       # (N, F)
         Cdt = None if Cd is None or all_rows else Cd.index_select(0, items)     # (T, F)
-    for s in range(local_epochs):
-        k = [b[s][j] * F[j]["c"] for j in range(s)]                              # (B,) per earlier step
+    S = local_epochs
+    keep = dropout_keep_steps(seed, rnd, cohort.users, range(S), shape.h2, shape.dropout).to(dtype)   # (S, B, H2)
+    kept = (rows_kept_steps(seed, rnd, cohort.users, range(S), shape.content_dropout).to(dtype)
+            if use_content and shape.content_dropout > 0 else None)                                # (S, B)
+    hist: dict[str, torch.Tensor] = {}   # factors of the steps so far, (B|T, S, ...); F[j] holds views
+    for s in range(S):
+        # Earlier steps' rank-one terms, all j < s at once: sum_j K_j (u_j . v + 1) w_j as two bmm.
+        K = hist["c"][:, :s] * torch.tensor(b[s][:s], dtype=dtype, device=x.device) if s else None   # (B, s)
         pre1 = a[s] * E0x + tie
-        for j in range(s):
-            pre1 = pre1 + (k[j] * xx1)[:, None] * F[j]["d1"]
+        if s:
+            pre1 = pre1 + xx1[:, None] * _bvm(K, hist["d1"][:, :s])
         pre1 = pre1.detach().requires_grad_(True)        # depends on constants only: the graph's root
         h1 = torch.tanh(pre1)                                                    # (B, H1)
         pre2 = a[s] * (_mv(start["enc_W2"], h1, "enc_W2" in per_client) + start["enc_b2"])
-        for j in range(s):
-            pre2 = pre2 + (k[j] * ((F[j]["h1"] * h1).sum(1) + 1))[:, None] * F[j]["d2"]
-        z = torch.tanh(pre2) * dropout_keep(seed, rnd, cohort.users, s, shape.h2, shape.dropout).to(dtype)
+        if s:
+            pre2 = pre2 + _bvm(K * (_dots(hist["h1"][:, :s], h1) + 1), hist["d2"][:, :s])
+        z = torch.tanh(pre2) * keep[s]                                           # (B, H2)
         pre3 = a[s] * (_mv(start["dec_W1"], z, "dec_W1" in per_client) + start["dec_b1"])
-        for j in range(s):
-            pre3 = pre3 + (k[j] * ((F[j]["z"] * z).sum(1) + 1))[:, None] * F[j]["d3"]
+        if s:
+            pre3 = pre3 + _bvm(K * (_dots(hist["z"][:, :s], z) + 1), hist["d3"][:, :s])
         h3 = torch.tanh(pre3)                                                    # (B, H1)
+        g3 = K * _dots(hist["h3"][:, :s], h3) if s else None                     # (B, s) h3_j . h3 terms
         if use_content:
             # m = h3^T P_s in closed form: P_s = a_s P0 + sum_j k_j h3_j q_j^T (no bias term)
             m = a[s] * (h3 @ P0)                                                 # (B, F)
-            for j in range(s):
-                m = m + (k[j] * (F[j]["h3"] * h3).sum(1))[:, None] * F[j]["q"]
+            if s:
+                m = m + _bvm(g3, hist["q"][:, :s])
         if all_rows:
             y = a[s] * (h3 @ start["dec_out"].T + start["dec_ob"])               # (B, N)
-            for j in range(s):
-                y = y + (k[j] * ((F[j]["h3"] * h3).sum(1) + 1))[:, None] * F[j]["e"]
+        elif shared_rows and not frozen:
+            # Start rows are the global rows and only the clients' own items are scored: a sampled
+            # product over the cohort's (B, N) pattern, T dot products, no (T, H1) gather of rows.
+            y = a[s] * (sampled_scores(h3, W_out, pattern) + ob_t)                       # (T,)
         elif shared_rows:
-            # Start rows are the global rows: one GEMM scores every item (the implicit softmax needs
-            # them all anyway) and is cheaper than a (T, H1) gather of the client's rows.
-            full0 = h3 @ global_p["dec_out"].to(dtype).T + global_p["dec_ob"].to(dtype)   # (B, N)
+            # Start rows are the global rows and the implicit softmax needs every item's score: one GEMM.
+            full0 = h3 @ W_out.T + global_p["dec_ob"].to(dtype)                          # (B, N)
             y = a[s] * full0.reshape(-1).index_select(0, flat)                           # (T,)
-            for j in range(s):
-                y = y + (k[j] * ((F[j]["h3"] * h3).sum(1) + 1)).index_select(0, seg) * F[j]["e"]
         else:
             if frozen:   # personal rows (local strategy): the other items keep the global start rows
                 full0 = h3 @ global_p["dec_out"].to(dtype).T + global_p["dec_ob"].to(dtype)
             y = a[s] * ((start["dec_out"] * h3.index_select(0, seg)).sum(1) + start["dec_ob"])   # (T,)
-            for j in range(s):
-                y = y + (k[j] * ((F[j]["h3"] * h3).sum(1) + 1)).index_select(0, seg) * F[j]["e"]
+        if s:                                    # the rows' earlier updates: sum_j k_j (h3_j . h3 + 1) e_j
+            w = g3 + K
+            y = y + (_bvm(w, hist["e"][:, :s]) if all_rows
+                     else (w.index_select(0, seg) * hist["e"][:, :s]).sum(1))
         on = None
-        if use_content and shape.content_dropout > 0:
+        if kept is not None:
             # Content-only steps (AEShape.content_dropout): the free rows' scores are switched off for
             # the whole step; their gradient below is then zero, weight decay still applies.
-            on = rows_kept(seed, rnd, cohort.users, s, shape.content_dropout).to(dtype)      # (B,)
+            on = kept[s]                                                         # (B,)
             y = y * (on[:, None] if all_rows else on.index_select(0, seg))
             full0 = full0 * on[:, None] if full0 is not None else None
         frozen_scores = full0 if frozen else None
@@ -270,8 +381,13 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         if use_content:
             sq = sq + (q * q).sum(1) * (h3 * h3).sum(1)
         c = (sgd.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0) if sgd.clip_norm else torch.ones_like(sq)
-        F.append({"d1": d1, "h1": h1, "d2": d2, "z": z, "d3": d3, "h3": h3, "e": e, "c": c,
-                  **({"q": q} if use_content else {})})
+        step = {"d1": d1, "h1": h1, "d2": d2, "z": z, "d3": d3, "h3": h3, "e": e, "c": c,
+                **({"q": q} if use_content else {})}
+        if not hist:
+            hist = {n: t.new_empty((t.shape[0], S, *t.shape[1:])) for n, t in step.items()}
+        for n, t in step.items():
+            hist[n][:, s] = t
+        F.append({n: hist[n][:, s] for n in step})
         loss_sum += loss.detach()
     res.loss = loss_sum / max(1, local_epochs)
     return res

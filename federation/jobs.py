@@ -26,6 +26,7 @@ from federation.config import JobConfig, load_config, parse_config
 from federation.local_sgd import SGDConfig
 from federation.prototypes import PrototypeSettings, rounds_needed
 from federation.simulation import PROTOTYPES_TENSOR, FederatedAutoencoder, Federation, FedSettings
+from federation.state import ENC_SCALE, ENC_SHIFT
 from recsys.data import InteractionData
 from federation.privacy import DPSettings, epsilon, noise_for_epsilon
 from recsys.errors import ConfigError, FedrecError, ManifestError
@@ -230,6 +231,9 @@ def _load_checkpoint(run_dir: Path, fed: Federation, k_prototypes: int | None = 
         raise ManifestError(f"{ck}: unreadable checkpoint") from None
     expected = {k: tuple(v.shape) for k, v in fed.state_tensors().items() if k != PROTOTYPES_TENSOR}
     got = {k: tuple(v.shape) for k, v in tensors.items() if k != PROTOTYPES_TENSOR}
+    affine = {f"client.{ENC_SCALE}", f"client.{ENC_SHIFT}"}
+    if not affine & got.keys():       # saved before the encoder rows had an affine part: rows in full
+        expected = {k: v for k, v in expected.items() if k not in affine}
     P = tensors.get(PROTOTYPES_TENSOR)
     if expected != got or (P is not None and tuple(P.shape) != (k_prototypes, fed.shape.h1)):
         raise ManifestError(f"{ck}: checkpoint shapes do not match this config and data")

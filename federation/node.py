@@ -274,17 +274,13 @@ class ClientNode:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             if meta.get("fingerprint") != self.fingerprint:
                 raise ValueError("it belongs to another config, dataset or partition")
-            for k, v in self.fed.store.tensors.items():
-                if tuple(tensors[k].shape) != tuple(v.shape):
-                    raise ValueError(f"{k} has shape {tuple(tensors[k].shape)}")
+            self.fed.store.load(tensors)
         except Exception as e:  # noqa: BLE001 - any unreadable state means the same thing: start over
             log.warning("client state %s unusable (%s): re-initialized the encoders of %d users; "
                         "nothing else is lost", p, str(e).splitlines()[0][:120] or type(e).__name__,
                         len(self.users))
             self._reinit()
             return
-        for k in self.fed.store.tensors:
-            self.fed.store.tensors[k] = tensors[k].to(self.fed.device, self.fed.store.dtype)
         self.trained_round = int(meta.get("round", -1))
         log.info("restored the state of %d users after round %d from %s", len(self.users),
                  self.trained_round + 1, p)

@@ -17,7 +17,7 @@ import torch
 
 from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, personalfr_rows
 from federation.client import reference_client_update
-from federation.cohort import train_cohort
+from federation.cohort import FactoredResult, train_cohort
 from federation.comm import client_bytes, fedavg_bytes
 from federation.local_sgd import SGDConfig, decay_factor
 from federation import prototypes as proto
@@ -178,7 +178,7 @@ class Federation:
             for c in self.cohorts(users):
                 res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
                                    self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype, self.content,
-                                   self.content_drop)
+                                   self.content_drop, in_place=True)
                 self._absorb(c, res, agg)
                 losses.append(res.loss)
         elif engine == "reference":
@@ -240,9 +240,8 @@ class Federation:
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
             res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
                                self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype, self.content,
-                               self.content_drop)
-            for k in self.strategy.personal:
-                self.store.scatter(k, c, res.value(k))
+                               self.content_drop, in_place=True)
+            res.commit(self.store, self.strategy.personal)
             rows, rb = res.value("dec_out"), res.value("dec_ob")                       # (T, H1), (T,)
             W1, b1 = res.value("dec_W1"), res.value("dec_b1")                          # (B, H1, H2), (B, H1)
             P = res.value(CONTENT_KEY) if self.content is not None else None           # (B, H1, F)
@@ -277,8 +276,11 @@ class Federation:
     def _absorb(self, c: Cohort, res, agg: "_Aggregate") -> None:
         """Keep personal parameters on the client; add shared ones into the round's aggregate."""
         if self.store is not None:
-            for k in self.strategy.personal:
-                self.store.scatter(k, c, res.value(k))
+            if isinstance(res, FactoredResult):
+                res.commit(self.store, self.strategy.personal)
+            else:
+                for k in self.strategy.personal:
+                    self.store.scatter(k, c, res.value(k))
         if not self.strategy.federated:
             return
         w = self.weights(c.users)                                                     # (B,)
@@ -403,8 +405,8 @@ class Federation:
         for k in self.global_p:
             self.global_p[k] = tensors[f"global.{k}"].to(self.device, self.dtype)
         if self.store is not None:
-            for k in self.store.tensors:
-                self.store.tensors[k] = tensors[f"client.{k}"].to(self.device, self.store.dtype)
+            prefix = "client."
+            self.store.load({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         P = tensors.get(PROTOTYPES_TENSOR)
         self.prototypes = None if P is None else P.to(self.device, self.dtype)
         self.round = completed_round

@@ -127,9 +127,9 @@ def test_deployment_equals_the_in_process_engine(synth, tmp_path, model):
             st = node.fed.store
             if k == "enc_in":
                 own = np.concatenate([np.arange(sim.train.indptr[u], sim.train.indptr[u + 1]) for u in node.users])
-                torch.testing.assert_close(st.tensors[k], sim.store.tensors[k][own], atol=1e-5, rtol=0)
+                torch.testing.assert_close(st.full(k), sim.store.full(k)[own], atol=1e-5, rtol=0)
             else:
-                torch.testing.assert_close(st.tensors[k][node.users], sim.store.tensors[k][node.users],
+                torch.testing.assert_close(st.full(k)[node.users], sim.store.full(k)[node.users],
                                            atol=1e-5, rtol=0)
     lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3]
@@ -178,7 +178,7 @@ def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
     t = Loopback(nodes)
     FederatedServer(cfg, tmp_path / "run", t).run()
     train = split.matrix(data, "train")
-    enc = {k: v.numpy() for n in nodes.values() for k, v in n.fed.store.tensors.items()}
+    enc = {k: n.fed.store.full(k).numpy() for n in nodes.values() for k in n.fed.store.keys}
     assert t.sent
     for node_id, content in t.sent:
         names = set(content.keys())
@@ -384,7 +384,7 @@ def test_corrupt_node_state_reinitializes_with_a_warning(synth, tmp_path, caplog
         again = ClientNode(cfg, node.users, node.state_dir, data, split)
     assert "re-initialized the encoders" in caplog.text and again.trained_round == -1
     fresh = build_federation(cfg, data, split)
-    torch.testing.assert_close(again.fed.store.tensors["enc_W2"][0], fresh.store.tensors["enc_W2"][0])
+    torch.testing.assert_close(again.fed.store.full("enc_W2")[0], fresh.store.full("enc_W2")[0])
 
 
 def test_a_node_with_another_config_is_refused(synth, tmp_path, caplog):

@@ -28,8 +28,8 @@ def test_same_updates_and_aggregate(tiny_data, mode, strategy, dtype, tol):
     for k in vec.global_p:
         torch.testing.assert_close(vec.global_p[k], ref.global_p[k], atol=tol, rtol=0)
     if vec.store is not None:
-        for k in vec.store.tensors:
-            torch.testing.assert_close(vec.store.tensors[k], ref.store.tensors[k], atol=tol, rtol=0)
+        for k in vec.store.keys:
+            torch.testing.assert_close(vec.store.full(k), ref.store.full(k), atol=tol, rtol=0)
     # Training actually moved the shared decoder (a test that could not fail otherwise).
     fresh = Federation(shape, cfg, train, dtype=dtype)
     if strategy != "local":
@@ -182,10 +182,10 @@ def test_tied_input_same_in_both_engines(tiny_data, mode, strategy, with_content
     for k in vec.global_p:
         torch.testing.assert_close(vec.global_p[k], ref.global_p[k], atol=1e-10, rtol=0)
     if vec.store is not None:
-        for k in vec.store.tensors:
-            torch.testing.assert_close(vec.store.tensors[k], ref.store.tensors[k], atol=1e-10, rtol=0)
-    moved = (vec.store.tensors if strategy == "local" else vec.global_p)["dec_W1"]
-    assert (moved - (untied.store.tensors if strategy == "local" else untied.global_p)["dec_W1"]).abs().max() > 1e-4
+        for k in vec.store.keys:
+            torch.testing.assert_close(vec.store.full(k), ref.store.full(k), atol=1e-10, rtol=0)
+    moved = vec.store.full("dec_W1") if strategy == "local" else vec.global_p["dec_W1"]
+    assert (moved - (untied.store.full("dec_W1") if strategy == "local" else untied.global_p["dec_W1"])).abs().max() > 1e-4
     # Inference adds the same received rows: user scores equal the plain forward with enc_in + alpha * r
     # (local: the user's own rows are personal, so its scores are not the shared-row forward).
     users = np.array([0, 3, 5]) if strategy != "local" else np.array([], dtype=int)

@@ -30,7 +30,7 @@ def test_messages_aggregate_to_the_engine_result(tiny_data, row_average, mode):
     for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob"):
         torch.testing.assert_close(new[k], sim.global_p[k], atol=1e-5, rtol=0)
     for k in ENCODER_KEYS:                                 # the personal state evolved identically too
-        torch.testing.assert_close(dep.store.tensors[k], sim.store.tensors[k], atol=1e-5, rtol=0)
+        torch.testing.assert_close(dep.store.full(k), sim.store.full(k), atol=1e-5, rtol=0)
 
 
 def test_a_message_holds_only_what_the_design_says(tiny_data):

@@ -125,12 +125,20 @@ def dropout_keep(seed: int, rnd: int, users: torch.Tensor, step: int, dim: int, 
     """Keep-mask scaled by 1/(1-p): (B, dim) float. A pure function of (seed, round, user, step, unit),
     so a client's mask does not depend on which other clients share its cohort, and the reference
     and vectorized engines (and a resumed run) draw identical masks."""
+    return dropout_keep_steps(seed, rnd, users, [step], dim, p)[0]
+
+
+def dropout_keep_steps(seed: int, rnd: int, users: torch.Tensor, steps, dim: int, p: float) -> torch.Tensor:
+    """dropout_keep for several local steps at once: (len(steps), B, dim), row s equal to
+    dropout_keep(..., steps[s], ...). One hash over all steps (the vectorized engine's ~15 integer ops
+    per mask are otherwise paid on every step)."""
     if p <= 0:
-        return torch.ones(len(users), dim, device=users.device)
-    base = _mix(torch.tensor((seed * 1_000_003 + rnd * 7_919 + step * 104_729) % _M, dtype=torch.int64))
-    u = users.to(torch.int64).view(-1, 1) % _M
-    j = torch.arange(dim, dtype=torch.int64, device=users.device).view(1, -1)
-    h = _mix((_mix(u * 2_654_435 % _M + base.to(users.device)) + j * 40_503) % _M)
+        return torch.ones(len(steps), len(users), dim, device=users.device)
+    base = _mix(torch.tensor([(seed * 1_000_003 + rnd * 7_919 + st * 104_729) % _M for st in steps],
+                             dtype=torch.int64)).to(users.device).view(-1, 1, 1)          # (S, 1, 1)
+    u = users.to(torch.int64).view(1, -1, 1) % _M                                         # (1, B, 1)
+    j = torch.arange(dim, dtype=torch.int64, device=users.device).view(1, 1, -1)          # (1, 1, dim)
+    h = _mix((_mix(u * 2_654_435 % _M + base) + j * 40_503) % _M)                         # (S, B, dim)
     uniform = h.to(torch.float64) / _M
     return (uniform >= p).to(torch.float32) / (1.0 - p)
 
@@ -142,9 +150,15 @@ def rows_kept(seed: int, rnd: int, users: torch.Tensor, step: int, p: float) -> 
     rank the client's items by itself, which is all a cold item will ever get. Not rescaled: at
     inference the rows are always on. Its own hash stream (step offset), same guarantees as
     dropout_keep."""
+    return rows_kept_steps(seed, rnd, users, [step], p)[0]
+
+
+def rows_kept_steps(seed: int, rnd: int, users: torch.Tensor, steps, p: float) -> torch.Tensor:
+    """rows_kept for several local steps at once: (len(steps), B)."""
     if p <= 0:
-        return torch.ones(len(users), device=users.device)
-    return (dropout_keep(seed, rnd, users, 1_000_000 + step, 1, p)[:, 0] > 0).to(torch.float32)
+        return torch.ones(len(steps), len(users), device=users.device)
+    keep = dropout_keep_steps(seed, rnd, users, [1_000_000 + st for st in steps], 1, p)[..., 0]
+    return (keep > 0).to(torch.float32)
 
 
 # -- jagged batched forward -----------------------------------------------------------------
