@@ -50,6 +50,7 @@ class FactoredResult:
     work: set[str] = field(default_factory=set)   # start values in the store's reusable buffers
     committed: bool = False                 # commit() has written (and may have overwritten) the start values
     dtype: torch.dtype = torch.float32      # compute dtype of the values
+    _item_order: tuple | None = field(default=None, repr=False)   # (entries sorted by item, CSR row starts)
 
     def _coef(self, j: int) -> torch.Tensor:
         return self.b_end[j] * self.steps[j]["c"]                             # (B,)
@@ -134,22 +135,31 @@ class FactoredResult:
         S = len(self.steps)
         K = torch.stack([self._coef(j) for j in range(S)], 1)                   # (B, S)
         if key == "enc_in":
-            comb = (K[:, :, None] * torch.stack([f["d1"] for f in self.steps], 1)).sum(1)   # (B, H1)
-            vals, cols, dense = wt * c.x, c.seg, comb
-        else:
-            E = torch.stack([f["e"] for f in self.steps], 1)                    # (T, S)
-            KE = (K.index_select(0, c.seg) * E) * wt[:, None]                   # (T, S)
-            if key == "dec_ob":
-                return base.index_add_(0, c.items, KE.sum(1)), wsum
-            vals = KE.reshape(-1)
-            cols = (c.seg[:, None] * S + torch.arange(S, device=w.device)).reshape(-1)
-            dense = torch.stack([f["h3"] for f in self.steps], 1).reshape(c.size * S, -1)   # (B*S, H1)
-            rows_idx = c.items.repeat_interleave(S)
-            M = torch.sparse_coo_tensor(torch.stack([rows_idx, cols]), vals, (n_items, c.size * S),
-                                        check_invariants=False)
-            return base + torch.sparse.mm(M, dense), wsum
-        M = torch.sparse_coo_tensor(torch.stack([c.items, cols]), vals, (n_items, c.size), check_invariants=False)
-        return base + torch.sparse.mm(M, dense), wsum
+            # sum over holders of x_i * g_b: (N x B) sparse times g (B, H1)
+            return base + self._by_item((wt * c.x)[:, None], n_items) @ self._enc_in_step_sum(), wsum
+        E = torch.stack([f["e"] for f in self.steps], 1)                        # (T, S)
+        KE = (K.index_select(0, c.seg) * E) * wt[:, None]                       # (T, S)
+        if key == "dec_ob":
+            return base.index_add_(0, c.items, KE.sum(1)), wsum
+        dense = torch.stack([f["h3"] for f in self.steps], 1).reshape(c.size * S, -1)   # (B*S, H1)
+        return base + self._by_item(KE, n_items) @ dense, wsum
+
+    def _by_item(self, vals: torch.Tensor, n_items: int) -> torch.Tensor:
+        """vals (T, S) per entry and step -> sparse CSR M (N, B*S) with M[i_t, b_t*S + s] = vals[t, s].
+        CSR by item (entries sorted by item once per result) so M @ dense is one sparse-dense product
+        without a COO coalesce."""
+        c = self.cohort
+        T, S = vals.shape
+        if self._item_order is None:
+            order = torch.argsort(c.items, stable=True)                          # (T,) entries by item
+            counts = torch.bincount(c.items, minlength=n_items)
+            self._item_order = (order, torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        order, crow = self._item_order
+        cols = (c.seg.index_select(0, order)[:, None] * S + torch.arange(S, device=vals.device)).reshape(-1)
+        with warnings.catch_warnings():      # "sparse CSR support is in beta": used for mm only
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow * S, cols, vals.index_select(0, order).reshape(-1),
+                                           (n_items, c.size * S), check_invariants=False)
 
     def weighted_sum(self, key: str, w: torch.Tensor) -> torch.Tensor:
         """sum_b w_b * value_b for per-client-shaped keys and all-row decoder keys, as GEMMs."""
@@ -243,6 +253,53 @@ def _bvm(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.unsqueeze(1), W.reshape(W.shape[0], W.shape[1], -1)).reshape(W.shape[0], *W.shape[2:])
 
 
+def _mvT(P0: torch.Tensor, d: torch.Tensor, per_client: bool) -> torch.Tensor:
+    """P0^T d: P0 (B, out, in) or shared (out, in), d (B, out) -> (B, in) (the backward of _mv)."""
+    return torch.bmm(d.unsqueeze(1), P0).squeeze(1) if per_client else d @ P0
+
+
+def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hist: dict[str, torch.Tensor],
+                          s: int, x, seg, flat, cnt, y, full0, W_out, pattern, start, per_client, h1, t2, keep,
+                          z, h3) -> tuple[torch.Tensor, ...]:
+    """Loss (B,) and gradients d1 (B, H1), d2 (B, H2), d3 (B, H1), e (T,) of one local step of
+    train_cohort's forward with shared start rows and no content, written out (autograd's result):
+        explicit  L_u = sum_t (y_t - x_t)^2 / n_u             dL/dy_t = 2 (y_t - x_t) / n_u
+        implicit  L_u = -sum_t log softmax(full_u)_{i_t}      dL/dfull_u = n_u softmax(full_u) - 1[own]
+    where full (B, N) is full0 = h3 @ W^T + b with each client's own items replaced by y; y's start
+    term is a_s times the same rows, so dL/dh3 = G @ W with G = dL/dfull, own items scaled by a_s.
+    Earlier steps' terms (sum_j K_j (u_j . v + 1) w_j in the forward) give sum_j K_j (w_j . dw) u_j."""
+    B = h3.shape[0]
+    if shape.mode == "explicit":
+        r = y - x                                                               # (T,)
+        loss = segment_sum(r * r, seg, B) / cnt
+        e = 2 * r / cnt.index_select(0, seg)                                    # (T,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            E = torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), e, pattern.shape,
+                                        check_invariants=False)                 # (B, N) dL/dy
+        dh3 = a_s * torch.sparse.mm(E, W_out)                                   # (B, H1)
+    else:
+        full = full0.reshape(-1).index_put((flat,), y).view(B, -1)              # (B, N)
+        logp = torch.log_softmax(full, 1)
+        loss = -segment_sum(logp.reshape(-1).index_select(0, flat), seg, B)
+        G = logp.exp_().mul_(cnt[:, None])                                      # (B, N) n_u softmax
+        e = G.reshape(-1).index_select(0, flat) - 1                             # (T,) dL/dy
+        G.reshape(-1).index_copy_(0, flat, a_s * e)
+        dh3 = G @ W_out                                                         # (B, H1)
+    if s:
+        dh3 = dh3 + _bvm(K * segment_sum(e[:, None] * hist["e"][:, :s], seg, B), hist["h3"][:, :s])
+    d3 = dh3 * (1 - h3 * h3)                                                    # (B, H1)
+    dz = a_s * _mvT(start["dec_W1"], d3, "dec_W1" in per_client)                # (B, H2)
+    if s:
+        dz = dz + _bvm(K * _dots(hist["d3"][:, :s], d3), hist["z"][:, :s])
+    d2 = dz * keep * (1 - t2 * t2)                                              # (B, H2)
+    dh1 = a_s * _mvT(start["enc_W2"], d2, "enc_W2" in per_client)               # (B, H1)
+    if s:
+        dh1 = dh1 + _bvm(K * _dots(hist["d2"][:, :s], d2), hist["h1"][:, :s])
+    d1 = dh1 * (1 - h1 * h1)                                                    # (B, H1)
+    return loss, d1, d2, d3, e
+
+
 def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
     """P0 (B, out, in) or shared (out, in) times h (B, in) -> (B, out)."""
     # Row-vector form (h^T P0^T) runs ~3x faster than P0 @ h on CPU for a batch of matrix-vector products.
@@ -299,6 +356,11 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         Cd = None if content_drop is None else content_drop.to(dtype) - C       # (N, F)
         Cdt = None if Cd is None or all_rows else Cd.index_select(0, items)     # (T, F)
     S = local_epochs
+    # The product's path (personalfr rows, no content) has its backward written out below: the same
+    # gradients as autograd (tests/test_engine_equivalence.py) at a third of the tensor ops, which is
+    # what a round of ~100 clients costs on a CPU. Other strategies and content models use autograd.
+    manual = shared_rows and not use_content
+    cnt = segment_sum(torch.ones_like(x), seg, B).clamp(min=1)                   # (B,) interactions
     keep = dropout_keep_steps(seed, rnd, cohort.users, range(S), shape.h2, shape.dropout).to(dtype)   # (S, B, H2)
     kept = (rows_kept_steps(seed, rnd, cohort.users, range(S), shape.content_dropout).to(dtype)
             if use_content and shape.content_dropout > 0 else None)                                # (S, B)
@@ -309,12 +371,14 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         pre1 = a[s] * E0x + tie
         if s:
             pre1 = pre1 + xx1[:, None] * _bvm(K, hist["d1"][:, :s])
-        pre1 = pre1.detach().requires_grad_(True)        # depends on constants only: the graph's root
+        if not manual:
+            pre1 = pre1.detach().requires_grad_(True)    # depends on constants only: the graph's root
         h1 = torch.tanh(pre1)                                                    # (B, H1)
         pre2 = a[s] * (_mv(start["enc_W2"], h1, "enc_W2" in per_client) + start["enc_b2"])
         if s:
             pre2 = pre2 + _bvm(K * (_dots(hist["h1"][:, :s], h1) + 1), hist["d2"][:, :s])
-        z = torch.tanh(pre2) * keep[s]                                           # (B, H2)
+        t2 = torch.tanh(pre2)
+        z = t2 * keep[s]                                                         # (B, H2)
         pre3 = a[s] * (_mv(start["dec_W1"], z, "dec_W1" in per_client) + start["dec_b1"])
         if s:
             pre3 = pre3 + _bvm(K * (_dots(hist["z"][:, :s], z) + 1), hist["d3"][:, :s])
@@ -366,10 +430,16 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
                     frozen_scores = full0 + m @ C.T                              # (B, N)
                     if drop:
                         frozen_scores = frozen_scores + (1 - on)[:, None] * (m @ Cd.T)
-        loss = client_loss(shape, y, seg, items, x, B, frozen_scores)
-        roots = [pre1, pre2, pre3, y] + ([m] if use_content else [])
-        grads = torch.autograd.grad(loss.sum(), roots)
-        d1, d2, d3, e = grads[:4]
+        if manual:
+            loss, d1, d2, d3, e = _shared_rows_backward(
+                shape, a[s], K, hist, s, x, seg, flat, cnt, y, full0, W_out, pattern if not frozen else None,
+                start, per_client, h1, t2, keep[s], z, h3)
+            grads = ()
+        else:
+            loss = client_loss(shape, y, seg, items, x, B, frozen_scores)
+            roots = [pre1, pre2, pre3, y] + ([m] if use_content else [])
+            grads = torch.autograd.grad(loss.sum(), roots)
+            d1, d2, d3, e = grads[:4]
         if on is not None:                       # the rows' own gradient: dL/dy times the step's switch
             e = e * (on[:, None] if all_rows else on.index_select(0, seg))
         q = grads[4] if use_content else None                                    # (B, F) = sum_i e_i c_i
