@@ -88,9 +88,15 @@ class ClientStore:
             self.tensors[ENC_SHIFT] = torch.zeros(self.n_users, h1, dtype=self.aux_dtype, device=self.device)
             self._enc_sum = self._base_sums()                                   # (U, H1)
 
-    def _base_sums(self) -> torch.Tensor:
-        """s_u = sum_i x_i base_i per user: (U, H1)."""
-        return self._per_user(self._x[:, None] * self.tensors["enc_in"].to(self.aux_dtype))
+    def _base_sums(self, chunk: int = 1 << 18) -> torch.Tensor:
+        """s_u = sum_i x_i base_i per user: (U, H1). In chunks of entries: the (nnz, H1) product in
+        float32 would be several GB at 100k users (twice the 16-bit rows)."""
+        base = self.tensors["enc_in"]
+        out = torch.zeros(self.n_users, base.shape[1], dtype=self.aux_dtype, device=self.device)
+        for lo in range(0, self.nnz, chunk):
+            hi = min(lo + chunk, self.nnz)
+            out.index_add_(0, self._entry_user[lo:hi], self._x[lo:hi, None] * base[lo:hi].to(self.aux_dtype))
+        return out
 
     def _per_user(self, v: torch.Tensor) -> torch.Tensor:
         """Sum entries (nnz, ...) into their users -> (U, ...)."""
