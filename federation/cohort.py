@@ -216,6 +216,14 @@ def cohort_pattern(cohort: Cohort, n_items: int, dtype: torch.dtype) -> torch.Te
                                        (cohort.size, n_items), check_invariants=False)
 
 
+def on_pattern(pattern: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The CSR pattern (B, N) with its T entries set to values (T,)."""
+    with warnings.catch_warnings():      # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), values.contiguous(),
+                                       pattern.shape, check_invariants=False)
+
+
 class _SampledScores(torch.autograd.Function):
     """y_t = h[b_t] . W[i_t] for the entries t = (b_t, i_t) of a CSR pattern; W is a constant.
     Forward: sampled dense-dense product (SDDMM); backward dL/dh = G @ W with G the sparse (B, N)
@@ -230,12 +238,7 @@ class _SampledScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (W,) = ctx.saved_tensors
-        p = ctx.pattern
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            G = torch.sparse_csr_tensor(p.crow_indices(), p.col_indices(), g.contiguous(), p.shape,
-                                        check_invariants=False)
-        return torch.sparse.mm(G, W), None, None
+        return torch.sparse.mm(on_pattern(ctx.pattern, g), W), None, None
 
 
 def sampled_scores(h: torch.Tensor, W: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
@@ -273,10 +276,7 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
         r = y - x                                                               # (T,)
         loss = segment_sum(r * r, seg, B) / cnt
         e = 2 * r / cnt.index_select(0, seg)                                    # (T,)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            E = torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), e, pattern.shape,
-                                        check_invariants=False)                 # (B, N) dL/dy
+        E = on_pattern(pattern, e)                                              # (B, N) dL/dy
         dh3 = a_s * torch.sparse.mm(E, W_out)                                   # (B, H1)
     else:
         full = full0.reshape(-1).index_put((flat,), y).view(B, -1)              # (B, N)
