@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from federation import kernels
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
@@ -44,7 +45,9 @@ class FactoredResult:
     start: dict[str, torch.Tensor]          # per-client (B|T, ...) or shared (unbatched) start values
     per_client: set[str]                    # keys whose start value is per client (B, ...)
     per_row: set[str]                       # item-row keys whose start value is per interaction (T, ...)
-    steps: list[dict[str, torch.Tensor]] = field(default_factory=list)   # factors of each step
+    # Factors of all steps, (B|T, S, ...) per name (d1, h1, d2, z, d3, h3, e, c[, q]); "e" is (T, S)
+    # for own rows and (B, S, N) for all rows. train_cohort writes step s into [:, s].
+    hist: dict[str, torch.Tensor] = field(default_factory=dict)
     loss: torch.Tensor | None = None        # (B,) mean loss over local steps
     store: ClientStore | None = None        # where personal start values not in ``start`` are read from
     work: set[str] = field(default_factory=set)   # start values in the store's reusable buffers
@@ -52,35 +55,39 @@ class FactoredResult:
     dtype: torch.dtype = torch.float32      # compute dtype of the values
     _item_order: tuple | None = field(default=None, repr=False)   # (entries sorted by item, CSR row starts)
 
-    def _coef(self, j: int) -> torch.Tensor:
-        return self.b_end[j] * self.steps[j]["c"]                             # (B,)
+    @property
+    def K(self) -> torch.Tensor:
+        """(B, S) each step's end coefficient times the client's clipping factor."""
+        return self.hist["c"] * torch.tensor(self.b_end, dtype=self.hist["c"].dtype, device=self.hist["c"].device)
 
-    def _enc_in_step_sum(self) -> torch.Tensor:
+    def _enc_in_step_sum(self, K: torch.Tensor) -> torch.Tensor:
         """(B, H1): g_u with trained enc_in row i = a_end * start row i + x_i * g_u."""
-        K = torch.stack([self._coef(j) for j in range(len(self.steps))], 1)     # (B, S)
-        return (K[:, :, None] * torch.stack([f["d1"] for f in self.steps], 1)).sum(1)
+        return _bvm(K, self.hist["d1"])
+
+    def _UV(self, key: str, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, out) scaled output factors and (B, S, in) input factors (None for vectors) of key."""
+        u, v = _FACTORS[key]
+        return K[:, :, None] * self.hist[u], (self.hist[v] if v else None)
 
     def _start(self, key: str) -> torch.Tensor:
         if self.committed and (key in self.work or key not in self.start):
             raise RuntimeError(f"{key}: start value overwritten by commit(); read values before committing")
         if key not in self.start:              # personal encoder rows: materialized on demand
             return self.store.gather(key, self.cohort, self.dtype)
-        return self.start[key]
+        v = self.start[key]
+        return v.materialize() if isinstance(v, kernels.Rows) else v
 
     def commit(self, store: ClientStore, keys) -> None:
         """Write the trained personal ``keys`` into ``store`` (what a client keeps). Updates the
         encoder rows in their affine form and the per-client matrices held in the store's reusable
         buffers in place; afterwards value() of those keys is refused."""
-        c = self.cohort
+        c, K = self.cohort, self.K
         for k in keys:
             if k == "enc_in" and "enc_in" not in self.start:
-                store.update_encoder_rows(c, self.a_end, self._enc_in_step_sum())
+                store.update_encoder_rows(c, self.a_end, self._enc_in_step_sum(K))
             elif k in self.work and self.start[k].dim() == 3:
-                u, v = _FACTORS[k]
-                K = torch.stack([self._coef(j) for j in range(len(self.steps))], 1)   # (B, S)
-                U = K[:, :, None] * torch.stack([f[u] for f in self.steps], 1)       # (B, S, out)
-                V = torch.stack([f[v] for f in self.steps], 1)                       # (B, S, in)
-                store.scatter(k, c, self.start[k].baddbmm_(U.transpose(1, 2), V, beta=self.a_end))
+                U, V = self._UV(k, K)
+                store.write_trained(k, c, self.start[k], self.a_end, U.transpose(1, 2), V)
             else:
                 store.scatter(k, c, self.value(k))
         self.committed = True
@@ -93,30 +100,25 @@ class FactoredResult:
         batched = key in self.per_client or key == "enc_in" or (key in ("dec_out", "dec_ob") and not self.all_rows)
         if not batched:
             P0 = P0.unsqueeze(0).expand(c.size, *P0.shape)
-        S = len(self.steps)
-        K = torch.stack([self._coef(j) for j in range(S)], 1)                   # (B, S)
+        K = self.K                                                              # (B, S)
         if key == "enc_in":
-            return torch.addcmul(self.a_end * P0, c.x[:, None], self._enc_in_step_sum().index_select(0, c.seg))
+            return torch.addcmul(self.a_end * P0, c.x[:, None], self._enc_in_step_sum(K).index_select(0, c.seg))
         if key in ("dec_out", "dec_ob"):
-            E = torch.stack([f["e"] for f in self.steps], -1)                   # (T, S) or (B, N, S)
             if self.all_rows:
-                KE = K[:, None, :] * E                                          # (B, N, S)
+                KE = K[:, None, :] * self.hist["e"].transpose(1, 2)            # (B, N, S)
                 if key == "dec_ob":
                     return self.a_end * P0 + KE.sum(-1)
-                H = torch.stack([f["h3"] for f in self.steps], 1)                # (B, S, H1)
-                return torch.baddbmm(P0, KE, H, beta=self.a_end)
+                return torch.baddbmm(P0, KE, self.hist["h3"], beta=self.a_end)  # (B, N, H1)
             if P0.shape[0] != c.items.shape[0] or key not in self.per_row:
                 P0 = P0.index_select(0, c.items)                                # shared start rows
-            KE = K.index_select(0, c.seg) * E                                   # (T, S)
+            KE = K.index_select(0, c.seg) * self.hist["e"]                      # (T, S)
             if key == "dec_ob":
                 return self.a_end * P0 + KE.sum(-1)
-            H = torch.stack([f["h3"] for f in self.steps], 1).index_select(0, c.seg)   # (T, S, H1)
+            H = self.hist["h3"].index_select(0, c.seg)                          # (T, S, H1)
             return torch.baddbmm(P0.unsqueeze(1), KE.unsqueeze(1), H, beta=self.a_end).squeeze(1)
-        u, v = _FACTORS[key]
-        U = K[:, :, None] * torch.stack([f[u] for f in self.steps], 1)          # (B, S, out)
-        if v is None:
+        U, V = self._UV(key, K)                                                 # (B, S, out), (B, S, in)
+        if V is None:
             return self.a_end * P0 + U.sum(1)
-        V = torch.stack([f[v] for f in self.steps], 1)                          # (B, S, in)
         return torch.baddbmm(P0, U.transpose(1, 2), V, beta=self.a_end)          # (B, out, in)
 
     def row_sums(self, key: str, w: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,16 +134,14 @@ class FactoredResult:
             base.index_add_(0, c.items, self.a_end * wt.view(-1, *([1] * (P0.dim() - 1))) * P0)
         else:
             base = self.a_end * wsum.view(-1, *([1] * (P0.dim() - 1))) * P0
-        S = len(self.steps)
-        K = torch.stack([self._coef(j) for j in range(S)], 1)                   # (B, S)
+        K = self.K                                                              # (B, S)
         if key == "enc_in":
             # sum over holders of x_i * g_b: (N x B) sparse times g (B, H1)
-            return base + self._by_item((wt * c.x)[:, None], n_items) @ self._enc_in_step_sum(), wsum
-        E = torch.stack([f["e"] for f in self.steps], 1)                        # (T, S)
-        KE = (K.index_select(0, c.seg) * E) * wt[:, None]                       # (T, S)
+            return base + self._by_item((wt * c.x)[:, None], n_items) @ self._enc_in_step_sum(K), wsum
+        KE = (K.index_select(0, c.seg) * self.hist["e"]) * wt[:, None]          # (T, S)
         if key == "dec_ob":
             return base.index_add_(0, c.items, KE.sum(1)), wsum
-        dense = torch.stack([f["h3"] for f in self.steps], 1).reshape(c.size * S, -1)   # (B*S, H1)
+        dense = self.hist["h3"].reshape(c.size * K.shape[1], -1)                # (B*S, H1)
         return base + self._by_item(KE, n_items) @ dense, wsum
 
     def _by_item(self, vals: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -162,28 +162,32 @@ class FactoredResult:
                                            (n_items, c.size * S), check_invariants=False)
 
     def weighted_sum(self, key: str, w: torch.Tensor) -> torch.Tensor:
-        """sum_b w_b * value_b for per-client-shaped keys and all-row decoder keys, as GEMMs."""
+        """sum_b w_b * value_b for per-client-shaped keys and all-row decoder keys: one GEMM over all
+        (client, step) pairs."""
         P0 = self.start[key]
         out = self.a_end * (torch.tensordot(w, P0, dims=([0], [0])) if key in self.per_client else w.sum() * P0)
-        for j, f in enumerate(self.steps):
-            k = w * self._coef(j)                                               # (B,)
-            if key == "dec_out":
-                out = out + (k[:, None] * f["e"]).T @ f["h3"]                   # (N, H1)
-            elif key == "dec_ob":
-                out = out + k @ f["e"]                                          # (N,)
-            else:
-                u, v = _FACTORS[key]
-                out = out + ((k[:, None] * f[u]).T @ f[v] if v else k @ f[u])
-        return out
+        k = (w[:, None] * self.K).reshape(-1)                                   # (B*S,)
+        BS = k.shape[0]
+        if key in ("dec_out", "dec_ob"):
+            E = self.hist["e"].reshape(BS, -1)                                  # (B*S, N)
+            if key == "dec_ob":
+                return out + k @ E                                              # (N,)
+            return torch.addmm(out, (k[:, None] * E).T, self.hist["h3"].reshape(BS, -1))   # (N, H1)
+        u, v = _FACTORS[key]
+        U = self.hist[u].reshape(BS, -1)                                        # (B*S, out)
+        if v is None:
+            return out + k @ U
+        return torch.addmm(out, (k[:, None] * U).T, self.hist[v].reshape(BS, -1))         # (out, in)
 
 
 def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
-                 store: ClientStore | None, dtype: torch.dtype, in_place: bool = False
+                 store: ClientStore | None, dtype: torch.dtype, in_place: bool = False, indexed: bool = False
                  ) -> tuple[dict[str, torch.Tensor], set[str], set[str], set[str]]:
     """Start value of every parameter a client of the cohort holds; which keys start per client
-    (B, ...), which item-row keys start per interaction (T, ...), and which start values are in the
-    store's reusable buffers (in_place). Personal encoder rows are not gathered: the forward pass
-    needs only their input-weighted sums (ClientStore.encoder_input)."""
+    (B, ...), which item-row keys start per interaction (T, ...), and which start values are the
+    store's own rows or its reusable buffers (in_place). Personal encoder rows are not gathered: the
+    forward pass needs only their input-weighted sums (ClientStore.encoder_input). indexed: per-client
+    matrices are read where they are (kernels.Rows), for the kernels of the written-out backward."""
     start, per_client, per_row, work = {}, set(), {"enc_in"}, set()
     keys = ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1", "dec_out", "dec_ob")
     for k in keys + ((CONTENT_KEY,) if CONTENT_KEY in global_p else ()):
@@ -191,8 +195,13 @@ def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             continue
         if k in strategy.personal:
             per_client_key = k not in ("dec_out", "dec_ob")
-            start[k] = store.gather(k, cohort, dtype, work=in_place and per_client_key)
-            if in_place and per_client_key and store.tensors[k].dtype == dtype:
+            src = store.tensors[k]
+            if (in_place and indexed and per_client_key and src.dim() == 3 and src.dtype == dtype
+                    and kernels.available(dtype, src.device)):
+                start[k] = store.rows(k, cohort)                   # no copy: the kernels read the store
+            else:
+                start[k] = store.gather(k, cohort, dtype, work=in_place and per_client_key)
+            if in_place and per_client_key and src.dtype == dtype:
                 work.add(k)
             (per_client if per_client_key else per_row).add(k)
         elif k == "enc_in":
@@ -258,7 +267,7 @@ def _bvm(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 def _mvT(P0: torch.Tensor, d: torch.Tensor, per_client: bool) -> torch.Tensor:
     """P0^T d: P0 (B, out, in) or shared (out, in), d (B, out) -> (B, in) (the backward of _mv)."""
-    return torch.bmm(d.unsqueeze(1), P0).squeeze(1) if per_client else d @ P0
+    return kernels.bmtv(P0, d) if per_client else d @ P0
 
 
 def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hist: dict[str, torch.Tensor],
@@ -279,7 +288,7 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
         E = on_pattern(pattern, e)                                              # (B, N) dL/dy
         dh3 = a_s * torch.sparse.mm(E, W_out)                                   # (B, H1)
     else:
-        full = full0.reshape(-1).index_put((flat,), y).view(B, -1)              # (B, N)
+        full = full0.view(-1).index_put_((flat,), y).view(B, -1)                # (B, N) in place: full0 is spent
         logp = torch.log_softmax(full, 1)
         loss = -segment_sum(logp.reshape(-1).index_select(0, flat), seg, B)
         G = logp.exp_().mul_(cnt[:, None])                                      # (B, N) n_u softmax
@@ -302,8 +311,7 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
 
 def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
     """P0 (B, out, in) or shared (out, in) times h (B, in) -> (B, out)."""
-    # Row-vector form (h^T P0^T) runs ~3x faster than P0 @ h on CPU for a batch of matrix-vector products.
-    return torch.bmm(h.unsqueeze(1), P0.transpose(1, 2)).squeeze(1) if per_client else h @ P0.T
+    return kernels.bmv(P0, h) if per_client else h @ P0.T
 
 
 def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
@@ -318,14 +326,19 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     in_place: gather personal per-client matrices into the store's reusable buffers; the caller must
     ``commit`` the result before the next in-place call on the same store."""
     a, b = sgd_coefficients(local_epochs, lr, sgd)
-    start, per_client, per_row, work = start_values(shape, strategy, cohort, global_p, store, dtype, in_place)
     all_rows = strategy.rows == "all"
+    shared_rows = not all_rows and "dec_out" not in strategy.personal
+    # The product's path (personalfr rows, no content) has its backward written out below: the same
+    # gradients as autograd (tests/test_engine_equivalence.py) at a third of the tensor ops, which is
+    # what a round of ~100 clients costs on a CPU. Other strategies and content models use autograd.
+    manual = shared_rows and CONTENT_KEY not in global_p
+    start, per_client, per_row, work = start_values(shape, strategy, cohort, global_p, store, dtype, in_place,
+                                                    indexed=manual)
     frozen = not all_rows and shape.mode == "implicit"
     res = FactoredResult(cohort, all_rows, a[-1], b[-1], start, per_client, per_row, store=store, work=work,
                          dtype=dtype)
     B, seg, items, x = cohort.size, cohort.seg, cohort.items, cohort.x.to(dtype)
     flat = seg * shape.n_items + items                                           # (T,) into (B*N)
-    shared_rows = not all_rows and "dec_out" not in strategy.personal
     if shared_rows:
         W_out = global_p["dec_out"].to(dtype)                                    # (N, H1)
         if not frozen:
@@ -344,7 +357,6 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
                       content, items)                                            # (T, H1) received rows
         tie = shape.input_tie * segment_sum(x[:, None] * R, seg, B)              # (B, H1)
     loss_sum = torch.zeros(B, dtype=dtype, device=x.device)
-    F = res.steps
     use_content = CONTENT_KEY in start
     if use_content:
         if CONTENT_KEY in per_client:
@@ -356,15 +368,11 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         Cd = None if content_drop is None else content_drop.to(dtype) - C       # (N, F)
         Cdt = None if Cd is None or all_rows else Cd.index_select(0, items)     # (T, F)
     S = local_epochs
-    # The product's path (personalfr rows, no content) has its backward written out below: the same
-    # gradients as autograd (tests/test_engine_equivalence.py) at a third of the tensor ops, which is
-    # what a round of ~100 clients costs on a CPU. Other strategies and content models use autograd.
-    manual = shared_rows and not use_content
     cnt = segment_sum(torch.ones_like(x), seg, B).clamp(min=1)                   # (B,) interactions
     keep = dropout_keep_steps(seed, rnd, cohort.users, range(S), shape.h2, shape.dropout).to(dtype)   # (S, B, H2)
     kept = (rows_kept_steps(seed, rnd, cohort.users, range(S), shape.content_dropout).to(dtype)
             if use_content and shape.content_dropout > 0 else None)                                # (S, B)
-    hist: dict[str, torch.Tensor] = {}   # factors of the steps so far, (B|T, S, ...); F[j] holds views
+    hist: dict[str, torch.Tensor] = {}   # factors of the steps so far, (B|T, S, ...); the result keeps them
     for s in range(S):
         # Earlier steps' rank-one terms, all j < s at once: sum_j K_j (u_j . v + 1) w_j as two bmm.
         K = hist["c"][:, :s] * torch.tensor(b[s][:s], dtype=dtype, device=x.device) if s else None   # (B, s)
@@ -457,7 +465,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             hist = {n: t.new_empty((t.shape[0], S, *t.shape[1:])) for n, t in step.items()}
         for n, t in step.items():
             hist[n][:, s] = t
-        F.append({n: hist[n][:, s] for n in step})
         loss_sum += loss.detach()
+    res.hist = hist
     res.loss = loss_sum / max(1, local_epochs)
     return res

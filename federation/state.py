@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from federation import kernels
 from recsys.models.autoencoder import ITEM_ROW_KEYS
 
 # Keys of the affine part of the personal encoder rows in ClientStore.tensors (and so in checkpoints
@@ -157,6 +158,20 @@ class ClientStore:
             sums = v.new_zeros((cohort.size, v.shape[1])).index_add_(
                 0, cohort.seg, self._x.index_select(0, cohort.pos)[:, None] * v)
             self._enc_sum.index_copy_(0, cohort.users, sums)
+
+    def rows(self, key: str, cohort: Cohort) -> kernels.Rows:
+        """The cohort's rows of per-client ``key``, in place (no copy), for the kernels."""
+        return kernels.Rows(self.tensors[key], cohort.users)
+
+    def write_trained(self, key: str, cohort: Cohort, P: torch.Tensor | kernels.Rows, a: float,
+                      U: torch.Tensor, V: torch.Tensor) -> None:
+        """Write the cohort's trained per-client matrices a * P + U @ V, U (B, O, S), V (B, S, I). P is
+        ``rows(key, cohort)`` (updated in place) or this store's work buffer from ``gather(work=True)``
+        (overwritten, then copied back)."""
+        if isinstance(P, kernels.Rows):
+            kernels.update_rows(P, a, U, V)
+        else:
+            self.scatter(key, cohort, P.baddbmm_(U, V, beta=a))
 
     def update_encoder_rows(self, cohort: Cohort, a: float, g: torch.Tensor) -> None:
         """row_i <- a * row_i + x_i * g_u for every entry i of every client u of the cohort; g (B, H1)."""

@@ -1,0 +1,79 @@
+"""The numba per-client products (federation/kernels.py) against their torch versions."""
+import pytest
+import torch
+
+from federation import kernels
+from federation.local_sgd import SGDConfig
+from federation.simulation import Federation, FedSettings
+from recsys.models.autoencoder import AEShape
+from recsys.splits import ratio_split
+
+pytestmark = pytest.mark.skipif(kernels._kernels() is None, reason="numba not installed")
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def _case(dtype, R=11, B=6, O=5, I=37, S=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randn(R, O, I, generator=g, dtype=dtype)
+    index = torch.randperm(R, generator=g)[:B]                               # distinct rows, any order
+    return (src, index, torch.randn(B, I, generator=g, dtype=dtype), torch.randn(B, O, generator=g, dtype=dtype),
+            torch.randn(B, O, S, generator=g, dtype=dtype), torch.randn(B, S, I, generator=g, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_products_match_torch_for_buffers_and_rows(dtype):
+    src, index, h, d, _, _ = _case(dtype)
+    rows = kernels.Rows(src, index)
+    dense = src[index]
+    by_hand = torch.stack([dense[b] @ h[b] for b in range(len(index))])    # (B, O)
+    for P in (dense, rows):
+        torch.testing.assert_close(kernels.bmv(P, h), by_hand, atol=TOL[dtype], rtol=0)
+        torch.testing.assert_close(kernels.bmv(P, h), kernels.bmv_reference(P, h), atol=TOL[dtype], rtol=0)
+        torch.testing.assert_close(kernels.bmtv(P, d), torch.stack([dense[b].T @ d[b] for b in range(len(index))]),
+                                   atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_update_rows_writes_only_the_cohort_rows(dtype):
+    src, index, _, _, U, V = _case(dtype)
+    expect = src.clone()
+    kernels.update_rows_reference(kernels.Rows(expect, index), 0.9, U, V)
+    got = src.clone()
+    kernels.update_rows(kernels.Rows(got, index), 0.9, U, V)
+    torch.testing.assert_close(got, expect, atol=TOL[dtype], rtol=0)
+    others = torch.ones(src.shape[0], dtype=torch.bool)
+    others[index] = False
+    assert torch.equal(got[others], src[others])                            # untouched clients bit for bit
+    torch.testing.assert_close(got[index[2]], 0.9 * src[index[2]] + U[2] @ V[2], atol=TOL[dtype], rtol=0)
+
+
+def test_autograd_and_odd_inputs_take_the_torch_path():
+    src, index, h, _, _, _ = _case(torch.float32)
+    h.requires_grad_(True)
+    out = kernels.bmv(kernels.Rows(src, index), h)
+    out.sum().backward()                                                    # differentiable: torch.bmm
+    torch.testing.assert_close(h.grad, src[index].sum(1))
+    strided = src.transpose(1, 2).contiguous().transpose(1, 2)              # same values, not contiguous
+    torch.testing.assert_close(kernels.bmv(kernels.Rows(strided, index), h.detach()), out.detach())
+    assert not kernels.available(torch.float16, "cpu") and not kernels.available(torch.float32, "cuda")
+
+
+@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+def test_engine_without_numba_gives_the_same_round(tiny_data, mode, monkeypatch):
+    """The fallback (torch.bmm, gathered buffers) and the kernels train the same clients alike."""
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
+    cfg = FedSettings(rounds=3, fraction=0.5, local_epochs=5, seed=3, max_cohort_clients=4, sgd=SGDConfig())
+    fast = Federation(shape, cfg, train)
+    for _ in range(2):
+        fast.run_round()
+    monkeypatch.setattr(kernels, "_kernels", lambda: None)
+    slow = Federation(shape, cfg, train)
+    for _ in range(2):
+        slow.run_round()
+    for k in fast.global_p:
+        torch.testing.assert_close(fast.global_p[k], slow.global_p[k], atol=1e-5, rtol=0)
+    for k in fast.store.keys:
+        torch.testing.assert_close(fast.store.full(k), slow.store.full(k), atol=1e-5, rtol=0)
+    assert (fast.store.full("enc_W2") - Federation(shape, cfg, train).store.full("enc_W2")).abs().max() > 1e-4
