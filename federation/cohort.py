@@ -24,7 +24,7 @@ from federation import kernels
 from federation.local_sgd import SGDConfig, sgd_coefficients
 from federation.state import ClientStore, Cohort
 from federation.strategies import Strategy
-from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, dropout_keep_steps, item_rows,
+from recsys.models.autoencoder import (CONTENT_KEY, AEShape, client_loss, item_rows,
                                       rows_kept_steps, segment_sum)
 
 # For each parameter: the names of its (u, v) gradient factors; v None for vectors.
@@ -137,12 +137,28 @@ class FactoredResult:
         K = self.K                                                              # (B, S)
         if key == "enc_in":
             # sum over holders of x_i * g_b: (N x B) sparse times g (B, H1)
-            return base + self._by_item((wt * c.x)[:, None], n_items) @ self._enc_in_step_sum(K), wsum
+            return base + self._item_sums((wt * c.x)[:, None], self._enc_in_step_sum(K).unsqueeze(1), n_items), wsum
         KE = (K.index_select(0, c.seg) * self.hist["e"]) * wt[:, None]          # (T, S)
         if key == "dec_ob":
             return base.index_add_(0, c.items, KE.sum(1)), wsum
-        dense = self.hist["h3"].reshape(c.size * K.shape[1], -1)                # (B*S, H1)
-        return base + self._by_item(KE, n_items) @ dense, wsum
+        return base + self._item_sums(KE, self.hist["h3"], n_items), wsum
+
+    def _item_sums(self, vals: torch.Tensor, H: torch.Tensor, n_items: int) -> torch.Tensor:
+        """(N, D): sum over the entries t of item i and steps s of vals[t, s] * H[b_t, s]; vals (T, S),
+        H (B, S, D). The kernel where it applies, else one sparse (N x B*S) x (B*S x D) product."""
+        self._by_item_order(n_items)
+        order, crow = self._item_order
+        out = kernels.item_sums(order, crow, self.cohort.seg, vals, H, n_items)
+        if out is None:
+            out = self._by_item(vals, n_items) @ H.reshape(-1, H.shape[2])
+        return out
+
+    def _by_item_order(self, n_items: int) -> None:
+        if self._item_order is None:
+            c = self.cohort
+            order = torch.argsort(c.items, stable=True)                          # (T,) entries by item
+            counts = torch.bincount(c.items, minlength=n_items)
+            self._item_order = (order, torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
 
     def _by_item(self, vals: torch.Tensor, n_items: int) -> torch.Tensor:
         """vals (T, S) per entry and step -> sparse CSR M (N, B*S) with M[i_t, b_t*S + s] = vals[t, s].
@@ -150,10 +166,7 @@ class FactoredResult:
         without a COO coalesce."""
         c = self.cohort
         T, S = vals.shape
-        if self._item_order is None:
-            order = torch.argsort(c.items, stable=True)                          # (T,) entries by item
-            counts = torch.bincount(c.items, minlength=n_items)
-            self._item_order = (order, torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        self._by_item_order(n_items)
         order, crow = self._item_order
         cols = (c.seg.index_select(0, order)[:, None] * S + torch.arange(S, device=vals.device)).reshape(-1)
         with warnings.catch_warnings():      # "sparse CSR support is in beta": used for mm only
@@ -369,7 +382,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         Cdt = None if Cd is None or all_rows else Cd.index_select(0, items)     # (T, F)
     S = local_epochs
     cnt = segment_sum(torch.ones_like(x), seg, B).clamp(min=1)                   # (B,) interactions
-    keep = dropout_keep_steps(seed, rnd, cohort.users, range(S), shape.h2, shape.dropout).to(dtype)   # (S, B, H2)
+    keep = kernels.dropout_keep_steps(seed, rnd, cohort.users, range(S), shape.h2, shape.dropout).to(dtype)   # (S, B, H2)
     kept = (rows_kept_steps(seed, rnd, cohort.users, range(S), shape.content_dropout).to(dtype)
             if use_content and shape.content_dropout > 0 else None)                                # (S, B)
     hist: dict[str, torch.Tensor] = {}   # factors of the steps so far, (B|T, S, ...); the result keeps them

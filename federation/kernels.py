@@ -22,6 +22,8 @@ from types import SimpleNamespace
 
 import torch
 
+from recsys.models import autoencoder as ae
+
 log = logging.getLogger(__name__)
 
 _DTYPES = (torch.float32, torch.float64)
@@ -100,8 +102,41 @@ def _kernels() -> SimpleNamespace | None:
                     for i in range(I):
                         P[r, o, i] += u * V[b, s, i]
 
+    @jit
+    def item_sums(order, crow, seg, vals, H, out):   # out[i] += sum over entries t of item i, steps s,
+        N, D = out.shape                              # of vals[t, s] * H[seg[t], s]
+        S = vals.shape[1]
+        for i in nb.prange(N):                        # one item per iteration: no write conflicts
+            for k in range(crow[i], crow[i + 1]):
+                t = order[k]
+                b = seg[t]
+                for s in range(S):
+                    c = vals[t, s]
+                    for j in range(D):
+                        out[i, j] += c * H[b, s, j]
+
+    M = 2_147_483_647                                # recsys.models.autoencoder._M
+
+    @nb.njit(inline="always")
+    def mix(x):                                      # recsys.models.autoencoder._mix, on one int64
+        for a in (48_271, 69_621, 16_807):
+            x = (x * a + 12_345) % M
+            x = x ^ (x >> 13)
+        return x
+
+    @nb.njit(parallel=True, cache=True)
+    def dropout_masks(base, users, p, scale, out):   # out (S, B, dim): scale where the unit is kept
+        S, B, D = out.shape
+        for sb in nb.prange(S * B):
+            s, b = sb // B, sb % B
+            hu = mix((users[b] % M) * 2_654_435 % M + base[s])
+            for j in range(D):
+                h = mix((hu + j * 40_503) % M)
+                out[s, b, j] = scale if h / M >= p else 0.0
+
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
-    return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows)
+    return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows, item_sums=item_sums,
+                           dropout_masks=dropout_masks)
 
 
 def available(dtype: torch.dtype, device: torch.device | str) -> bool:
@@ -168,3 +203,39 @@ def update_rows(P: Rows, a: float, U: torch.Tensor, V: torch.Tensor) -> None:
     if k is None:
         return update_rows_reference(P, a, U, V)
     k.update_rows(*_parts(P), float(a), U.contiguous().numpy(), V.contiguous().numpy())
+
+
+def item_sums_reference(items: torch.Tensor, seg: torch.Tensor, vals: torch.Tensor, H: torch.Tensor,
+                        n_items: int) -> torch.Tensor:
+    """(N, D): row i = sum over the entries t with items[t] = i and steps s of vals[t, s] * H[seg[t], s].
+    items, seg (T,), vals (T, S), H (B, S, D)."""
+    per_entry = torch.bmm(vals.unsqueeze(1), H.index_select(0, seg)).squeeze(1)            # (T, D)
+    return per_entry.new_zeros((n_items, H.shape[2])).index_add_(0, items, per_entry)
+
+
+def item_sums(order: torch.Tensor, crow: torch.Tensor, seg: torch.Tensor, vals: torch.Tensor, H: torch.Tensor,
+              n_items: int) -> torch.Tensor | None:
+    """item_sums_reference for entries listed by item (order (T,) entry ids sorted by item, crow (N+1,)
+    CSR starts), one item per thread; None where the kernels do not apply (the caller then uses its
+    own sparse product, which unlike the reference needs no (T, D) temporary)."""
+    k = _usable(H, vals)
+    if k is None:
+        return None
+    out = H.new_zeros((n_items, H.shape[2]))
+    k.item_sums(order.contiguous().numpy(), crow.contiguous().numpy(), seg.contiguous().numpy(),
+                vals.contiguous().numpy(), H.contiguous().numpy(), out.numpy())
+    return out
+
+
+def dropout_keep_steps(seed: int, rnd: int, users: torch.Tensor, steps, dim: int, p: float) -> torch.Tensor:
+    """recsys.models.autoencoder.dropout_keep_steps, bit for bit (integer hashing; the kept value is
+    torch's own float32 1 / (1 - p)), in one pass instead of ~20 int64 tensor ops."""
+    k = _kernels() if users.device.type == "cpu" and p > 0 else None
+    if k is None:
+        return ae.dropout_keep_steps(seed, rnd, users, steps, dim, p)
+    base = ae._mix(torch.tensor([(seed * 1_000_003 + rnd * 7_919 + st * 104_729) % ae._M for st in steps],
+                                dtype=torch.int64))                                    # (S,) as the model
+    scale = float(torch.ones((), dtype=torch.float32) / (1.0 - p))
+    out = torch.empty((len(steps), len(users), dim), dtype=torch.float32)
+    k.dropout_masks(base.numpy(), users.to(torch.int64).contiguous().numpy(), float(p), scale, out.numpy())
+    return out

@@ -77,3 +77,31 @@ def test_engine_without_numba_gives_the_same_round(tiny_data, mode, monkeypatch)
     for k in fast.store.keys:
         torch.testing.assert_close(fast.store.full(k), slow.store.full(k), atol=1e-5, rtol=0)
     assert (fast.store.full("enc_W2") - Federation(shape, cfg, train).store.full("enc_W2")).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_item_sums_match_the_reference_and_a_hand_sum(dtype):
+    g = torch.Generator().manual_seed(1)
+    B, S, D, N, T = 4, 3, 6, 9, 15
+    seg = torch.sort(torch.randint(0, B, (T,), generator=g)).values
+    items = torch.randint(0, N - 1, (T,), generator=g)                       # item N-1 held by nobody
+    vals, H = torch.randn(T, S, generator=g, dtype=dtype), torch.randn(B, S, D, generator=g, dtype=dtype)
+    order = torch.argsort(items, stable=True)
+    crow = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(items, minlength=N).cumsum(0)])
+    got = kernels.item_sums(order, crow, seg, vals, H, N)
+    torch.testing.assert_close(got, kernels.item_sums_reference(items, seg, vals, H, N), atol=TOL[dtype], rtol=0)
+    t = int(torch.nonzero(items == items[0])[0])
+    hand = sum(vals[u, s] * H[seg[u], s] for u in range(T) if items[u] == items[t] for s in range(S))
+    torch.testing.assert_close(got[items[t]], hand, atol=TOL[dtype], rtol=0)
+    assert torch.equal(got[N - 1], torch.zeros(D, dtype=dtype))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.8, 0.3])
+def test_dropout_masks_are_the_models_bit_for_bit(p):
+    from recsys.models.autoencoder import dropout_keep_steps
+    users = torch.tensor([0, 5, 942, 17, 2_147_483_646, 123_456_789])
+    for seed, rnd in ((0, 0), (3, 41), (12345, 499)):
+        got = kernels.dropout_keep_steps(seed, rnd, users, range(5), 128, p)
+        want = dropout_keep_steps(seed, rnd, users, range(5), 128, p)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert abs(float((got == 0).float().mean()) - p) < 0.05                # masks drop a fraction p
