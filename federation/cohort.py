@@ -238,14 +238,6 @@ def cohort_pattern(cohort: Cohort, n_items: int, dtype: torch.dtype) -> torch.Te
                                        (cohort.size, n_items), check_invariants=False)
 
 
-def on_pattern(pattern: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The CSR pattern (B, N) with its T entries set to values (T,)."""
-    with warnings.catch_warnings():      # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), values.contiguous(),
-                                       pattern.shape, check_invariants=False)
-
-
 class _SampledScores(torch.autograd.Function):
     """y_t = h[b_t] . W[i_t] for the entries t = (b_t, i_t) of a CSR pattern; W is a constant.
     Forward: sampled dense-dense product (SDDMM); backward dL/dh = G @ W with G the sparse (B, N)
@@ -255,12 +247,12 @@ class _SampledScores(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, W: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(W)
         ctx.pattern = pattern
-        return torch.sparse.sampled_addmm(pattern, h, W.T).values()
+        return kernels.sampled_dots(pattern, h.detach(), W.detach())
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (W,) = ctx.saved_tensors
-        return torch.sparse.mm(on_pattern(ctx.pattern, g), W), None, None
+        return kernels.pattern_mm(ctx.pattern, g, W), None, None
 
 
 def sampled_scores(h: torch.Tensor, W: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
@@ -298,15 +290,18 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
         r = y - x                                                               # (T,)
         loss = segment_sum(r * r, seg, B) / cnt
         e = 2 * r / cnt.index_select(0, seg)                                    # (T,)
-        E = on_pattern(pattern, e)                                              # (B, N) dL/dy
-        dh3 = a_s * torch.sparse.mm(E, W_out)                                   # (B, H1)
+        dh3 = a_s * kernels.pattern_mm(pattern, e, W_out)                       # (B, H1) = dL/dy (B, N) @ W
     else:
         full = full0.view(-1).index_put_((flat,), y).view(B, -1)                # (B, N) in place: full0 is spent
-        logp = torch.log_softmax(full, 1)
-        loss = -segment_sum(logp.reshape(-1).index_select(0, flat), seg, B)
-        G = logp.exp_().mul_(cnt[:, None])                                      # (B, N) n_u softmax
-        e = G.reshape(-1).index_select(0, flat) - 1                             # (T,) dL/dy
-        G.reshape(-1).index_copy_(0, flat, a_s * e)
+        G = torch.softmax(full, 1)                                              # (B, N)
+        p = G.view(-1).index_select(0, flat)                                    # (T,) own items' probabilities
+        # The loss is only reported (the gradient is G): the log of p, floored at the smallest normal
+        # float so that an underflowed item counts ~-87 (float32) instead of -inf. One pass over (B, N)
+        # fewer than log_softmax followed by exp.
+        loss = -segment_sum(p.clamp_min(torch.finfo(p.dtype).tiny).log_(), seg, B)
+        G.mul_(cnt[:, None])                                                    # (B, N) n_u softmax
+        e = p * cnt.index_select(0, seg) - 1                                    # (T,) dL/dy
+        G.view(-1).index_copy_(0, flat, a_s * e)
         dh3 = G @ W_out                                                         # (B, H1)
     if s:
         dh3 = dh3 + _bvm(K * segment_sum(e[:, None] * hist["e"][:, :s], seg, B), hist["h3"][:, :s])
@@ -418,7 +413,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             y = a[s] * (sampled_scores(h3, W_out, pattern) + ob_t)                       # (T,)
         elif shared_rows:
             # Start rows are the global rows and the implicit softmax needs every item's score: one GEMM.
-            full0 = h3 @ W_out.T + global_p["dec_ob"].to(dtype)                          # (B, N)
+            full0 = torch.addmm(global_p["dec_ob"].to(dtype), h3, W_out.T)                # (B, N)
             y = a[s] * full0.reshape(-1).index_select(0, flat)                           # (T,)
         else:
             if frozen:   # personal rows (local strategy): the other items keep the global start rows

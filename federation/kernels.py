@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -115,6 +116,28 @@ def _kernels() -> SimpleNamespace | None:
                     for j in range(D):
                         out[i, j] += c * H[b, s, j]
 
+    @jit
+    def sampled_dots(crow, cols, h, W, out):         # out[t] = h[b] . W[cols[t]] for the entries t of row b
+        B, D = h.shape
+        for b in nb.prange(B):
+            for t in range(crow[b], crow[b + 1]):
+                c = cols[t]
+                acc = h.dtype.type(0)
+                for j in range(D):
+                    acc += h[b, j] * W[c, j]
+                out[t] = acc
+
+    @jit
+    def pattern_mm(crow, cols, vals, W, out):        # out[b] = sum over the entries t of row b of vals[t] W[cols[t]]
+        B, D = out.shape
+        for b in nb.prange(B):
+            for j in range(D):
+                out[b, j] = 0.0
+            for t in range(crow[b], crow[b + 1]):
+                c, v = cols[t], vals[t]
+                for j in range(D):
+                    out[b, j] += v * W[c, j]
+
     M = 2_147_483_647                                # recsys.models.autoencoder._M
 
     @nb.njit(inline="always")
@@ -136,7 +159,7 @@ def _kernels() -> SimpleNamespace | None:
 
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
     return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows, item_sums=item_sums,
-                           dropout_masks=dropout_masks)
+                           dropout_masks=dropout_masks, sampled_dots=sampled_dots, pattern_mm=pattern_mm)
 
 
 def available(dtype: torch.dtype, device: torch.device | str) -> bool:
@@ -238,4 +261,48 @@ def dropout_keep_steps(seed: int, rnd: int, users: torch.Tensor, steps, dim: int
     scale = float(torch.ones((), dtype=torch.float32) / (1.0 - p))
     out = torch.empty((len(steps), len(users), dim), dtype=torch.float32)
     k.dropout_masks(base.numpy(), users.to(torch.int64).contiguous().numpy(), float(p), scale, out.numpy())
+    return out
+
+
+def on_pattern(pattern: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The CSR pattern (B, N) with its T entries set to values (T,)."""
+    with warnings.catch_warnings():      # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(pattern.crow_indices(), pattern.col_indices(), values.contiguous(),
+                                       pattern.shape, check_invariants=False)
+
+
+def sampled_dots_reference(pattern: torch.Tensor, h: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """pattern (B, N) CSR with T entries (b_t, i_t), h (B, D), W (N, D) -> (T,) h[b_t] . W[i_t]."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.sampled_addmm(pattern, h, W.T, beta=0.0).values()   # the pattern's values ignored
+
+
+def sampled_dots(pattern: torch.Tensor, h: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """As sampled_dots_reference (a sampled dense-dense product), one pattern row per thread."""
+    k = _usable(h, W)
+    if k is None:
+        return sampled_dots_reference(pattern, h, W)
+    out = h.new_empty(pattern.col_indices().shape[0])
+    k.sampled_dots(pattern.crow_indices().numpy(), pattern.col_indices().numpy(), h.contiguous().numpy(),
+                   W.contiguous().numpy(), out.numpy())
+    return out
+
+
+def pattern_mm_reference(pattern: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """(B, D): the pattern with values vals (T,) times W (N, D), a sparse-dense product."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.mm(on_pattern(pattern, vals), W)
+
+
+def pattern_mm(pattern: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """As pattern_mm_reference, one pattern row per thread."""
+    k = _usable(W, vals)
+    if k is None:
+        return pattern_mm_reference(pattern, vals, W)
+    out = W.new_empty((pattern.shape[0], W.shape[1]))
+    k.pattern_mm(pattern.crow_indices().numpy(), pattern.col_indices().numpy(), vals.contiguous().numpy(),
+                 W.contiguous().numpy(), out.numpy())
     return out

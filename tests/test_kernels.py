@@ -105,3 +105,23 @@ def test_dropout_masks_are_the_models_bit_for_bit(p):
         want = dropout_keep_steps(seed, rnd, users, range(5), 128, p)
         assert got.dtype == want.dtype and torch.equal(got, want)
     assert abs(float((got == 0).float().mean()) - p) < 0.05                # masks drop a fraction p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampled_dots_and_pattern_products_match_torch_sparse(dtype):
+    g = torch.Generator().manual_seed(2)
+    B, N, D = 5, 12, 7
+    dense_mask = torch.rand(B, N, generator=g) < 0.4
+    dense_mask[3] = False                                                    # a row without entries
+    pattern = dense_mask.to(dtype).to_sparse_csr()
+    h, W = torch.randn(B, D, generator=g, dtype=dtype), torch.randn(N, D, generator=g, dtype=dtype)
+    vals = torch.randn(int(dense_mask.sum()), generator=g, dtype=dtype)
+    got = kernels.sampled_dots(pattern, h, W)
+    torch.testing.assert_close(got, (h @ W.T)[dense_mask], atol=TOL[dtype], rtol=0)   # row-major = CSR order
+    torch.testing.assert_close(got, kernels.sampled_dots_reference(pattern, h, W), atol=TOL[dtype], rtol=0)
+    V = torch.zeros(B, N, dtype=dtype)
+    V[dense_mask] = vals
+    got = kernels.pattern_mm(pattern, vals, W)
+    torch.testing.assert_close(got, V @ W, atol=TOL[dtype], rtol=0)
+    torch.testing.assert_close(got, kernels.pattern_mm_reference(pattern, vals, W), atol=TOL[dtype], rtol=0)
+    assert torch.equal(got[3], torch.zeros(D, dtype=dtype))
