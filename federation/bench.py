@@ -152,10 +152,6 @@ def _round_times(fed, cohort: np.ndarray, engine: str, n: int) -> list[float]:
     return out
 
 
-def _median_round(fed, cohort: np.ndarray, engine: str, n: int) -> float:
-    return float(np.median(_round_times(fed, cohort, engine, n)))
-
-
 def bench_speed(data_dir: Path) -> str:
     rows = []
     for mode in ("explicit", "implicit"):
@@ -168,7 +164,7 @@ def bench_speed(data_dir: Path) -> str:
         # so one reference round made the speed-up ratio swing between 19x and 32x.
         vec.run_round(users=cohort)                                             # warm-up
         vec.round = 0
-        t_vec = _median_round(vec, cohort, "vectorized", 7)
+        t_vec = float(np.median(_round_times(vec, cohort, "vectorized", 7)))
         _round_times(ref, cohort[:10], "reference", 1)                          # warm-up (the first
         # round of a fresh process is ~1.7x slower; timing it alone inflated the 2026-12-03 explicit ratio)
         ref_times = _round_times(ref, cohort, "reference", 3)

@@ -79,8 +79,8 @@ class FactoredResult:
 
     def commit(self, store: ClientStore, keys) -> None:
         """Write the trained personal ``keys`` into ``store`` (what a client keeps). Updates the
-        encoder rows in their affine form and the per-client matrices held in the store's reusable
-        buffers in place; afterwards value() of those keys is refused."""
+        encoder rows in their affine form and the per-client matrices (read in place as kernels.Rows,
+        or held in the store's reusable buffers) in place; afterwards value() of those keys is refused."""
         c, K = self.cohort, self.K
         for k in keys:
             if k == "enc_in" and "enc_in" not in self.start:
@@ -331,8 +331,9 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     content (N, F): item content vectors when the model has a content projection (global_p['dec_P']).
     content_drop (N, F): the content a content-only step (AEShape.content_dropout) scores with, when it
     differs from ``content`` (holder-weighted content: those steps see every item at full weight).
-    in_place: gather personal per-client matrices into the store's reusable buffers; the caller must
-    ``commit`` the result before the next in-place call on the same store."""
+    in_place: read personal per-client matrices from the store in place (kernels) or gather them into
+    its reusable buffers; the caller must ``commit`` the result before the next in-place call on the
+    same store."""
     a, b = sgd_coefficients(local_epochs, lr, sgd)
     all_rows = strategy.rows == "all"
     shared_rows = not all_rows and "dec_out" not in strategy.personal

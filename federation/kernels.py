@@ -2,8 +2,9 @@
 
 A personalfr client keeps its own 128 x 256 encoder layer, so every local step multiplies each
 client's matrix with one vector, forward (P @ h) and backward (P^T d). torch.bmm runs these as one
-small GEMM per client and moves about 12 GB/s on the 2-core development VM, where a plain pass over
-the same bytes reaches 28 GB/s from DRAM and ~100 GB/s from cache (docs/benchmarks.md, 2026-12-03).
+small GEMM per client and moves about 12 GB/s on the 2-core development VM, where a plain torch pass
+over memory reaches ~28 GB/s from DRAM and ~100 GB/s from cache
+(docs/experiments/2026-12-03-kernels/stream.py; docs/benchmarks.md, 2026-12-03 evening).
 The numba kernels below stream each client's matrix once, a client per thread, and read it straight
 from the client store by row index (``Rows``), so a cohort's matrices are neither gathered into a
 buffer nor copied back: ``update_rows`` writes the trained values in place.
