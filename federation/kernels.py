@@ -55,15 +55,17 @@ def _dense(P: torch.Tensor | Rows) -> torch.Tensor:
 
 @functools.cache
 def _kernels() -> SimpleNamespace | None:
-    """The compiled kernels, or None where numba is not installed (compiled lazily per dtype, cached on
-    disk next to this file when it is writable)."""
+    """The compiled kernels, or None where numba is not installed (compiled lazily per dtype, ~3 s per
+    process). Not cached on disk: a kernel loaded from numba's cache gave results differing in the last
+    bits from a freshly compiled one (fastmath), which broke the bit-exact --resume of a run whose first
+    half was trained by a process that compiled and whose second half by one that loaded the cache."""
     try:
         import numba as nb
     except ImportError:
         log.info("numba not installed: per-client products use torch.bmm")
         return None
     # reassoc lets the dot products vectorize; contract allows fused multiply-add.
-    jit = functools.partial(nb.njit, parallel=True, cache=True, fastmath={"reassoc", "contract"})
+    jit = functools.partial(nb.njit, parallel=True, cache=False, fastmath={"reassoc", "contract"})
 
     @jit
     def bmv(P, rows, h, out):               # out[b] = P[rows[b]] @ h[b]; P (R, O, I), h (B, I), out (B, O)
@@ -148,7 +150,7 @@ def _kernels() -> SimpleNamespace | None:
             x = x ^ (x >> 13)
         return x
 
-    @nb.njit(parallel=True, cache=True)
+    @nb.njit(parallel=True, cache=False)
     def dropout_masks(base, users, p, scale, out):   # out (S, B, dim): scale where the unit is kept
         S, B, D = out.shape
         for sb in nb.prange(S * B):
