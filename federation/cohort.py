@@ -137,21 +137,23 @@ class FactoredResult:
         K = self.K                                                              # (B, S)
         if key == "enc_in":
             # sum over holders of x_i * g_b: (N x B) sparse times g (B, H1)
-            return base + self._item_sums((wt * c.x)[:, None], self._enc_in_step_sum(K).unsqueeze(1), n_items), wsum
+            return self._item_sums((wt * c.x)[:, None], self._enc_in_step_sum(K).unsqueeze(1), base), wsum
         KE = (K.index_select(0, c.seg) * self.hist["e"]) * wt[:, None]          # (T, S)
         if key == "dec_ob":
             return base.index_add_(0, c.items, KE.sum(1)), wsum
-        return base + self._item_sums(KE, self.hist["h3"], n_items), wsum
+        return self._item_sums(KE, self.hist["h3"], base), wsum
 
-    def _item_sums(self, vals: torch.Tensor, H: torch.Tensor, n_items: int) -> torch.Tensor:
-        """(N, D): sum over the entries t of item i and steps s of vals[t, s] * H[b_t, s]; vals (T, S),
-        H (B, S, D). The kernel where it applies, else one sparse (N x B*S) x (B*S x D) product."""
+    def _item_sums(self, vals: torch.Tensor, H: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """base (N, D) plus, in row i, the sum over the entries t of item i and steps s of
+        vals[t, s] * H[b_t, s]; vals (T, S), H (B, S, D). The kernel where it applies (adding into base
+        in place: no zeroed (N, D) buffer and no extra pass), else one sparse (N x B*S) x (B*S x D)
+        product."""
+        n_items = base.shape[0]
         self._by_item_order(n_items)
         order, crow = self._item_order
-        out = kernels.item_sums(order, crow, self.cohort.seg, vals, H, n_items)
-        if out is None:
-            out = self._by_item(vals, n_items) @ H.reshape(-1, H.shape[2])
-        return out
+        if kernels.item_sums(order, crow, self.cohort.seg, vals, H, base):
+            return base
+        return torch.addmm(base, self._by_item(vals, n_items), H.reshape(-1, H.shape[2]))
 
     def _by_item_order(self, n_items: int) -> None:
         if self._item_order is None:
@@ -262,7 +264,9 @@ def sampled_scores(h: torch.Tensor, W: torch.Tensor, pattern: torch.Tensor) -> t
 
 def _dots(U: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """U (B, s, n), v (B, n) -> (B, s): u_j . v per client."""
-    return torch.bmm(U, v.unsqueeze(2)).squeeze(2)
+    # Broadcast and sum, not bmm: torch.bmm runs one (s x n)(n x 1) GEMV per client, ~4x slower at
+    # B = 94..283, s <= 4, n = 256 on CPU (docs/benchmarks.md, speed, 2026-12-03 late).
+    return (U * v.unsqueeze(1)).sum(2)
 
 
 def _bvm(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -240,17 +240,17 @@ def item_sums_reference(items: torch.Tensor, seg: torch.Tensor, vals: torch.Tens
 
 
 def item_sums(order: torch.Tensor, crow: torch.Tensor, seg: torch.Tensor, vals: torch.Tensor, H: torch.Tensor,
-              n_items: int) -> torch.Tensor | None:
-    """item_sums_reference for entries listed by item (order (T,) entry ids sorted by item, crow (N+1,)
-    CSR starts), one item per thread; None where the kernels do not apply (the caller then uses its
-    own sparse product, which unlike the reference needs no (T, D) temporary)."""
-    k = _usable(H, vals)
-    if k is None:
-        return None
-    out = H.new_zeros((n_items, H.shape[2]))
+              out: torch.Tensor) -> bool:
+    """Add item_sums_reference into out (N, D) in place, for entries listed by item (order (T,) entry
+    ids sorted by item, crow (N+1,) CSR starts), one item per thread. False (out untouched) where the
+    kernels do not apply; the caller then uses its own sparse product, which unlike the reference needs
+    no (T, D) temporary."""
+    k = _usable(H, vals, out)
+    if k is None or not out.is_contiguous():
+        return False
     k.item_sums(order.contiguous().numpy(), crow.contiguous().numpy(), seg.contiguous().numpy(),
                 vals.contiguous().numpy(), H.contiguous().numpy(), out.numpy())
-    return out
+    return True
 
 
 def dropout_keep_steps(seed: int, rnd: int, users: torch.Tensor, steps, dim: int, p: float) -> torch.Tensor:

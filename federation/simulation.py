@@ -289,8 +289,11 @@ class Federation:
             if k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched"):
                 if hasattr(res, "row_sums"):
                     s_, ws_ = res.row_sums(k, w, self.shape.n_items)
-                    s, ws = agg.rows.get(k, (0, 0))
-                    agg.rows[k] = (s + s_, ws + ws_)
+                    if k in agg.rows:              # later cohorts add in place; the first one's sums are kept
+                        agg.rows[k][0].add_(s_)
+                        agg.rows[k][1].add_(ws_)
+                    else:
+                        agg.rows[k] = (s_, ws_)
                 else:
                     s, ws = agg.rows.get(k, (None, None))
                     agg.rows[k] = accumulate_rows(self.shape.n_items, c.items, res.value(k), w[c.seg], s, ws)

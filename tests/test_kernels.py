@@ -88,8 +88,13 @@ def test_item_sums_match_the_reference_and_a_hand_sum(dtype):
     vals, H = torch.randn(T, S, generator=g, dtype=dtype), torch.randn(B, S, D, generator=g, dtype=dtype)
     order = torch.argsort(items, stable=True)
     crow = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(items, minlength=N).cumsum(0)])
-    got = kernels.item_sums(order, crow, seg, vals, H, N)
-    torch.testing.assert_close(got, kernels.item_sums_reference(items, seg, vals, H, N), atol=TOL[dtype], rtol=0)
+    base = torch.randn(N, D, generator=g, dtype=dtype)
+    got = base.clone()
+    assert kernels.item_sums(order, crow, seg, vals, H, got)                 # adds into got in place
+    torch.testing.assert_close(got - base, kernels.item_sums_reference(items, seg, vals, H, N),
+                               atol=TOL[dtype], rtol=0)
+    got = torch.zeros(N, D, dtype=dtype)
+    assert kernels.item_sums(order, crow, seg, vals, H, got)
     t = int(torch.nonzero(items == items[0])[0])
     hand = sum(vals[u, s] * H[seg[u], s] for u in range(T) if items[u] == items[t] for s in range(S))
     torch.testing.assert_close(got[items[t]], hand, atol=TOL[dtype], rtol=0)
