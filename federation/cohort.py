@@ -312,11 +312,11 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
     d3 = dh3 * (1 - h3 * h3)                                                    # (B, H1)
     dz = a_s * _mvT(start["dec_W1"], d3, "dec_W1" in per_client)                # (B, H2)
     if s:
-        dz = dz + _bvm(K * _dots(hist["d3"][:, :s], d3), hist["z"][:, :s])
+        dz = kernels.add_lowrank_(dz, K, hist["d3"], d3, 0.0, hist["z"], s)
     d2 = dz * keep * (1 - t2 * t2)                                              # (B, H2)
     dh1 = a_s * _mvT(start["enc_W2"], d2, "enc_W2" in per_client)               # (B, H1)
     if s:
-        dh1 = dh1 + _bvm(K * _dots(hist["d2"][:, :s], d2), hist["h1"][:, :s])
+        dh1 = kernels.add_lowrank_(dh1, K, hist["d2"], d2, 0.0, hist["h1"], s)
     d1 = dh1 * (1 - h1 * h1)                                                    # (B, H1)
     return loss, d1, d2, d3, e
 
@@ -397,12 +397,12 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         h1 = torch.tanh(pre1)                                                    # (B, H1)
         pre2 = a[s] * (_mv(start["enc_W2"], h1, "enc_W2" in per_client) + start["enc_b2"])
         if s:
-            pre2 = pre2 + _bvm(K * (_dots(hist["h1"][:, :s], h1) + 1), hist["d2"][:, :s])
+            pre2 = kernels.add_lowrank_(pre2, K, hist["h1"], h1, 1.0, hist["d2"], s)
         t2 = torch.tanh(pre2)
         z = t2 * keep[s]                                                         # (B, H2)
         pre3 = a[s] * (_mv(start["dec_W1"], z, "dec_W1" in per_client) + start["dec_b1"])
         if s:
-            pre3 = pre3 + _bvm(K * (_dots(hist["z"][:, :s], z) + 1), hist["d3"][:, :s])
+            pre3 = kernels.add_lowrank_(pre3, K, hist["z"], z, 1.0, hist["d3"], s)
         h3 = torch.tanh(pre3)                                                    # (B, H1)
         g3 = K * _dots(hist["h3"][:, :s], h3) if s else None                     # (B, s) h3_j . h3 terms
         if use_content:

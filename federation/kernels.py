@@ -141,6 +141,19 @@ def _kernels() -> SimpleNamespace | None:
                 for j in range(D):
                     out[b, j] += v * W[c, j]
 
+    @jit
+    def add_lowrank(out, K, U, v, c0, W, s):        # out[b] += sum_{j<s} K[b, j] (U[b, j] . v[b] + c0) W[b, j]
+        B = out.shape[0]
+        D, E = U.shape[2], W.shape[2]
+        for b in nb.prange(B):
+            for j in range(s):
+                acc = U.dtype.type(0)
+                for d in range(D):
+                    acc += U[b, j, d] * v[b, d]
+                w = K[b, j] * (acc + c0)
+                for e in range(E):
+                    out[b, e] += w * W[b, j, e]
+
     M = 2_147_483_647                                # recsys.models.autoencoder._M
 
     @nb.njit(inline="always")
@@ -162,7 +175,8 @@ def _kernels() -> SimpleNamespace | None:
 
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
     return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows, item_sums=item_sums,
-                           dropout_masks=dropout_masks, sampled_dots=sampled_dots, pattern_mm=pattern_mm)
+                           dropout_masks=dropout_masks, sampled_dots=sampled_dots, pattern_mm=pattern_mm,
+                           add_lowrank=add_lowrank)
 
 
 def available(dtype: torch.dtype, device: torch.device | str) -> bool:
@@ -229,6 +243,26 @@ def update_rows(P: Rows, a: float, U: torch.Tensor, V: torch.Tensor) -> None:
     if k is None:
         return update_rows_reference(P, a, U, V)
     k.update_rows(*_parts(P), float(a), U.contiguous().numpy(), V.contiguous().numpy())
+
+
+def add_lowrank_reference(base: torch.Tensor, K: torch.Tensor, U: torch.Tensor, v: torch.Tensor, c0: float,
+                          W: torch.Tensor, s: int) -> torch.Tensor:
+    """base (B, E) + sum_{j<s} K[b, j] (U[b, j] . v[b] + c0) W[b, j] per client b: the earlier local
+    steps' rank-one terms of a layer. K (B, s), U (B, S, D), v (B, D), W (B, S, E) with S >= s."""
+    w = K * ((U[:, :s] * v.unsqueeze(1)).sum(2) + c0)                                     # (B, s)
+    return base + torch.bmm(w.unsqueeze(1), W[:, :s]).squeeze(1)
+
+
+def add_lowrank_(base: torch.Tensor, K: torch.Tensor, U: torch.Tensor, v: torch.Tensor, c0: float,
+                 W: torch.Tensor, s: int) -> torch.Tensor:
+    """As add_lowrank_reference in one pass; the kernel adds into base in place (and returns it), the
+    torch fallback (autograd, CUDA, no numba) returns a new tensor. One kernel instead of five ops
+    (~15 vs ~100 us at B = 94)."""
+    k = _usable(U, K, v, W, base)
+    if k is None or not (base.is_contiguous() and K.is_contiguous() and v.is_contiguous() and W.is_contiguous()):
+        return add_lowrank_reference(base, K, U, v, c0, W, s)
+    k.add_lowrank(base.numpy(), K.numpy(), U.numpy(), v.numpy(), float(c0), W.numpy(), int(s))
+    return base
 
 
 def item_sums_reference(items: torch.Tensor, seg: torch.Tensor, vals: torch.Tensor, H: torch.Tensor,

@@ -130,3 +130,18 @@ def test_sampled_dots_and_pattern_products_match_torch_sparse(dtype):
     torch.testing.assert_close(got, V @ W, atol=TOL[dtype], rtol=0)
     torch.testing.assert_close(got, kernels.pattern_mm_reference(pattern, vals, W), atol=TOL[dtype], rtol=0)
     assert torch.equal(got[3], torch.zeros(D, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c0", [0.0, 1.0])
+def test_add_lowrank_matches_the_reference_and_a_hand_sum(dtype, c0):
+    g = torch.Generator().manual_seed(2)
+    B, S, s, D, E = 5, 4, 3, 7, 6
+    K, v = torch.randn(B, s, generator=g, dtype=dtype), torch.randn(B, D, generator=g, dtype=dtype)
+    U, W = torch.randn(B, S, D, generator=g, dtype=dtype), torch.randn(B, S, E, generator=g, dtype=dtype)
+    base = torch.randn(B, E, generator=g, dtype=dtype)
+    want = kernels.add_lowrank_reference(base, K, U, v, c0, W, s)
+    got = kernels.add_lowrank_(base.clone(), K, U, v, c0, W, s)
+    torch.testing.assert_close(got, want, atol=TOL[dtype], rtol=0)
+    hand = base[1] + sum(K[1, j] * (float(U[1, j] @ v[1]) + c0) * W[1, j] for j in range(s))   # steps < s only
+    torch.testing.assert_close(got[1], hand, atol=TOL[dtype], rtol=0)
