@@ -279,6 +279,23 @@ def _mvT(P0: torch.Tensor, d: torch.Tensor, per_client: bool) -> torch.Tensor:
     return kernels.bmtv(P0, d) if per_client else d @ P0
 
 
+def _softmax_grad(a_s: float, seg, flat, cnt, y, full0, W_out) -> tuple[torch.Tensor, ...]:
+    """Implicit mode with shared start rows: loss (B,), e = dL/dy (T,) and dL/dh3 (B, H1) through the
+    rows' start term, from full0 (B, N) = h3 @ W^T + b (overwritten) and the own items' scores y (T,)."""
+    B = full0.shape[0]
+    full = full0.view(-1).index_put_((flat,), y).view(B, -1)                    # (B, N) in place: full0 is spent
+    G = torch.softmax(full, 1)                                                  # (B, N)
+    p = G.view(-1).index_select(0, flat)                                        # (T,) own items' probabilities
+    # The loss is only reported (the gradient is G): the log of p, floored at the smallest normal
+    # float so that an underflowed item counts ~-87 (float32) instead of -inf. One pass over (B, N)
+    # fewer than log_softmax followed by exp.
+    loss = -segment_sum(p.clamp_min(torch.finfo(p.dtype).tiny).log_(), seg, B)
+    G.mul_(cnt[:, None])                                                        # (B, N) n_u softmax
+    e = p * cnt.index_select(0, seg) - 1                                        # (T,) dL/dy
+    G.view(-1).index_copy_(0, flat, a_s * e)
+    return loss, e, G @ W_out                                                   # (B,), (T,), (B, H1)
+
+
 def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hist: dict[str, torch.Tensor],
                           s: int, x, seg, flat, cnt, y, full0, W_out, pattern, start, per_client, h1, t2, keep,
                           z, h3) -> tuple[torch.Tensor, ...]:
@@ -296,17 +313,7 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
         e = 2 * r / cnt.index_select(0, seg)                                    # (T,)
         dh3 = a_s * kernels.pattern_mm(pattern, e, W_out)                       # (B, H1) = dL/dy (B, N) @ W
     else:
-        full = full0.view(-1).index_put_((flat,), y).view(B, -1)                # (B, N) in place: full0 is spent
-        G = torch.softmax(full, 1)                                              # (B, N)
-        p = G.view(-1).index_select(0, flat)                                    # (T,) own items' probabilities
-        # The loss is only reported (the gradient is G): the log of p, floored at the smallest normal
-        # float so that an underflowed item counts ~-87 (float32) instead of -inf. One pass over (B, N)
-        # fewer than log_softmax followed by exp.
-        loss = -segment_sum(p.clamp_min(torch.finfo(p.dtype).tiny).log_(), seg, B)
-        G.mul_(cnt[:, None])                                                    # (B, N) n_u softmax
-        e = p * cnt.index_select(0, seg) - 1                                    # (T,) dL/dy
-        G.view(-1).index_copy_(0, flat, a_s * e)
-        dh3 = G @ W_out                                                         # (B, H1)
+        loss, e, dh3 = _softmax_grad(a_s, seg, flat, cnt, y, full0, W_out)
     if s:
         dh3 = dh3 + _bvm(K * segment_sum(e[:, None] * hist["e"][:, :s], seg, B), hist["h3"][:, :s])
     d3 = dh3 * (1 - h3 * h3)                                                    # (B, H1)
@@ -319,6 +326,15 @@ def _shared_rows_backward(shape: AEShape, a_s: float, K: torch.Tensor | None, hi
         dh1 = kernels.add_lowrank_(dh1, K, hist["d2"], d2, 0.0, hist["h1"], s)
     d1 = dh1 * (1 - h1 * h1)                                                    # (B, H1)
     return loss, d1, d2, d3, e
+
+
+def _new_hist(shape: AEShape, B: int, T: int, S: int, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Empty step factors of train_cohort's manual path: (B, S, H) per client, e (T, S), c (B, S)."""
+    dims = {"d1": shape.h1, "h1": shape.h1, "d2": shape.h2, "z": shape.h2, "d3": shape.h1, "h3": shape.h1}
+    hist = {n: torch.empty((B, S, d), dtype=dtype, device=device) for n, d in dims.items()}
+    hist["e"] = torch.empty((T, S), dtype=dtype, device=device)
+    hist["c"] = torch.empty((B, S), dtype=dtype, device=device)
+    return hist
 
 
 def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
@@ -386,6 +402,42 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     kept = (rows_kept_steps(seed, rnd, cohort.users, range(S), shape.content_dropout).to(dtype)
             if use_content and shape.content_dropout > 0 else None)                                # (S, B)
     hist: dict[str, torch.Tensor] = {}   # factors of the steps so far, (B|T, S, ...); the result keeps them
+    if manual and shape.mode == "explicit" and not use_content and kept is None:
+        # The whole local loop as one kernel (kernels.local_steps_explicit): a client's own layer is
+        # read once per round instead of twice per step; the loop below is its torch version.
+        hist = _new_hist(shape, B, len(items), S, dtype, x.device)
+        crow = torch.cat([seg.new_zeros(1), torch.bincount(seg, minlength=B).cumsum(0)])      # (B+1,)
+        tie_b = tie if torch.is_tensor(tie) else torch.zeros_like(E0x)
+        if kernels.local_steps_explicit(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
+                                        tie_b, xx1, keep, a, b, sgd.clip_norm, crow, items, x, W_out,
+                                        global_p["dec_ob"].to(dtype), cnt, hist, loss_sum):
+            res.hist = hist
+            res.loss = loss_sum / max(1, local_epochs)
+            return res
+        hist = {}
+    elif manual and frozen and not use_content and kept is None:
+        # Implicit: the per-client parts of each step as two kernels around torch's GEMMs and softmax.
+        hist = _new_hist(shape, B, len(items), S, dtype, x.device)
+        crow = torch.cat([seg.new_zeros(1), torch.bincount(seg, minlength=B).cumsum(0)])      # (B+1,)
+        steps = kernels.cohort_steps(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
+                                     tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b,
+                                     sgd.clip_norm, crow, hist)
+        if steps is not None:
+            ob = global_p["dec_ob"].to(dtype)
+            for s in range(S):
+                Gy = steps.forward(s)                                            # (B, s)
+                full0 = torch.addmm(ob, hist["h3"][:, s], W_out.T)               # (B, N)
+                y = a[s] * full0.reshape(-1).index_select(0, flat)               # (T,)
+                if s:
+                    y = y + (Gy.index_select(0, seg) * hist["e"][:, :s]).sum(1)
+                loss, e, dh3 = _softmax_grad(a[s], seg, flat, cnt, y, full0, W_out)
+                hist["e"][:, s] = e
+                steps.backward(s, dh3)
+                loss_sum += loss
+            res.hist = hist
+            res.loss = loss_sum / max(1, local_epochs)
+            return res
+        hist = {}
     for s in range(S):
         # Earlier steps' rank-one terms, all j < s at once: sum_j K_j (u_j . v + 1) w_j as two bmm.
         K = hist["c"][:, :s] * torch.tensor(b[s][:s], dtype=dtype, device=x.device) if s else None   # (B, s)

@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 from recsys.models import autoencoder as ae
@@ -154,6 +155,192 @@ def _kernels() -> SimpleNamespace | None:
                 for e in range(E):
                     out[b, e] += w * W[b, j, e]
 
+    fast = {"reassoc", "contract"}
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _tanh(v):                           # 1 - 2 / (e^2v + 1): one exp, ~3x faster than libm's tanh;
+        return 1 - 2 / (np.exp(2 * v) + 1)  # absolute error at float rounding, +-1 beyond exp's range
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _coef(b, s, bco, Hc, K):            # K[j] = step j's end coefficient at step s times its clip factor
+        for j in range(s):
+            K[j] = Hc[b, j] * bco[s, j]
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _weights(Hu, b, s, K, c0, g):       # g[j] = K_j (u_j . u_s + c0) for the earlier steps j < s
+        for j in range(s):
+            acc = Hu.dtype.type(0)
+            for i in range(Hu.shape[2]):
+                acc += Hu[b, j, i] * Hu[b, s, i]
+            g[j] = K[j] * (acc + c0)
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _layer(P, q, bias, b, s, As, g, Hin, Hw, pre):   # pre = a (P[q] h + bias) + sum_j g_j w_j
+        for o in range(P.shape[1]):
+            acc = P.dtype.type(0)
+            for i in range(P.shape[2]):
+                acc += P[q, o, i] * Hin[b, s, i]
+            v = As * (acc + bias[b, o])
+            for j in range(s):
+                v += g[j] * Hw[b, j, o]
+            pre[o] = v
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _mtv(P, q, Hd, b, s, out):          # out = P[q]^T d_s
+        for i in range(out.shape[0]):
+            out[i] = 0.0
+        for o in range(P.shape[1]):
+            d = Hd[b, s, o]
+            for i in range(P.shape[2]):
+                out[i] += P[q, o, i] * d
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _tanh_grad(sv, dv, g, b, s, Hw, t, m, Hd):
+        # d_s = (sv dv + sum_j g_j w_j) m (1 - t^2) for a layer t = tanh(pre), output w = m t;
+        # returns (|w_s|^2, |d_s|^2) for the gradient norm.
+        nw = Hw.dtype.type(0)
+        nd = Hw.dtype.type(0)
+        for i in range(Hw.shape[2]):
+            v = sv * dv[i]
+            for j in range(s):
+                v += g[j] * Hw[b, j, i]
+            w = Hw[b, s, i]
+            d = v * m[i] * (1 - t[i] * t[i])
+            Hd[b, s, i] = d
+            nw += w * w
+            nd += d * d
+        return nw, nd
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _forward(b, s, As, K, g, t2, P2, q2, b2, P3, q3, b3, E0x, tie, xx1, keep, Hd1, Hh1, Hd2, Hz, Hd3, Hh3):
+        # One client's step-s forward of federation.cohort.train_cohort (P_s = a_s P_0 + sum_j K_j u_j v_j^T):
+        # writes h1, z (t2 into t2) and h3 at [b, s]; leaves g[j] = K_j (h3_j . h3 + 1) for the scores.
+        for i in range(E0x.shape[1]):       # h1 = tanh(a E0x + tie + (|x|^2 + 1) sum_j K_j d1_j)
+            acc = E0x.dtype.type(0)
+            for j in range(s):
+                acc += K[j] * Hd1[b, j, i]
+            Hh1[b, s, i] = _tanh(As * E0x[b, i] + tie[b, i] + xx1[b] * acc)
+        _weights(Hh1, b, s, K, 1.0, g)      # pre2 = a (P2 h1 + b2) + sum_j K_j (h1_j . h1 + 1) d2_j
+        _layer(P2, q2, b2, b, s, As, g, Hh1, Hd2, t2)
+        for o in range(t2.shape[0]):
+            t2[o] = _tanh(t2[o])
+            Hz[b, s, o] = t2[o] * keep[s, b, o]
+        _weights(Hz, b, s, K, 1.0, g)       # pre3 = a (P3 z + b3) + sum_j K_j (z_j . z + 1) d3_j
+        _layer(P3, q3, b3, b, s, As, g, Hz, Hd3, Hh3[b, s])
+        for o in range(Hh3.shape[2]):
+            Hh3[b, s, o] = _tanh(Hh3[b, s, o])
+        _weights(Hh3, b, s, K, 1.0, g)
+
+    @nb.njit(inline="always", fastmath=fast)
+    def _backward(b, s, As, sv, dv, K, g, t2, dz, dh, P2, q2, P3, q3, xx1, keep, t0, t1, He, clip,
+                  Hd1, Hh1, Hd2, Hz, Hd3, Hh3):
+        # One client's step-s backward, from dv (H1,) = dL/dh3 through the start rows divided by sv and
+        # the rows' gradients He[t0:t1, s]: writes d3, d2, d1 at [b, s] and returns the clip factor.
+        for j in range(s):                  # dh3 = sv dv + sum_j K_j (sum_t e_t e_tj) h3_j
+            acc = He.dtype.type(0)
+            for t in range(t0, t1):
+                acc += He[t, s] * He[t, j]
+            g[j] = K[j] * acc
+        esq = He.dtype.type(0)
+        for t in range(t0, t1):
+            esq += He[t, s] * He[t, s]
+        one = np.ones(max(Hh1.shape[2], Hz.shape[2]), Hh1.dtype)
+        nh3, nd3 = _tanh_grad(sv, dv, g, b, s, Hh3, Hh3[b, s], one, Hd3)
+        _mtv(P3, q3, Hd3, b, s, dz)         # dz = a P3^T d3 + sum_j K_j (d3_j . d3) z_j
+        _weights(Hd3, b, s, K, 0.0, g)
+        nz, nd2 = _tanh_grad(As, dz, g, b, s, Hz, t2, keep[s, b], Hd2)   # z = keep t2
+        _mtv(P2, q2, Hd2, b, s, dh)         # dh1 = a P2^T d2 + sum_j K_j (d2_j . d2) h1_j
+        _weights(Hd2, b, s, K, 0.0, g)
+        nh1, nd1 = _tanh_grad(As, dh, g, b, s, Hh1, Hh1[b, s], one, Hd1)
+        # clipping factor from the gradient norm over all parameters (|u v^T| = |u| |v|)
+        sq = nd1 * xx1[b] + nd2 * (nh1 + 1) + nd3 * (nz + 1) + esq * (nh3 + 1)
+        if clip > 0:
+            return min(1.0, clip / (np.sqrt(sq) + 1e-6))
+        return 1.0
+
+    @jit
+    def local_steps_explicit(P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, clip,
+                             crow, items, x, W, ob, cnt, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss):
+        # All S local steps of explicit-mode clients with shared item rows, one client per thread,
+        # so a client's 128 x 256 layer is read from DRAM once per round, not twice per step.
+        # P2 (R2, H2, H1) rows r2 (B,): enc_W2; P3 (R3, H1, H2) rows r3: dec_W1; b2 (B, H2), b3 (B, H1)
+        # start biases; E0x, tie (B, H1); keep (S, B, H2); a (S,), bco (S, S) the SGD coefficients;
+        # entries crow (B+1,), items, x (T,); W (N, H1), ob (N,) the start rows. Writes the step
+        # factors H* (B, S, .), He (T, S), Hc (B, S) and the loss summed over steps (B,).
+        B, H1 = E0x.shape
+        H2 = P2.shape[1]
+        S = a.shape[0]
+        for b in nb.prange(B):
+            q2, q3, t0, t1 = r2[b], r3[b], crow[b], crow[b + 1]
+            K = np.empty(S, E0x.dtype)
+            g = np.empty(S, E0x.dtype)
+            t2 = np.empty(H2, E0x.dtype)
+            dv = np.empty(H1, E0x.dtype)
+            dh = np.empty(H1, E0x.dtype)
+            dz = np.empty(H2, E0x.dtype)
+            lsum = E0x.dtype.type(0)
+            for s in range(S):
+                As = a[s]
+                _coef(b, s, bco, Hc, K)
+                _forward(b, s, As, K, g, t2, P2, q2, b2, P3, q3, b3, E0x, tie, xx1, keep, Hd1, Hh1, Hd2, Hz,
+                         Hd3, Hh3)
+                # y_t = a (W_i . h3 + ob_i) + sum_j g_j e_tj; e_t = 2 (y_t - x_t) / n; dv = sum_t e_t W_i
+                rr = E0x.dtype.type(0)
+                for i in range(H1):
+                    dv[i] = 0.0
+                for t in range(t0, t1):
+                    it = items[t]
+                    acc = W.dtype.type(0)
+                    for i in range(H1):
+                        acc += W[it, i] * Hh3[b, s, i]
+                    y = As * (acc + ob[it])
+                    for j in range(s):
+                        y += g[j] * He[t, j]
+                    r = y - x[t]
+                    rr += r * r
+                    e = 2 * r / cnt[b]
+                    He[t, s] = e
+                    for i in range(H1):
+                        dv[i] += e * W[it, i]
+                lsum += rr / cnt[b]
+                Hc[b, s] = _backward(b, s, As, As, dv, K, g, t2, dz, dh, P2, q2, P3, q3, xx1, keep, t0, t1, He,
+                                     clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+            loss[b] = lsum
+
+    @jit
+    def step_forward(s, P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3,
+                     T2, Gy):
+        # Step s's forward for every client (implicit mode: the softmax over all items runs in torch
+        # between this and step_backward). Writes h1, z, h3 at [:, s], t2 into T2 (B, H2) and
+        # Gy[:, :s] = K_j (h3_j . h3 + 1), the earlier steps' weights in the own items' scores.
+        B, H1 = E0x.shape
+        S = a.shape[0]
+        for b in nb.prange(B):
+            K = np.empty(S, E0x.dtype)
+            g = np.empty(S, E0x.dtype)
+            _coef(b, s, bco, Hc, K)
+            _forward(b, s, a[s], K, g, T2[b], P2, r2[b], b2, P3, r3[b], b3, E0x, tie, xx1, keep, Hd1, Hh1, Hd2,
+                     Hz, Hd3, Hh3)
+            for j in range(s):
+                Gy[b, j] = g[j]
+
+    @jit
+    def step_backward(s, dH3, P2, r2, P3, r3, xx1, keep, a, bco, clip, crow, T2, He, Hc, Hd1, Hh1, Hd2, Hz,
+                      Hd3, Hh3):
+        # Step s's backward for every client from dH3 (B, H1) = dL/dh3 through the start rows and
+        # He[:, s]; writes d3, d2, d1 and the clip factor at [:, s].
+        B, H1 = dH3.shape
+        H2 = P2.shape[1]
+        S = a.shape[0]
+        for b in nb.prange(B):
+            K = np.empty(S, dH3.dtype)
+            g = np.empty(S, dH3.dtype)
+            dz = np.empty(H2, dH3.dtype)
+            dh = np.empty(H1, dH3.dtype)
+            _coef(b, s, bco, Hc, K)
+            Hc[b, s] = _backward(b, s, a[s], 1.0, dH3[b], K, g, T2[b], dz, dh, P2, r2[b], P3, r3[b], xx1, keep,
+                                 crow[b], crow[b + 1], He, clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+
     M = 2_147_483_647                                # recsys.models.autoencoder._M
 
     @nb.njit(inline="always")
@@ -176,7 +363,8 @@ def _kernels() -> SimpleNamespace | None:
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
     return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows, item_sums=item_sums,
                            dropout_masks=dropout_masks, sampled_dots=sampled_dots, pattern_mm=pattern_mm,
-                           add_lowrank=add_lowrank)
+                           add_lowrank=add_lowrank, local_steps_explicit=local_steps_explicit,
+                           step_forward=step_forward, step_backward=step_backward)
 
 
 def available(dtype: torch.dtype, device: torch.device | str) -> bool:
@@ -263,6 +451,100 @@ def add_lowrank_(base: torch.Tensor, K: torch.Tensor, U: torch.Tensor, v: torch.
         return add_lowrank_reference(base, K, U, v, c0, W, s)
     k.add_lowrank(base.numpy(), K.numpy(), U.numpy(), v.numpy(), float(c0), W.numpy(), int(s))
     return base
+
+
+def _indexed(P: torch.Tensor | Rows, B: int) -> tuple:
+    """(source array (R, O, I), row index (B,)) of a per-client matrix, its Rows, or a shared (O, I) one."""
+    if isinstance(P, Rows):
+        return _parts(P)
+    if P.dim() == 2:
+        return P.unsqueeze(0).numpy(), np.zeros(B, dtype=np.int64)
+    return P.numpy(), np.arange(B, dtype=np.int64)
+
+
+def local_steps_explicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Tensor | Rows, b3: torch.Tensor,
+                         E0x: torch.Tensor, tie: torch.Tensor, xx1: torch.Tensor, keep: torch.Tensor,
+                         a: list[float], bco: list[list[float]], clip: float | None, crow: torch.Tensor,
+                         items: torch.Tensor, x: torch.Tensor, W: torch.Tensor, ob: torch.Tensor, cnt: torch.Tensor,
+                         hist: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
+    """All local steps of an explicit cohort with shared item rows in one kernel (see the kernel's
+    comment; federation.cohort.train_cohort is the torch version). Writes hist[d1|h1|d2|z|d3|h3]
+    (B, S, .), hist[e] (T, S), hist[c] (B, S) and loss (B,) (the sum over steps); False (nothing
+    written) where the kernels do not apply. P2/P3: (B, O, I) per client, Rows, or shared (O, I);
+    b2 (B, H2) and b3 (B, H1) per client or shared (H,)."""
+    ts = (b2, b3, E0x, tie, xx1, keep, x, W, ob, cnt, loss, *hist.values())
+    k = _usable(P2, *ts)
+    if k is None or _usable(P3, *ts) is None or not all(t.is_contiguous() for t in (W, *hist.values())):
+        return False
+    B, dt = E0x.shape[0], E0x.dtype
+    S = keep.shape[0]
+    c = lambda t: t.contiguous().numpy()                                       # noqa: E731
+    full = lambda v, n: c(v.expand(B, n) if v.dim() == 1 else v)               # noqa: E731
+    k.local_steps_explicit(*_indexed(P2, B), full(b2, keep.shape[2]), *_indexed(P3, B), full(b3, E0x.shape[1]),
+                           c(E0x), full(tie, E0x.shape[1]), c(xx1), c(keep),
+                           np.asarray(a[:S], dtype=_np_dtype(dt)), _coefficients(bco[:S], dt), float(clip or 0.0),
+                           c(crow), c(items), c(x), W.numpy(), c(ob), c(cnt),
+                           *(hist[n].numpy() for n in ("d1", "h1", "d2", "z", "d3", "h3", "e", "c")), loss.numpy())
+    return True
+
+
+@dataclass
+class CohortSteps:
+    """One local step's per-client parts as two kernels, for a cohort whose scores need torch in
+    between (implicit mode: a softmax over all items): ``forward(s)`` writes hist h1, z, h3 at [:, s]
+    and returns Gy (B, s), the earlier steps' weights K_j (h3_j . h3 + 1) in the own items' scores;
+    ``backward(s, dh3)`` takes dL/dh3 (B, H1) through the start rows and hist e[:, s] and writes
+    d3, d2, d1 and the clip factor c at [:, s]. Build with ``cohort_steps``."""
+    k: SimpleNamespace
+    args: dict
+
+    def forward(self, s: int) -> torch.Tensor:
+        A = self.args
+        self.k.step_forward(s, *A["P2"], A["b2"], *A["P3"], A["b3"], A["E0x"], A["tie"], A["xx1"], A["keep"],
+                            A["a"], A["bco"], A["Hc"], *A["H"], A["T2"], A["Gy"].numpy())
+        return A["Gy"][:, :s]
+
+    def backward(self, s: int, dh3: torch.Tensor) -> None:
+        A = self.args
+        self.k.step_backward(s, dh3.contiguous().numpy(), *A["P2"], *A["P3"], A["xx1"], A["keep"], A["a"],
+                             A["bco"], A["clip"], A["crow"], A["T2"], A["He"], A["Hc"], *A["H"])
+
+
+def cohort_steps(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Tensor | Rows, b3: torch.Tensor,
+                 E0x: torch.Tensor, tie: torch.Tensor, xx1: torch.Tensor, keep: torch.Tensor, a: list[float],
+                 bco: list[list[float]], clip: float | None, crow: torch.Tensor, hist: dict[str, torch.Tensor]
+                 ) -> CohortSteps | None:
+    """CohortSteps for these start values (as local_steps_explicit), or None where the kernels do not
+    apply."""
+    ts = (b2, b3, E0x, tie, xx1, keep, *hist.values())
+    k = _usable(P2, *ts)
+    if k is None or _usable(P3, *ts) is None or not all(t.is_contiguous() for t in hist.values()):
+        return None
+    B, H1, dt = E0x.shape[0], E0x.shape[1], E0x.dtype
+    S = keep.shape[0]
+    c = lambda t: t.contiguous().numpy()                                       # noqa: E731
+    full = lambda v, n: c(v.expand(B, n) if v.dim() == 1 else v)               # noqa: E731
+    args = {"P2": _indexed(P2, B), "b2": full(b2, keep.shape[2]), "P3": _indexed(P3, B), "b3": full(b3, H1),
+            "E0x": c(E0x), "tie": full(tie, H1), "xx1": c(xx1), "keep": c(keep),
+            "a": np.asarray(a[:S], dtype=_np_dtype(dt)), "bco": _coefficients(bco[:S], dt), "clip": float(clip or 0.0),
+            "crow": c(crow), "Hc": hist["c"].numpy(), "He": hist["e"].numpy(),
+            "H": tuple(hist[n].numpy() for n in ("d1", "h1", "d2", "z", "d3", "h3")),
+            "T2": np.empty((B, keep.shape[2]), dtype=_np_dtype(dt)), "Gy": E0x.new_zeros((B, S))}
+    return CohortSteps(k, args)
+
+
+def _np_dtype(dtype: torch.dtype) -> type:
+    """The numpy dtype of a torch float dtype."""
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def _coefficients(bco: list[list[float]], dtype: torch.dtype) -> np.ndarray:
+    """sgd_coefficients' b (ragged: b[s] has s entries) as a zero-padded (S, S) array."""
+    S = len(bco)
+    out = np.zeros((S, S), dtype=_np_dtype(dtype))
+    for s, row in enumerate(bco):
+        out[s, :len(row[:s])] = row[:s]
+    return out
 
 
 def item_sums_reference(items: torch.Tensor, seg: torch.Tensor, vals: torch.Tensor, H: torch.Tensor,

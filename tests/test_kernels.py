@@ -145,3 +145,33 @@ def test_add_lowrank_matches_the_reference_and_a_hand_sum(dtype, c0):
     torch.testing.assert_close(got, want, atol=TOL[dtype], rtol=0)
     hand = base[1] + sum(K[1, j] * (float(U[1, j] @ v[1]) + c0) * W[1, j] for j in range(s))   # steps < s only
     torch.testing.assert_close(got[1], hand, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_local_steps_match_the_torch_step_loop(tiny_data, mode, dtype, monkeypatch):
+    """local_steps_explicit / cohort_steps (one kernel per client and round, or per step) train the
+    same clients as train_cohort's torch loop over steps, which they replace."""
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
+    cfg = FedSettings(rounds=3, fraction=0.5, local_epochs=5, seed=3, max_cohort_clients=4, sgd=SGDConfig())
+    calls = []
+    fused_explicit, fused_steps = kernels.local_steps_explicit, kernels.cohort_steps
+    monkeypatch.setattr(kernels, "local_steps_explicit", lambda *a: calls.append(1) or fused_explicit(*a))
+    monkeypatch.setattr(kernels, "cohort_steps", lambda *a: calls.append(1) or fused_steps(*a))
+    fast = Federation(shape, cfg, train, dtype=dtype)
+    for _ in range(2):
+        fast.run_round()
+    assert len(calls) >= 2                                                  # the fused path ran
+    monkeypatch.setattr(kernels, "local_steps_explicit", lambda *a: False)
+    monkeypatch.setattr(kernels, "cohort_steps", lambda *a: None)
+    slow = Federation(shape, cfg, train, dtype=dtype)
+    for _ in range(2):
+        slow.run_round()
+    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    for k in fast.global_p:
+        torch.testing.assert_close(fast.global_p[k], slow.global_p[k], atol=tol, rtol=0)
+    for k in fast.store.keys:
+        torch.testing.assert_close(fast.store.full(k), slow.store.full(k), atol=tol, rtol=0)
+    moved = (fast.store.full("enc_W2") - Federation(shape, cfg, train, dtype=dtype).store.full("enc_W2")).abs().max()
+    assert moved > 1e-4
