@@ -419,6 +419,13 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         # Implicit: the per-client parts of each step as two kernels around torch's GEMMs and softmax.
         hist = _new_hist(shape, B, len(items), S, dtype, x.device)
         crow = torch.cat([seg.new_zeros(1), torch.bincount(seg, minlength=B).cumsum(0)])      # (B+1,)
+        if kernels.local_steps_implicit(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
+                                        tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b,
+                                        sgd.clip_norm, crow, items, W_out, global_p["dec_ob"].to(dtype), cnt, hist,
+                                        loss_sum):
+            res.hist = hist
+            res.loss = loss_sum / max(1, local_epochs)
+            return res
         steps = kernels.cohort_steps(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
                                      tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b,
                                      sgd.clip_norm, crow, hist)

@@ -16,6 +16,7 @@ versions to float rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -341,6 +342,95 @@ def _kernels() -> SimpleNamespace | None:
             Hc[b, s] = _backward(b, s, a[s], 1.0, dH3[b], K, g, T2[b], dz, dh, P2, r2[b], P3, r3[b], xx1, keep,
                                  crow[b], crow[b + 1], He, clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
 
+    @nb.njit(inline="always", fastmath=fast)
+    def _forward_into(b, s, a, bco, K, g, gy, h3, t2, P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, Hc, Hd1, Hh1,
+                      Hd2, Hz, Hd3, Hh3):
+        # _forward of client b's step s, also copying h3 and the scores' weights g[:s] out (gy, h3)
+        _coef(b, s, bco, Hc, K)
+        _forward(b, s, a[s], K, g, t2, P2, r2[b], b2, P3, r3[b], b3, E0x, tie, xx1, keep, Hd1, Hh1, Hd2, Hz, Hd3,
+                 Hh3)
+        for j in range(s):
+            gy[j] = g[j]
+        for i in range(h3.shape[0]):
+            h3[i] = Hh3[b, s, i]
+
+    @jit
+    def local_steps_implicit(P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, clip, crow, items, W, ob, cnt,
+                             nblk, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss):
+        # All S local steps of implicit-mode clients with frozen start rows W (N, H1), ob (N,): the
+        # softmax over all N items needs (B, H1) x (H1, N) products, so clients run in nblk blocks,
+        # one block per thread, and each block's two products per step are single-threaded BLAS calls
+        # inside the block's own loop (no hand-over to torch's thread pool between the per-client
+        # parts). Arguments and outputs as local_steps_explicit (no ratings: every entry is a positive).
+        B, H1 = E0x.shape
+        H2 = P2.shape[1]
+        N = W.shape[0]
+        S = a.shape[0]
+        WT = W.T                                                        # (H1, N), F-contiguous view
+        tiny = np.finfo(E0x.dtype).tiny
+        for k in nb.prange(nblk):
+            b0 = k * B // nblk
+            n = (k + 1) * B // nblk - b0
+            K = np.empty(S, E0x.dtype)
+            g = np.empty(S, E0x.dtype)
+            Gy = np.empty((n, S), E0x.dtype)
+            T2 = np.empty((n, H2), E0x.dtype)
+            h3 = np.empty((n, H1), E0x.dtype)
+            full = np.empty((n, N), E0x.dtype)                          # scores, then dL/dscores
+            dH = np.empty((n, H1), E0x.dtype)
+            dz = np.empty(H2, E0x.dtype)
+            dh = np.empty(H1, E0x.dtype)
+            lsum = np.zeros(n, E0x.dtype)
+            for c in range(n):
+                _forward_into(b0 + c, 0, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x, tie,
+                              xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+            for s in range(S):
+                As = a[s]
+                np.dot(h3, WT, full)                                    # (n, N) start rows' scores
+                for c in range(n):
+                    # own items y_t = a (W_i . h3 + ob_i) + sum_j g_j e_tj, the others W_i . h3 + ob_i;
+                    # dL/dscores = n_u softmax - 1[own], own entries times a (their start term's factor)
+                    b = b0 + c
+                    t0, t1 = crow[b], crow[b + 1]
+                    row = full[c]
+                    for i in range(N):
+                        row[i] += ob[i]
+                    for t in range(t0, t1):
+                        y = As * row[items[t]]
+                        for j in range(s):
+                            y += Gy[c, j] * He[t, j]
+                        row[items[t]] = y
+                    m = row[0]
+                    for i in range(N):
+                        m = max(m, row[i])
+                    z = E0x.dtype.type(0)
+                    for i in range(N):
+                        row[i] = np.exp(row[i] - m)
+                        z += row[i]
+                    inv = 1 / z
+                    for t in range(t0, t1):
+                        p = row[items[t]] * inv
+                        lsum[c] -= np.log(max(p, tiny))
+                        He[t, s] = p * cnt[b] - 1
+                    sc = cnt[b] * inv
+                    for i in range(N):
+                        row[i] *= sc
+                    for t in range(t0, t1):
+                        row[items[t]] = As * He[t, s]
+                np.dot(full, W, dH)                                     # (n, H1) = dL/dh3 via the start rows
+                for c in range(n):
+                    # step s's backward and step s + 1's forward back to back: the client's own layer
+                    # is still in cache for the second read.
+                    b = b0 + c
+                    _coef(b, s, bco, Hc, K)
+                    Hc[b, s] = _backward(b, s, As, 1.0, dH[c], K, g, T2[c], dz, dh, P2, r2[b], P3, r3[b], xx1,
+                                         keep, crow[b], crow[b + 1], He, clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+                    if s + 1 < S:
+                        _forward_into(b, s + 1, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x,
+                                      tie, xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+            for c in range(n):
+                loss[b0 + c] = lsum[c]
+
     M = 2_147_483_647                                # recsys.models.autoencoder._M
 
     @nb.njit(inline="always")
@@ -364,6 +454,7 @@ def _kernels() -> SimpleNamespace | None:
     return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows, item_sums=item_sums,
                            dropout_masks=dropout_masks, sampled_dots=sampled_dots, pattern_mm=pattern_mm,
                            add_lowrank=add_lowrank, local_steps_explicit=local_steps_explicit,
+                           local_steps_implicit=local_steps_implicit, num_threads=nb.get_num_threads,
                            step_forward=step_forward, step_backward=step_backward)
 
 
@@ -462,6 +553,21 @@ def _indexed(P: torch.Tensor | Rows, B: int) -> tuple:
     return P.numpy(), np.arange(B, dtype=np.int64)
 
 
+def _step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow) -> tuple:
+    """The fused kernels' leading arguments, as numpy arrays (see local_steps_explicit)."""
+    B, dt = E0x.shape[0], E0x.dtype
+    S = keep.shape[0]
+    c = lambda t: t.contiguous().numpy()                                       # noqa: E731
+    full = lambda v, n: c(v.expand(B, n) if v.dim() == 1 else v)               # noqa: E731
+    return (*_indexed(P2, B), full(b2, keep.shape[2]), *_indexed(P3, B), full(b3, E0x.shape[1]), c(E0x),
+            full(tie, E0x.shape[1]), c(xx1), c(keep), np.asarray(a[:S], dtype=_np_dtype(dt)),
+            _coefficients(bco[:S], dt), float(clip or 0.0), c(crow))
+
+
+def _hist_args(hist: dict[str, torch.Tensor]) -> tuple:
+    return tuple(hist[n].numpy() for n in ("d1", "h1", "d2", "z", "d3", "h3", "e", "c"))
+
+
 def local_steps_explicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Tensor | Rows, b3: torch.Tensor,
                          E0x: torch.Tensor, tie: torch.Tensor, xx1: torch.Tensor, keep: torch.Tensor,
                          a: list[float], bco: list[list[float]], clip: float | None, crow: torch.Tensor,
@@ -476,15 +582,43 @@ def local_steps_explicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Te
     k = _usable(P2, *ts)
     if k is None or _usable(P3, *ts) is None or not all(t.is_contiguous() for t in (W, *hist.values())):
         return False
-    B, dt = E0x.shape[0], E0x.dtype
-    S = keep.shape[0]
-    c = lambda t: t.contiguous().numpy()                                       # noqa: E731
-    full = lambda v, n: c(v.expand(B, n) if v.dim() == 1 else v)               # noqa: E731
-    k.local_steps_explicit(*_indexed(P2, B), full(b2, keep.shape[2]), *_indexed(P3, B), full(b3, E0x.shape[1]),
-                           c(E0x), full(tie, E0x.shape[1]), c(xx1), c(keep),
-                           np.asarray(a[:S], dtype=_np_dtype(dt)), _coefficients(bco[:S], dt), float(clip or 0.0),
-                           c(crow), c(items), c(x), W.numpy(), c(ob), c(cnt),
-                           *(hist[n].numpy() for n in ("d1", "h1", "d2", "z", "d3", "h3", "e", "c")), loss.numpy())
+    k.local_steps_explicit(*_step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow),
+                           items.contiguous().numpy(), x.contiguous().numpy(), W.numpy(), ob.contiguous().numpy(),
+                           cnt.contiguous().numpy(), *_hist_args(hist), loss.numpy())
+    return True
+
+
+def _single_threaded_blas() -> contextlib.AbstractContextManager:
+    """OpenBLAS (scipy's, which numba's np.dot calls) limited to one thread: local_steps_implicit calls
+    it from each of its own threads, and a threaded OpenBLAS inside an OpenMP loop oversubscribes the
+    cores (20x slower on the 2-core VM, with an OpenBLAS warning per call)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded thread pools, taken once (~2 ms each time otherwise)."""
+    import scipy.linalg.cython_blas  # noqa: F401  loads the library numba's np.dot uses, so it is seen
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
+
+
+def local_steps_implicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Tensor | Rows, b3: torch.Tensor,
+                         E0x: torch.Tensor, tie: torch.Tensor, xx1: torch.Tensor, keep: torch.Tensor,
+                         a: list[float], bco: list[list[float]], clip: float | None, crow: torch.Tensor,
+                         items: torch.Tensor, W: torch.Tensor, ob: torch.Tensor, cnt: torch.Tensor,
+                         hist: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
+    """All local steps of an implicit cohort with frozen start rows W (N, H1), ob (N,) in one kernel,
+    as local_steps_explicit (no ratings x: an implicit entry is a positive)."""
+    ts = (b2, b3, E0x, tie, xx1, keep, W, ob, cnt, loss, *hist.values())
+    k = _usable(P2, *ts)
+    if k is None or _usable(P3, *ts) is None or not all(t.is_contiguous() for t in (W, *hist.values())):
+        return False
+    with _single_threaded_blas():
+        k.local_steps_implicit(*_step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow),
+                               items.contiguous().numpy(), W.numpy(), ob.contiguous().numpy(),
+                               cnt.contiguous().numpy(), max(1, min(E0x.shape[0], k.num_threads())),
+                               *_hist_args(hist), loss.numpy())
     return True
 
 

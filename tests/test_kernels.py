@@ -150,21 +150,21 @@ def test_add_lowrank_matches_the_reference_and_a_hand_sum(dtype, c0):
 @pytest.mark.parametrize("mode", ["explicit", "implicit"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_local_steps_match_the_torch_step_loop(tiny_data, mode, dtype, monkeypatch):
-    """local_steps_explicit / cohort_steps (one kernel per client and round, or per step) train the
-    same clients as train_cohort's torch loop over steps, which they replace."""
+    """local_steps_explicit / local_steps_implicit (one kernel per round) train the same clients as
+    train_cohort's torch loop over steps, which they replace."""
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
     shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
     cfg = FedSettings(rounds=3, fraction=0.5, local_epochs=5, seed=3, max_cohort_clients=4, sgd=SGDConfig())
+    fused = {n: getattr(kernels, n) for n in ("local_steps_explicit", "local_steps_implicit")}
     calls = []
-    fused_explicit, fused_steps = kernels.local_steps_explicit, kernels.cohort_steps
-    monkeypatch.setattr(kernels, "local_steps_explicit", lambda *a: calls.append(1) or fused_explicit(*a))
-    monkeypatch.setattr(kernels, "cohort_steps", lambda *a: calls.append(1) or fused_steps(*a))
+    for n, f in fused.items():
+        monkeypatch.setattr(kernels, n, lambda *a, f=f: calls.append(1) or f(*a))
     fast = Federation(shape, cfg, train, dtype=dtype)
     for _ in range(2):
         fast.run_round()
     assert len(calls) >= 2                                                  # the fused path ran
-    monkeypatch.setattr(kernels, "local_steps_explicit", lambda *a: False)
-    monkeypatch.setattr(kernels, "cohort_steps", lambda *a: None)
+    for n in fused:
+        monkeypatch.setattr(kernels, n, lambda *a: False)
     slow = Federation(shape, cfg, train, dtype=dtype)
     for _ in range(2):
         slow.run_round()
