@@ -416,31 +416,14 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             return res
         hist = {}
     elif manual and frozen and not use_content and kept is None:
-        # Implicit: the per-client parts of each step as two kernels around torch's GEMMs and softmax.
+        # Implicit: the whole local loop as one kernel too (kernels.local_steps_implicit), the products
+        # for the softmax over all items as BLAS calls inside it.
         hist = _new_hist(shape, B, len(items), S, dtype, x.device)
         crow = torch.cat([seg.new_zeros(1), torch.bincount(seg, minlength=B).cumsum(0)])      # (B+1,)
         if kernels.local_steps_implicit(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
                                         tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b,
                                         sgd.clip_norm, crow, items, W_out, global_p["dec_ob"].to(dtype), cnt, hist,
                                         loss_sum):
-            res.hist = hist
-            res.loss = loss_sum / max(1, local_epochs)
-            return res
-        steps = kernels.cohort_steps(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
-                                     tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b,
-                                     sgd.clip_norm, crow, hist)
-        if steps is not None:
-            ob = global_p["dec_ob"].to(dtype)
-            for s in range(S):
-                Gy = steps.forward(s)                                            # (B, s)
-                full0 = torch.addmm(ob, hist["h3"][:, s], W_out.T)               # (B, N)
-                y = a[s] * full0.reshape(-1).index_select(0, flat)               # (T,)
-                if s:
-                    y = y + (Gy.index_select(0, seg) * hist["e"][:, :s]).sum(1)
-                loss, e, dh3 = _softmax_grad(a[s], seg, flat, cnt, y, full0, W_out)
-                hist["e"][:, s] = e
-                steps.backward(s, dh3)
-                loss_sum += loss
             res.hist = hist
             res.loss = loss_sum / max(1, local_epochs)
             return res

@@ -112,6 +112,33 @@ def test_dropout_masks_are_the_models_bit_for_bit(p):
     assert abs(float((got == 0).float().mean()) - p) < 0.05                # masks drop a fraction p
 
 
+def test_vector_exp_is_within_two_ulp_and_float64_is_numpys():
+    import numba as nb
+    import numpy as np
+    exp = kernels._vector_exp(nb)
+
+    @nb.njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-87, 88, 200_000), -rng.exponential(3, 100_000),
+                        [0.0, -1e-7, 1e-7, -86.99, 87.99, np.log(2), -np.log(2) / 2]])
+    x32 = x.astype(np.float32)
+    got = np.empty_like(x32)
+    apply(x32, got)
+    want = np.exp(x32.astype(np.float64))                                    # the exact value, rounded once
+    ulp = np.abs(got - want) / want / 2.0 ** -24
+    assert ulp.max() < 2.0 and got[x32 == 0][0] == 1.0
+    sat = np.empty(3, np.float32)
+    apply(np.array([-200, -88, 200], np.float32), sat)                       # clamped, never inf, 0 or NaN
+    assert np.isfinite(sat).all() and 0 < sat[0] < 2e-38 and sat[2] > 1e38
+    got64 = np.empty_like(x)
+    apply(x, got64)
+    np.testing.assert_allclose(got64, np.exp(x), rtol=4e-16, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sampled_dots_and_pattern_products_match_torch_sparse(dtype):
     g = torch.Generator().manual_seed(2)

@@ -3,7 +3,8 @@
     .venv/bin/python docs/experiments/2026-12-04-fused/ab.py explicit|implicit ROUNDS
 
 Alternates rounds of round 0's ml-100k cohort (as `fedrec bench speed`) with the fused kernels
-(kernels.local_steps_explicit / kernels.cohort_steps) and without them (train_cohort's torch step
+(kernels.local_steps_explicit / kernels.local_steps_implicit; the per-step implicit kernels
+this compared at be5d3f6 were removed once local_steps_implicit replaced them) and without them (train_cohort's torch step
 loop with the older per-op kernels), in one process, and prints the median round of each.
 """
 import sys, time, numpy as np
@@ -18,10 +19,10 @@ cfg = _cfg(mode, "personalfr", 100, Path("data"))
 data, split = prepare_data(cfg)
 fed = build_federation(cfg, data, split)
 cohort = fed.sample(0)
-o1, o2 = kernels.local_steps_explicit, kernels.cohort_steps
+o1, o2 = kernels.local_steps_explicit, kernels.local_steps_implicit
 def setf(on):
     kernels.local_steps_explicit = o1 if on else (lambda *a, **k: False)
-    kernels.cohort_steps = o2 if on else (lambda *a, **k: None)
+    kernels.local_steps_implicit = o2 if on else (lambda *a, **k: False)
 for on in (0, 1):
     setf(on); fed.run_round(users=cohort); fed.round = 0
 t = {0: [], 1: []}
