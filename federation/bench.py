@@ -161,13 +161,19 @@ def bench_speed(data_dir: Path) -> str:
         vec, ref = build_federation(cfg, data, split), build_federation(cfg, data, split)
         # Both engines are timed over whole rounds of the same cohort, and each figure is the median
         # round: on a shared 2-core VM single rounds vary by up to 1.7x (docs/benchmarks.md, 2026-12-03),
-        # so one reference round made the speed-up ratio swing between 19x and 32x.
+        # so one reference round made the speed-up ratio swing between 19x and 32x. The engines' rounds
+        # alternate (three engine rounds, one reference round, three times): timed one after the other,
+        # a slow phase of the VM during the engine's ~0.2 s window moved the implicit ratio from 43x to
+        # 25x in the same hour (2026-12-04).
         vec.run_round(users=cohort)                                             # warm-up
         vec.round = 0
-        t_vec = float(np.median(_round_times(vec, cohort, "vectorized", 7)))
         _round_times(ref, cohort[:10], "reference", 1)                          # warm-up (the first
         # round of a fresh process is ~1.7x slower; timing it alone inflated the 2026-12-03 explicit ratio)
-        ref_times = _round_times(ref, cohort, "reference", 3)
+        vec_times, ref_times = [], []
+        for _ in range(3):
+            vec_times += _round_times(vec, cohort, "vectorized", 3)
+            ref_times += _round_times(ref, cohort, "reference", 1)
+        t_vec = float(np.median(vec_times))
         t_ref = float(np.median(ref_times))
         allu = np.arange(data.n_users)
         full = build_federation(cfg, data, split)
@@ -184,8 +190,8 @@ def bench_speed(data_dir: Path) -> str:
         rows.append([mode, n, round(n / t_vec), round(n / t_ref, 1), spread, round(t_ref / t_vec, 1),
                      round(data.n_users / t_full), round(t_full, 2), round(t_joint, 2), round(t_full / t_joint, 2)])
     return _table("Engine speed (ml-100k, personalfr, 5 local epochs)",
-                  ["mode", "cohort", "vectorized clients/s (median of 7 rounds)",
-                   "reference clients/s (median of 3 rounds)", "reference range", "speed-up",
+                  ["mode", "cohort", "vectorized clients/s (median of 9 rounds)",
+                   "reference clients/s (median of 3 rounds, interleaved)", "reference range", "speed-up",
                    "full pass clients/s", "full pass s", "5 central epochs s", "full pass / central"], rows)
 
 
