@@ -453,16 +453,16 @@ def _vector_exp(nb):
             p = p * r + f(c)
         return p * pow2(n)
 
-    def exp(v):                             # dispatched by dtype below
+    def exp(v):                             # called from jitted code only: dispatched by dtype below
         return np.exp(v)
 
-    @overload(exp)
+    @overload(exp, inline="always")
     def _exp(v):
         if isinstance(v, types.Float) and v.bitwidth == 32:
             return lambda v: expf(v)
         return lambda v: np.exp(v)
 
-    return nb.njit(inline="always")(lambda v: exp(v))
+    return exp
 
 
 def available(dtype: torch.dtype, device: torch.device | str) -> bool:
