@@ -182,10 +182,11 @@ def _kernels() -> SimpleNamespace | None:
             acc = P.dtype.type(0)
             for i in range(P.shape[2]):
                 acc += P[q, o, i] * Hin[b, s, i]
-            v = As * (acc + bias[b, o])
-            for j in range(s):
-                v += g[j] * Hw[b, j, o]
-            pre[o] = v
+            pre[o] = As * (acc + bias[b, o])
+        for j in range(s):                  # the earlier steps' terms as separate passes: they vectorize
+            gj = g[j]
+            for o in range(P.shape[1]):
+                pre[o] += gj * Hw[b, j, o]
 
     @nb.njit(inline="always", fastmath=fast)
     def _mtv(P, q, Hd, b, s, out):          # out = P[q]^T d_s
@@ -200,14 +201,18 @@ def _kernels() -> SimpleNamespace | None:
     def _tanh_grad(sv, dv, g, b, s, Hw, t, m, Hd):
         # d_s = (sv dv + sum_j g_j w_j) m (1 - t^2) for a layer t = tanh(pre), output w = m t;
         # returns (|w_s|^2, |d_s|^2) for the gradient norm.
+        D = Hw.shape[2]
+        for i in range(D):
+            Hd[b, s, i] = sv * dv[i]
+        for j in range(s):
+            gj = g[j]
+            for i in range(D):
+                Hd[b, s, i] += gj * Hw[b, j, i]
         nw = Hw.dtype.type(0)
         nd = Hw.dtype.type(0)
-        for i in range(Hw.shape[2]):
-            v = sv * dv[i]
-            for j in range(s):
-                v += g[j] * Hw[b, j, i]
+        for i in range(D):
             w = Hw[b, s, i]
-            d = v * m[i] * (1 - t[i] * t[i])
+            d = Hd[b, s, i] * m[i] * (1 - t[i] * t[i])
             Hd[b, s, i] = d
             nw += w * w
             nd += d * d
@@ -217,11 +222,15 @@ def _kernels() -> SimpleNamespace | None:
     def _forward(b, s, As, K, g, t2, P2, q2, b2, P3, q3, b3, E0x, tie, xx1, keep, Hd1, Hh1, Hd2, Hz, Hd3, Hh3):
         # One client's step-s forward of federation.cohort.train_cohort (P_s = a_s P_0 + sum_j K_j u_j v_j^T):
         # writes h1, z (t2 into t2) and h3 at [b, s]; leaves g[j] = K_j (h3_j . h3 + 1) for the scores.
-        for i in range(E0x.shape[1]):       # h1 = tanh(a E0x + tie + (|x|^2 + 1) sum_j K_j d1_j)
-            acc = E0x.dtype.type(0)
-            for j in range(s):
-                acc += K[j] * Hd1[b, j, i]
-            Hh1[b, s, i] = _tanh(As * E0x[b, i] + tie[b, i] + xx1[b] * acc)
+        H1 = E0x.shape[1]                   # h1 = tanh(a E0x + tie + (|x|^2 + 1) sum_j K_j d1_j)
+        for i in range(H1):
+            Hh1[b, s, i] = As * E0x[b, i] + tie[b, i]
+        for j in range(s):
+            kj = xx1[b] * K[j]
+            for i in range(H1):
+                Hh1[b, s, i] += kj * Hd1[b, j, i]
+        for i in range(H1):
+            Hh1[b, s, i] = _tanh(Hh1[b, s, i])
         _weights(Hh1, b, s, K, 1.0, g)      # pre2 = a (P2 h1 + b2) + sum_j K_j (h1_j . h1 + 1) d2_j
         _layer(P2, q2, b2, b, s, As, g, Hh1, Hd2, t2)
         for o in range(t2.shape[0]):
