@@ -62,20 +62,25 @@ def fedavg_rows_with_decay(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Te
 
 
 def participant_rows(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor, total_weight: float,
-                     server_lr: float = 1.0) -> torch.Tensor:
+                     server_lr: float = 1.0, in_place: bool = False) -> torch.Tensor:
     """new[i] = old[i] + server_lr * (sum_{c holds i} w_c (row_c,i - old[i])) / W.
 
     sums (n_rows, ...) = sum_c w_c row_c,i over holders, wsum (n_rows,) = sum of their weights.
+    in_place: computed in sums' memory (overwritten and returned): no (n_rows, ...) temporaries, whose
+    fresh pages cost ~10x the arithmetic at ml-100k size; equal up to float rounding.
     """
     shape = (-1, *([1] * (old.dim() - 1)))
+    if in_place:
+        return sums.addcmul_(wsum.view(shape), old, value=-1).mul_(server_lr / total_weight).add_(old)
     return old + server_lr * (sums - wsum.view(shape) * old) / total_weight
 
 
 def personalfr_rows(old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor, total_weight: float,
-                    row_average: str = "holders", server_lr: float = 1.0) -> torch.Tensor:
-    """The personalfr row rule: ``holders`` (finalize_rows) or ``participants`` (participant_rows)."""
+                    row_average: str = "holders", server_lr: float = 1.0, in_place: bool = False) -> torch.Tensor:
+    """The personalfr row rule: ``holders`` (finalize_rows) or ``participants`` (participant_rows).
+    in_place: the participants rule computed in sums' memory (see participant_rows)."""
     if row_average == "participants":
-        return participant_rows(old, sums, wsum, total_weight, server_lr)
+        return participant_rows(old, sums, wsum, total_weight, server_lr, in_place)
     if row_average == "holders":
         return finalize_rows(old, sums, wsum)
     raise ValueError(f"unknown row_average {row_average!r} (holders or participants)")

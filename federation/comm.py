@@ -1,6 +1,8 @@
 """Communication accounting: bytes a client sends and receives per round (pure arithmetic)."""
 from __future__ import annotations
 
+import numpy as np
+
 from recsys.models.autoencoder import AEShape
 
 FLOAT_BYTES = 4
@@ -41,3 +43,11 @@ def client_bytes(strategy: str, s: AEShape, n_rows: int) -> tuple[int, int]:
 def fedavg_bytes(s: AEShape) -> int:
     """What one client would send (and receive) per round under full-model FedAvg."""
     return full_model_params(s) * FLOAT_BYTES
+
+
+def clients_bytes(strategy: str, s: AEShape, n_rows: np.ndarray) -> tuple[int, int]:
+    """(upload, download) bytes of clients holding n_rows (C,) item rows each, summed: client_bytes on
+    the whole array (its arithmetic is elementwise), in int64."""
+    n = np.asarray(n_rows, dtype=np.int64)
+    up, down = client_bytes(strategy, s, n)
+    return int(np.broadcast_to(up, n.shape).sum()), int(np.broadcast_to(down, n.shape).sum())

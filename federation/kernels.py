@@ -269,15 +269,30 @@ def _kernels() -> SimpleNamespace | None:
             return min(1.0, clip / (np.sqrt(sq) + 1e-6))
         return 1.0
 
+    @nb.njit(inline="always", fastmath=fast)
+    def _write_trained(P, q, a_end, bend, Hc, b, Hu, Hv, K):
+        # P[q] = a_end P[q] + sum_j bend_j c_j u_j v_j^T: the client's trained matrix, written in place
+        # while its start value is still in cache (update_rows' arithmetic, in the same order)
+        for j in range(bend.shape[0]):
+            K[j] = Hc[b, j] * bend[j]
+        for o in range(P.shape[1]):
+            for i in range(P.shape[2]):
+                P[q, o, i] *= a_end
+            for j in range(bend.shape[0]):
+                u = K[j] * Hu[b, j, o]
+                for i in range(P.shape[2]):
+                    P[q, o, i] += u * Hv[b, j, i]
+
     @jit
     def local_steps_explicit(P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, clip,
-                             crow, items, x, W, ob, cnt, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss):
+                             crow, items, x, W, ob, cnt, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss, a_end, bend, wr):
         # All S local steps of explicit-mode clients with shared item rows, one client per thread,
         # so a client's 128 x 256 layer is read from DRAM once per round, not twice per step.
         # P2 (R2, H2, H1) rows r2 (B,): enc_W2; P3 (R3, H1, H2) rows r3: dec_W1; b2 (B, H2), b3 (B, H1)
         # start biases; E0x, tie (B, H1); keep (S, B, H2); a (S,), bco (S, S) the SGD coefficients;
         # entries crow (B+1,), items, x (T,); W (N, H1), ob (N,) the start rows. Writes the step
-        # factors H* (B, S, .), He (T, S), Hc (B, S) and the loss summed over steps (B,).
+        # factors H* (B, S, .), He (T, S), Hc (B, S) and the loss summed over steps (B,). wr: also write
+        # each client's trained P2 (a_end P2 + sum_j bend_j c_j d2_j h1_j^T) into P2 after its last step.
         B, H1 = E0x.shape
         H2 = P2.shape[1]
         S = a.shape[0]
@@ -317,6 +332,8 @@ def _kernels() -> SimpleNamespace | None:
                 Hc[b, s] = _backward(b, s, As, As, dv, K, g, t2, dz, dh, P2, q2, P3, q3, xx1, keep, t0, t1, He,
                                      clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
             loss[b] = lsum
+            if wr:
+                _write_trained(P2, q2, a_end, bend, Hc, b, Hd2, Hh1, K)
 
     @nb.njit(inline="always", fastmath=fast)
     def _forward_into(b, s, a, bco, K, g, gy, h3, t2, P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, Hc, Hd1, Hh1,
@@ -332,7 +349,7 @@ def _kernels() -> SimpleNamespace | None:
 
     @jit
     def local_steps_implicit(P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, clip, crow, items, W, ob, cnt,
-                             nblk, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss):
+                             nblk, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss, a_end, bend, wr):
         # All S local steps of implicit-mode clients with frozen start rows W (N, H1), ob (N,): the
         # softmax over all N items needs (B, H1) x (H1, N) products, so clients run in nblk blocks,
         # one block per thread, and each block's two products per step are single-threaded BLAS calls
@@ -343,7 +360,7 @@ def _kernels() -> SimpleNamespace | None:
         N = W.shape[0]
         S = a.shape[0]
         WT = W.T                                                        # (H1, N), F-contiguous view
-        tiny = np.finfo(E0x.dtype).tiny
+        logtiny = np.log(np.finfo(E0x.dtype).tiny)
         for k in nb.prange(nblk):
             b0 = k * B // nblk
             n = (k + 1) * B // nblk - b0
@@ -376,6 +393,7 @@ def _kernels() -> SimpleNamespace | None:
                         for j in range(s):
                             y += Gy[c, j] * He[t, j]
                         row[items[t]] = y
+                        He[t, s] = y                    # kept for the log-likelihood below
                     m = row[0]
                     for i in range(N):
                         m = max(m, row[i])
@@ -384,10 +402,12 @@ def _kernels() -> SimpleNamespace | None:
                         row[i] = _exp(row[i] - m)
                         z += row[i]
                     inv = 1 / z
+                    # log p_t = y_t - m - log z: one log per client and step, not one per item; floored
+                    # at log(tiny) as the torch version's log of p clamped at the smallest normal float
+                    lz = m + np.log(z)
                     for t in range(t0, t1):
-                        p = row[items[t]] * inv
-                        lsum[c] -= np.log(max(p, tiny))
-                        He[t, s] = p * cnt[b] - 1
+                        lsum[c] -= max(He[t, s] - lz, logtiny)
+                        He[t, s] = row[items[t]] * inv * cnt[b] - 1
                     sc = cnt[b] * inv
                     for i in range(N):
                         row[i] *= sc
@@ -404,15 +424,22 @@ def _kernels() -> SimpleNamespace | None:
                     if s + 1 < S:
                         _forward_into(b, s + 1, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x,
                                       tie, xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+                    elif wr:                                            # the layer is in cache: write it
+                        _write_trained(P2, r2[b], a_end, bend, Hc, b, Hd2, Hh1, K)
             for c in range(n):
                 loss[b0 + c] = lsum[c]
 
     M = 2_147_483_647                                # recsys.models.autoencoder._M
 
     @nb.njit(inline="always")
-    def mix(x):                                      # recsys.models.autoencoder._mix, on one int64
+    def mod(y):                                      # y % M for 0 <= y < 2^61 without a division: M = 2^31 - 1
+        r = (y & M) + (y >> 31)                      # is a Mersenne prime (2^31 = 1 mod M); r < 2M. This
+        return r - M if r >= M else r                # loop vectorizes, % M does not (7x faster masks)
+
+    @nb.njit(inline="always")
+    def mix(x):                                      # recsys.models.autoencoder._mix, on one int64 0 <= x < 2^40
         for a in (48_271, 69_621, 16_807):
-            x = (x * a + 12_345) % M
+            x = mod(x * a + 12_345)
             x = x ^ (x >> 13)
         return x
 
@@ -421,9 +448,9 @@ def _kernels() -> SimpleNamespace | None:
         S, B, D = out.shape
         for sb in nb.prange(S * B):
             s, b = sb // B, sb % B
-            hu = mix((users[b] % M) * 2_654_435 % M + base[s])
+            hu = mix(mod((users[b] % M) * 2_654_435) + base[s])
             for j in range(D):
-                h = mix((hu + j * 40_503) % M)
+                h = mix(mod(hu + j * 40_503))
                 out[s, b, j] = scale if h / M >= p else 0.0
 
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
@@ -584,31 +611,51 @@ def _hist_args(hist: dict[str, torch.Tensor]) -> tuple:
     return tuple(hist[n].numpy() for n in ("d1", "h1", "d2", "z", "d3", "h3", "e", "c"))
 
 
+def _write_args(P2, a: list[float], bco: list[list[float]], S: int, dtype: torch.dtype, write_P2: bool) -> tuple:
+    """The fused kernels' trailing arguments: the end coefficients and whether to write P2 in place."""
+    if write_P2 and not isinstance(P2, Rows):
+        raise ValueError("write_P2 needs P2 as Rows of the client store (the trained values go there)")
+    return float(a[S]), np.asarray(bco[S][:S], dtype=_np_dtype(dtype)), bool(write_P2)
+
+
 def local_steps_explicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Tensor | Rows, b3: torch.Tensor,
                          E0x: torch.Tensor, tie: torch.Tensor, xx1: torch.Tensor, keep: torch.Tensor,
                          a: list[float], bco: list[list[float]], clip: float | None, crow: torch.Tensor,
                          items: torch.Tensor, x: torch.Tensor, W: torch.Tensor, ob: torch.Tensor, cnt: torch.Tensor,
-                         hist: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
+                         hist: dict[str, torch.Tensor], loss: torch.Tensor, write_P2: bool = False) -> bool:
     """All local steps of an explicit cohort with shared item rows in one kernel (see the kernel's
     comment; federation.cohort.train_cohort is the torch version). Writes hist[d1|h1|d2|z|d3|h3]
     (B, S, .), hist[e] (T, S), hist[c] (B, S) and loss (B,) (the sum over steps); False (nothing
     written) where the kernels do not apply. P2/P3: (B, O, I) per client, Rows, or shared (O, I);
-    b2 (B, H2) and b3 (B, H1) per client or shared (H,)."""
+    b2 (B, H2) and b3 (B, H1) per client or shared (H,). a (S+1,), bco (S+1, S): sgd_coefficients.
+    write_P2 (P2 Rows of the store): also write each client's trained P2 into the store, after its
+    last step while the matrix is in cache (what update_rows would do afterwards, one read less)."""
     ts = (b2, b3, E0x, tie, xx1, keep, x, W, ob, cnt, loss, *hist.values())
     k = _usable(P2, *ts)
     if k is None or _usable(P3, *ts) is None or not all(t.is_contiguous() for t in (W, *hist.values())):
         return False
     k.local_steps_explicit(*_step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow),
                            items.contiguous().numpy(), x.contiguous().numpy(), W.numpy(), ob.contiguous().numpy(),
-                           cnt.contiguous().numpy(), *_hist_args(hist), loss.numpy())
+                           cnt.contiguous().numpy(), *_hist_args(hist), loss.numpy(),
+                           *_write_args(P2, a, bco, keep.shape[0], E0x.dtype, write_P2))
     return True
 
 
-def _single_threaded_blas() -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _single_threaded_blas():
     """OpenBLAS (scipy's, which numba's np.dot calls) limited to one thread: local_steps_implicit calls
     it from each of its own threads, and a threaded OpenBLAS inside an OpenMP loop oversubscribes the
-    cores (20x slower on the 2-core VM, with an OpenBLAS warning per call)."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+    cores (20x slower on the 2-core VM, with an OpenBLAS warning per call). Set on the libraries
+    directly: threadpoolctl's limit() reads every library's info each time (~0.1 ms)."""
+    libs = [lc for lc in _blas_controller().lib_controllers if lc.user_api == "blas"]
+    before = [lc.num_threads for lc in libs]
+    for lc in libs:
+        lc.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lc, n in zip(libs, before):
+            lc.set_num_threads(n)
 
 
 @functools.cache
@@ -623,7 +670,7 @@ def local_steps_implicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Te
                          E0x: torch.Tensor, tie: torch.Tensor, xx1: torch.Tensor, keep: torch.Tensor,
                          a: list[float], bco: list[list[float]], clip: float | None, crow: torch.Tensor,
                          items: torch.Tensor, W: torch.Tensor, ob: torch.Tensor, cnt: torch.Tensor,
-                         hist: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
+                         hist: dict[str, torch.Tensor], loss: torch.Tensor, write_P2: bool = False) -> bool:
     """All local steps of an implicit cohort with frozen start rows W (N, H1), ob (N,) in one kernel,
     as local_steps_explicit (no ratings x: an implicit entry is a positive)."""
     ts = (b2, b3, E0x, tie, xx1, keep, W, ob, cnt, loss, *hist.values())
@@ -634,7 +681,8 @@ def local_steps_implicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Te
         k.local_steps_implicit(*_step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow),
                                items.contiguous().numpy(), W.numpy(), ob.contiguous().numpy(),
                                cnt.contiguous().numpy(), max(1, min(E0x.shape[0], k.num_threads())),
-                               *_hist_args(hist), loss.numpy())
+                               *_hist_args(hist), loss.numpy(),
+                               *_write_args(P2, a, bco, keep.shape[0], E0x.dtype, write_P2))
     return True
 
 

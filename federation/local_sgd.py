@@ -3,6 +3,7 @@ Nesterov, weight decay), with a fresh optimizer (momentum buffer) each round, as
 builds its optimizer when a round starts would have. Here: its config and its closed form."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,14 @@ def decay_factor(lr: float, steps: int, cfg: SGDConfig) -> float:
 
 
 def sgd_coefficients(steps: int, lr: float, cfg: SGDConfig) -> tuple[list[float], list[list[float]]]:
+    """Closed form of ``steps`` SGD steps (see _coefficients); fresh lists, computed once per arguments
+    (the engine asks for them twice per cohort and round)."""
+    a, b = _coefficients(steps, lr, cfg)
+    return list(a), [list(r) for r in b]
+
+
+@functools.lru_cache(maxsize=256)
+def _coefficients(steps: int, lr: float, cfg: SGDConfig) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
     """Closed form of ``steps`` SGD steps on a parameter P with gradients G_0..G_{S-1}.
 
     SGD (momentum, Nesterov, weight decay) is linear in P_0 and the gradients, so
@@ -47,4 +56,4 @@ def sgd_coefficients(steps: int, lr: float, cfg: SGDConfig) -> tuple[list[float]
         P = P - lr * d
         a.append(float(P[0]))
         b.append([float(v) for v in P[1:]])
-    return a, b
+    return tuple(a), tuple(tuple(r) for r in b)

@@ -18,7 +18,7 @@ import torch
 from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, personalfr_rows
 from federation.client import reference_client_update
 from federation.cohort import FactoredResult, train_cohort
-from federation.comm import client_bytes, fedavg_bytes
+from federation.comm import clients_bytes, fedavg_bytes
 from federation.local_sgd import SGDConfig, decay_factor
 from federation import prototypes as proto
 from federation.privacy import DPSettings, dp_aggregate, epsilon
@@ -195,10 +195,7 @@ class Federation:
         if self.strategy.federated and self.cfg.dp is None:
             self._apply(agg, lr)
         self.round += 1
-        up = down = 0
-        for n in self.n_per_user[users]:
-            u_, d_ = client_bytes(self.strategy.name, self.shape, int(n))
-            up, down = up + u_, down + d_
+        up, down = clients_bytes(self.strategy.name, self.shape, self.n_per_user[users])
         dt = time.perf_counter() - t0
         eps = (epsilon(self.cfg.dp.noise_multiplier, self.cfg.fraction, self.round, self.cfg.dp.delta)
                if self.cfg.dp is not None else None)
@@ -316,7 +313,8 @@ class Federation:
                 # Full-model FedAvg: a client that did not touch a row returns it decayed.
                 self.global_p[k] = fedavg_rows_with_decay(old, sums, wsum, W, decay)
             else:
-                self.global_p[k] = personalfr_rows(old, sums, wsum, W, self.cfg.row_average, self.cfg.server_lr)
+                self.global_p[k] = personalfr_rows(old, sums, wsum, W, self.cfg.row_average, self.cfg.server_lr,
+                                                   in_place=True)   # sums: this round's own buffer
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -218,7 +218,8 @@ def make_cohorts(users: np.ndarray, train: sp.csr_matrix, max_clients: int, max_
         u = users[start:end]
         n = np.diff(indptr)[u]
         seg = np.repeat(np.arange(len(u)), n)
-        pos = np.concatenate([np.arange(indptr[a], indptr[a + 1]) for a in u]) if len(u) else np.zeros(0, int)
+        # entry t of client j is at indptr[u_j] + (t - first entry of j): one arange, not one per client
+        pos = np.arange(int(n.sum())) + np.repeat(indptr[u] - (np.cumsum(n) - n), n)
         vals = train.data[pos]          # encoder inputs, prepared by the caller (see input_values)
         out.append(Cohort(
             users=torch.as_tensor(u, dtype=torch.long, device=device),

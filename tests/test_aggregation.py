@@ -1,8 +1,9 @@
 """Aggregation rules against hand-computed values."""
+import numpy as np
 import torch
 
 from federation.aggregation import fedavg_rows_with_decay, rowwise_average, weighted_average
-from federation.comm import client_bytes, fedavg_bytes
+from federation.comm import client_bytes, clients_bytes, fedavg_bytes
 from federation.local_sgd import SGDConfig, decay_factor, sgd_coefficients
 from recsys.models.autoencoder import AEShape
 
@@ -55,6 +56,10 @@ def test_communication_bytes_by_hand():
     full = (100 * 4 + 4 + 2 * 4 + 2) + (4 * 2 + 4) + 100 * 5
     assert fedavg_bytes(s) == full * 4 == client_bytes("fedavg", s, 3)[0]
     assert client_bytes("local", s, 3) == (0, 0)
+    n = np.array([3, 0, 7, 3, 3])
+    for strat in ("personalfr", "fedavg", "local"):
+        per = [client_bytes(strat, s, int(k)) for k in n]
+        assert clients_bytes(strat, s, n) == (sum(u for u, _ in per), sum(d for _, d in per))
 
 
 def test_participant_rows_by_hand():
@@ -65,3 +70,11 @@ def test_participant_rows_by_hand():
     new = participant_rows(old, sums, wsum, total_weight=4.0, server_lr=2.0)
     # row 0: 1 + 2 * ((3-1) + (5-1)) / 4 = 4; row 1: 2 + 2 * (4-2) / 4 = 3; row 2 unchanged
     torch.testing.assert_close(new, torch.tensor([[4.0], [3.0], [3.0]]))
+    same = participant_rows(old, sums.clone(), wsum, total_weight=4.0, server_lr=2.0, in_place=True)
+    torch.testing.assert_close(same, new)
+    g = torch.Generator().manual_seed(0)
+    old, sums, wsum = torch.randn(50, 7, generator=g), torch.randn(50, 7, generator=g), torch.rand(50, generator=g)
+    buf = sums.clone()
+    out = participant_rows(old, buf, wsum, 3.0, 10.0, in_place=True)
+    assert out.data_ptr() == buf.data_ptr()                                 # no new (n_rows, ...) tensor
+    torch.testing.assert_close(out, participant_rows(old, sums, wsum, 3.0, 10.0), atol=1e-6, rtol=1e-6)

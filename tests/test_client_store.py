@@ -98,6 +98,32 @@ def test_work_buffer_gather_and_commit_in_place(tiny_data):
         results[1].value("enc_W2")
 
 
+@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+def test_fused_kernel_writes_the_personal_layer_in_place(tiny_data, mode):
+    """personalfr in place: the fused kernel writes each client's trained enc_W2 into the store itself
+    (result.written), equal to the out-of-place value; commit skips it and value refuses it."""
+    from federation import kernels
+    if not kernels.available(torch.float64, "cpu"):
+        pytest.skip("numba not installed")
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, mode=mode)
+    feds = [Federation(shape, FedSettings(fraction=0.5, seed=3), train, dtype=torch.float64) for _ in range(2)]
+    (c,) = feds[0].cohorts(feds[0].sample(0))
+    before = feds[1].store.full("enc_W2").clone()
+    out, inp = (train_cohort(shape, f.strategy, c, f.global_p, f.store, SGDConfig(), 0.1, 3, 0, 0, torch.float64,
+                             in_place=ip) for f, ip in zip(feds, (False, True)))
+    assert inp.written == {"enc_W2"} and not out.written
+    want = out.value("enc_W2")                                                  # (B, H2, H1)
+    torch.testing.assert_close(feds[1].store.full("enc_W2")[c.users], want, atol=1e-12, rtol=0)
+    others = np.setdiff1d(np.arange(train.shape[0]), c.users.numpy())
+    assert torch.equal(feds[1].store.full("enc_W2")[others], before[others])   # only the cohort's rows
+    assert (want - before[c.users]).abs().max() > 1e-4
+    with pytest.raises(RuntimeError, match="wrote the trained values"):
+        inp.value("enc_W2")
+    inp.commit(feds[1].store, feds[1].strategy.personal)                          # no second update
+    torch.testing.assert_close(feds[1].store.full("enc_W2")[c.users], want, atol=1e-12, rtol=0)
+
+
 def test_sampled_scores_match_the_dense_product_and_its_gradient():
     g = torch.Generator().manual_seed(0)
     train = sp.random(6, 9, density=0.4, format="csr", random_state=1)

@@ -104,7 +104,7 @@ def test_item_sums_match_the_reference_and_a_hand_sum(dtype):
 @pytest.mark.parametrize("p", [0.5, 0.8, 0.3])
 def test_dropout_masks_are_the_models_bit_for_bit(p):
     from recsys.models.autoencoder import dropout_keep_steps
-    users = torch.tensor([0, 5, 942, 17, 2_147_483_646, 123_456_789])
+    users = torch.tensor([0, 5, 942, 17, 2_147_483_646, 123_456_789, 2**40 + 3])
     for seed, rnd in ((0, 0), (3, 41), (12345, 499)):
         got = kernels.dropout_keep_steps(seed, rnd, users, range(5), 128, p)
         want = dropout_keep_steps(seed, rnd, users, range(5), 128, p)
@@ -202,3 +202,14 @@ def test_fused_local_steps_match_the_torch_step_loop(tiny_data, mode, dtype, mon
         torch.testing.assert_close(fast.store.full(k), slow.store.full(k), atol=tol, rtol=0)
     moved = (fast.store.full("enc_W2") - Federation(shape, cfg, train, dtype=dtype).store.full("enc_W2")).abs().max()
     assert moved > 1e-4
+
+
+def test_single_threaded_blas_sets_one_thread_and_restores():
+    from threadpoolctl import threadpool_info
+    kernels._blas_controller()                       # loads scipy's OpenBLAS (numba's np.dot), so it is listed
+    before = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+    with kernels._single_threaded_blas():
+        inside = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+    after = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+    assert inside and set(inside.values()) == {1}
+    assert after == before
