@@ -243,10 +243,11 @@ def _kernels() -> SimpleNamespace | None:
         _weights(Hh3, b, s, K, 1.0, g)
 
     @nb.njit(inline="always", fastmath=fast)
-    def _backward(b, s, As, sv, dv, K, g, t2, dz, dh, P2, q2, P3, q3, xx1, keep, t0, t1, He, clip,
+    def _backward(b, s, As, sv, dv, K, g, t2, dz, dh, P2, q2, P3, q3, xx1, keep, t0, t1, He, clip, one,
                   Hd1, Hh1, Hd2, Hz, Hd3, Hh3):
         # One client's step-s backward, from dv (H1,) = dL/dh3 through the start rows divided by sv and
         # the rows' gradients He[t0:t1, s]: writes d3, d2, d1 at [b, s] and returns the clip factor.
+        # one: ones (max(H1, H2),), the mask of the layers without dropout (allocated by the caller once).
         for j in range(s):                  # dh3 = sv dv + sum_j K_j (sum_t e_t e_tj) h3_j
             acc = He.dtype.type(0)
             for t in range(t0, t1):
@@ -255,7 +256,6 @@ def _kernels() -> SimpleNamespace | None:
         esq = He.dtype.type(0)
         for t in range(t0, t1):
             esq += He[t, s] * He[t, s]
-        one = np.ones(max(Hh1.shape[2], Hz.shape[2]), Hh1.dtype)
         nh3, nd3 = _tanh_grad(sv, dv, g, b, s, Hh3, Hh3[b, s], one, Hd3)
         _mtv(P3, q3, Hd3, b, s, dz)         # dz = a P3^T d3 + sum_j K_j (d3_j . d3) z_j
         _weights(Hd3, b, s, K, 0.0, g)
@@ -304,6 +304,7 @@ def _kernels() -> SimpleNamespace | None:
             dv = np.empty(H1, E0x.dtype)
             dh = np.empty(H1, E0x.dtype)
             dz = np.empty(H2, E0x.dtype)
+            one = np.ones(max(H1, H2), E0x.dtype)
             lsum = E0x.dtype.type(0)
             for s in range(S):
                 As = a[s]
@@ -330,7 +331,7 @@ def _kernels() -> SimpleNamespace | None:
                         dv[i] += e * W[it, i]
                 lsum += rr / cnt[b]
                 Hc[b, s] = _backward(b, s, As, As, dv, K, g, t2, dz, dh, P2, q2, P3, q3, xx1, keep, t0, t1, He,
-                                     clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+                                     clip, one, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
             loss[b] = lsum
             if wr:
                 _write_trained(P2, q2, a_end, bend, Hc, b, Hd2, Hh1, K)
@@ -372,6 +373,7 @@ def _kernels() -> SimpleNamespace | None:
             full = np.empty((n, N), E0x.dtype)                          # scores, then dL/dscores
             dH = np.empty((n, H1), E0x.dtype)
             dz = np.empty(H2, E0x.dtype)
+            one = np.ones(max(H1, H2), E0x.dtype)
             dh = np.empty(H1, E0x.dtype)
             lsum = np.zeros(n, E0x.dtype)
             for c in range(n):
@@ -420,7 +422,7 @@ def _kernels() -> SimpleNamespace | None:
                     b = b0 + c
                     _coef(b, s, bco, Hc, K)
                     Hc[b, s] = _backward(b, s, As, 1.0, dH[c], K, g, T2[c], dz, dh, P2, r2[b], P3, r3[b], xx1,
-                                         keep, crow[b], crow[b + 1], He, clip, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
+                                         keep, crow[b], crow[b + 1], He, clip, one, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
                     if s + 1 < S:
                         _forward_into(b, s + 1, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x,
                                       tie, xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
