@@ -1,4 +1,6 @@
 """Interleaved A/B of whole rounds (round 0's cohort, medians): an older federation/kernels.py vs the current one.
+The kernels' arguments must match: the figure in docs/benchmarks.md was taken at b6b958d against b6b958d~1
+(ddee70c then added trailing arguments, so run it from a worktree of b6b958d).
 
     git show b6b958d~1:federation/kernels.py > docs/experiments/2026-12-04-trim/k0.py
     .venv/bin/python docs/experiments/2026-12-04-trim/abk.py implicit|explicit 30 k0
