@@ -420,28 +420,19 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     # A personal enc_W2 read in place from the store (in_place): the fused kernels write each client's
     # trained matrix back while it is still in cache, instead of commit() reading it once more.
     write_P2 = isinstance(start.get("enc_W2"), kernels.Rows)
-    if manual and shape.mode == "explicit" and not use_content and kept is None:
-        # The whole local loop as one kernel (kernels.local_steps_explicit): a client's own layer is
-        # read once per round instead of twice per step; the loop below is its torch version.
+    if manual and (shape.mode == "explicit" or frozen) and not use_content and kept is None:
+        # The whole local loop as one kernel (kernels.local_steps_explicit / local_steps_implicit): a
+        # client's own layer is read once per step (implicit, whose softmax products over all items are
+        # BLAS calls inside the kernel) or once per round (explicit) instead of twice per step; the loop
+        # below is their torch version.
         hist = _new_hist(shape, B, len(items), S, dtype, x.device)
         crow = torch.cat([seg.new_zeros(1), torch.bincount(seg, minlength=B).cumsum(0)])      # (B+1,)
-        tie_b = tie if torch.is_tensor(tie) else torch.zeros_like(E0x)
-        if kernels.local_steps_explicit(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
-                                        tie_b, xx1, keep, a, b, sgd.clip_norm, crow, items, x, W_out,
-                                        global_p["dec_ob"].to(dtype), cnt, hist, loss_sum, write_P2):
-            res.hist, res.written = hist, ({"enc_W2"} if write_P2 else set())
-            res.loss = loss_sum / max(1, local_epochs)
-            return res
-        hist = {}
-    elif manual and frozen and not use_content and kept is None:
-        # Implicit: the whole local loop as one kernel too (kernels.local_steps_implicit), the products
-        # for the softmax over all items as BLAS calls inside it.
-        hist = _new_hist(shape, B, len(items), S, dtype, x.device)
-        crow = torch.cat([seg.new_zeros(1), torch.bincount(seg, minlength=B).cumsum(0)])      # (B+1,)
-        if kernels.local_steps_implicit(start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
-                                        tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b,
-                                        sgd.clip_norm, crow, items, W_out, global_p["dec_ob"].to(dtype), cnt, hist,
-                                        loss_sum, write_P2):
+        lead = (start["enc_W2"], start["enc_b2"], start["dec_W1"], start["dec_b1"], E0x,
+                tie if torch.is_tensor(tie) else torch.zeros_like(E0x), xx1, keep, a, b, sgd.clip_norm, crow, items)
+        ob = global_p["dec_ob"].to(dtype)
+        if (kernels.local_steps_explicit(*lead, x, W_out, ob, cnt, hist, loss_sum, write_P2)
+                if shape.mode == "explicit" else
+                kernels.local_steps_implicit(*lead, W_out, ob, cnt, hist, loss_sum, write_P2)):
             res.hist, res.written = hist, ({"enc_W2"} if write_P2 else set())
             res.loss = loss_sum / max(1, local_epochs)
             return res

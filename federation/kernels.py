@@ -94,19 +94,20 @@ def _kernels() -> SimpleNamespace | None:
                 for i in range(I):
                     out[b, i] += P[r, o, i] * do
 
+    @nb.njit(inline="always", fastmath={"reassoc", "contract"})
+    def _update_row(P, r, a, U, V):         # P[r] = a P[r] + U @ V; U (O, S), V (S, I)
+        for o in range(P.shape[1]):
+            for i in range(P.shape[2]):
+                P[r, o, i] *= a
+            for s in range(U.shape[1]):
+                u = U[o, s]
+                for i in range(P.shape[2]):
+                    P[r, o, i] += u * V[s, i]
+
     @jit
     def update_rows(P, rows, a, U, V):      # P[rows[b]] = a P[rows[b]] + U[b] @ V[b]; U (B, O, S), V (B, S, I)
-        B = rows.shape[0]
-        O, I, S = P.shape[1], P.shape[2], U.shape[2]
-        for b in nb.prange(B):
-            r = rows[b]
-            for o in range(O):
-                for i in range(I):
-                    P[r, o, i] *= a
-                for s in range(S):
-                    u = U[b, o, s]
-                    for i in range(I):
-                        P[r, o, i] += u * V[b, s, i]
+        for b in nb.prange(rows.shape[0]):
+            _update_row(P, rows[b], a, U[b], V[b])
 
     @jit
     def item_sums(order, crow, seg, vals, H, out):   # out[i] += sum over entries t of item i, steps s,
@@ -270,18 +271,14 @@ def _kernels() -> SimpleNamespace | None:
         return 1.0
 
     @nb.njit(inline="always", fastmath=fast)
-    def _write_trained(P, q, a_end, bend, Hc, b, Hu, Hv, K):
+    def _write_trained(P, q, a_end, bend, Hc, b, Hu, Hv, U):
         # P[q] = a_end P[q] + sum_j bend_j c_j u_j v_j^T: the client's trained matrix, written in place
-        # while its start value is still in cache (update_rows' arithmetic, in the same order)
+        # while its start value is still in cache, as update_rows would (U (O, S): a buffer for its factors)
         for j in range(bend.shape[0]):
-            K[j] = Hc[b, j] * bend[j]
-        for o in range(P.shape[1]):
-            for i in range(P.shape[2]):
-                P[q, o, i] *= a_end
-            for j in range(bend.shape[0]):
-                u = K[j] * Hu[b, j, o]
-                for i in range(P.shape[2]):
-                    P[q, o, i] += u * Hv[b, j, i]
+            kj = Hc[b, j] * bend[j]
+            for o in range(U.shape[0]):
+                U[o, j] = kj * Hu[b, j, o]
+        _update_row(P, q, a_end, U, Hv[b])
 
     @jit
     def local_steps_explicit(P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, clip,
@@ -305,6 +302,7 @@ def _kernels() -> SimpleNamespace | None:
             dh = np.empty(H1, E0x.dtype)
             dz = np.empty(H2, E0x.dtype)
             one = np.ones(max(H1, H2), E0x.dtype)
+            U2 = np.empty((H2, S), E0x.dtype)
             lsum = E0x.dtype.type(0)
             for s in range(S):
                 As = a[s]
@@ -334,7 +332,7 @@ def _kernels() -> SimpleNamespace | None:
                                      clip, one, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
             loss[b] = lsum
             if wr:
-                _write_trained(P2, q2, a_end, bend, Hc, b, Hd2, Hh1, K)
+                _write_trained(P2, q2, a_end, bend, Hc, b, Hd2, Hh1, U2)
 
     @nb.njit(inline="always", fastmath=fast)
     def _forward_into(b, s, a, bco, K, g, gy, h3, t2, P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, Hc, Hd1, Hh1,
@@ -374,6 +372,7 @@ def _kernels() -> SimpleNamespace | None:
             dH = np.empty((n, H1), E0x.dtype)
             dz = np.empty(H2, E0x.dtype)
             one = np.ones(max(H1, H2), E0x.dtype)
+            U2 = np.empty((H2, S), E0x.dtype)
             dh = np.empty(H1, E0x.dtype)
             lsum = np.zeros(n, E0x.dtype)
             for c in range(n):
@@ -427,7 +426,7 @@ def _kernels() -> SimpleNamespace | None:
                         _forward_into(b, s + 1, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x,
                                       tie, xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
                     elif wr:                                            # the layer is in cache: write it
-                        _write_trained(P2, r2[b], a_end, bend, Hc, b, Hd2, Hh1, K)
+                        _write_trained(P2, r2[b], a_end, bend, Hc, b, Hd2, Hh1, U2)
             for c in range(n):
                 loss[b0 + c] = lsum[c]
 

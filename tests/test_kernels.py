@@ -205,11 +205,14 @@ def test_fused_local_steps_match_the_torch_step_loop(tiny_data, mode, dtype, mon
 
 
 def test_single_threaded_blas_sets_one_thread_and_restores():
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
     kernels._blas_controller()                       # loads scipy's OpenBLAS (numba's np.dot), so it is listed
-    before = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
-    with kernels._single_threaded_blas():
-        inside = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
-    after = {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
-    assert inside and set(inside.values()) == {1}
+    counts = lambda: {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}  # noqa: E731
+    with threadpool_limits(limits=2, user_api="blas"):   # a count other than 1, so a missed restore shows
+        before = counts()
+        with kernels._single_threaded_blas():
+            inside = counts()
+        after = counts()
+    assert set(before.values()) == {2}
+    assert inside.keys() == before.keys() and set(inside.values()) == {1}
     assert after == before
