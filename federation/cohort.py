@@ -149,6 +149,24 @@ class FactoredResult:
             return base.index_add_(0, c.items, KE.sum(1)), wsum
         return self._item_sums(KE, self.hist["h3"], base), wsum
 
+    def row_sums_all(self, keys, w: torch.Tensor, n_items: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """row_sums of each of ``keys``, with dec_out and dec_ob (shared start rows) taken together in
+        one kernel pass over the entries by item where it applies. Each key gets its own weight-sum
+        tensor (callers add into them in place)."""
+        out = {}
+        if ("dec_out" in keys and "dec_ob" in keys and not self.all_rows
+                and not ({"dec_out", "dec_ob"} & (self.per_row | self.per_client))):
+            self._by_item_order(n_items)
+            order, crow = self._item_order
+            r = kernels.decoder_row_sums(order, crow, self.cohort.seg, w, self.K, self.hist["e"], self.hist["h3"],
+                                         self.start["dec_out"], self.start["dec_ob"], self.a_end)
+            if r is not None:
+                out["dec_out"], out["dec_ob"] = (r[0], r[2]), (r[1], r[2].clone())
+        for k in keys:
+            if k not in out:
+                out[k] = self.row_sums(k, w, n_items)
+        return out
+
     def _item_sums(self, vals: torch.Tensor, H: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """base (N, D) plus, in row i, the sum over the entries t of item i and steps s of
         vals[t, s] * H[b_t, s]; vals (T, S), H (B, S, D). The kernel where it applies (adding into base

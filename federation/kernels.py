@@ -123,6 +123,32 @@ def _kernels() -> SimpleNamespace | None:
                         out[i, j] += c * H[b, s, j]
 
     @jit
+    def decoder_row_sums(order, crow, seg, w, K, E, H, W0, ob0, a_end, out, outb, wsum):
+        # Per item i, over its entries t (order[crow[i]:crow[i+1]], client b = seg[t]) and steps s:
+        # wsum_i = sum_t w_b; out[i] = a_end wsum_i W0[i] + sum_t,s (K[b, s] E[t, s]) w_b H[b, s];
+        # outb[i] the same with ob0[i] and 1 for W0[i] and H[b, s]. One item per iteration.
+        N, D = out.shape
+        S = E.shape[1]
+        for i in nb.prange(N):
+            ws = w.dtype.type(0)
+            for k in range(crow[i], crow[i + 1]):
+                ws += w[seg[order[k]]]
+            base = a_end * ws
+            for j in range(D):
+                out[i, j] = base * W0[i, j]
+            bb = base * ob0[i]
+            for k in range(crow[i], crow[i + 1]):
+                t = order[k]
+                b = seg[t]
+                for s in range(S):
+                    c = (K[b, s] * E[t, s]) * w[b]
+                    bb += c
+                    for j in range(D):
+                        out[i, j] += c * H[b, s, j]
+            outb[i] = bb
+            wsum[i] = ws
+
+    @jit
     def sampled_dots(crow, cols, h, W, out):         # out[t] = h[b] . W[cols[t]] for the entries t of row b
         B, D = h.shape
         for b in nb.prange(B):
@@ -348,87 +374,122 @@ def _kernels() -> SimpleNamespace | None:
 
     @jit
     def local_steps_implicit(P2, r2, b2, P3, r3, b3, E0x, tie, xx1, keep, a, bco, clip, crow, items, W, ob, cnt,
-                             nblk, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss, a_end, bend, wr):
-        # All S local steps of implicit-mode clients with frozen start rows W (N, H1), ob (N,): the
-        # softmax over all N items needs (B, H1) x (H1, N) products, so clients run in nblk blocks,
-        # one block per thread, and each block's two products per step are single-threaded BLAS calls
-        # inside the block's own loop (no hand-over to torch's thread pool between the per-client
-        # parts). Arguments and outputs as local_steps_explicit (no ratings: every entry is a positive).
+                             nblk, nrng, Hd1, Hh1, Hd2, Hz, Hd3, Hh3, He, Hc, loss, a_end, bend, wr):
+        # All S local steps of implicit-mode clients with frozen start rows W (N, H1), ob (N,). The
+        # softmax over all N items needs (B, H1) x (H1, N) products per step. They run per item range
+        # (nrng contiguous ranges, one per parallel iteration, each a single-threaded BLAS call with all
+        # B clients): a range's rows are packed for B clients at once, not once per client block, and
+        # stay in that core's cache between the step's two products. The softmax is taken per range and
+        # combined (max and sum of exponentials per range). The per-client parts run in nblk client
+        # blocks, one per thread. Arguments and outputs as local_steps_explicit (no ratings: every
+        # entry is a positive).
         B, H1 = E0x.shape
         H2 = P2.shape[1]
         N = W.shape[0]
         S = a.shape[0]
-        WT = W.T                                                        # (H1, N), F-contiguous view
-        logtiny = np.log(np.finfo(E0x.dtype).tiny)
+        R = nrng
+        dt = E0x.dtype
+        logtiny = np.log(np.finfo(dt).tiny)
+        fbuf = np.empty(B * N, dt)                  # range r's scores, then dL/dscores: (B, n_r) at B * i0
+        dHr = np.empty((R, B, H1), dt)              # range r's part of dL/dh3 via the start rows
+        mr = np.empty((R, B), dt)                   # range r's max score and sum of exp(score - max)
+        zr = np.empty((R, B), dt)
+        lr = np.zeros((R, B), dt)                   # range r's own items' log-likelihood (negated)
+        Gy = np.empty((B, S), dt)
+        T2 = np.empty((B, H2), dt)
+        h3 = np.empty((B, H1), dt)
         for k in nb.prange(nblk):
-            b0 = k * B // nblk
-            n = (k + 1) * B // nblk - b0
-            K = np.empty(S, E0x.dtype)
-            g = np.empty(S, E0x.dtype)
-            Gy = np.empty((n, S), E0x.dtype)
-            T2 = np.empty((n, H2), E0x.dtype)
-            h3 = np.empty((n, H1), E0x.dtype)
-            full = np.empty((n, N), E0x.dtype)                          # scores, then dL/dscores
-            dH = np.empty((n, H1), E0x.dtype)
-            dz = np.empty(H2, E0x.dtype)
-            one = np.ones(max(H1, H2), E0x.dtype)
-            U2 = np.empty((H2, S), E0x.dtype)
-            dh = np.empty(H1, E0x.dtype)
-            lsum = np.zeros(n, E0x.dtype)
-            for c in range(n):
-                _forward_into(b0 + c, 0, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x, tie,
+            K = np.empty(S, dt)
+            g = np.empty(S, dt)
+            for b in range(k * B // nblk, (k + 1) * B // nblk):
+                _forward_into(b, 0, a, bco, K, g, Gy[b], h3[b], T2[b], P2, r2, b2, P3, r3, b3, E0x, tie,
                               xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
-            for s in range(S):
-                As = a[s]
-                np.dot(h3, WT, full)                                    # (n, N) start rows' scores
-                for c in range(n):
-                    # own items y_t = a (W_i . h3 + ob_i) + sum_j g_j e_tj, the others W_i . h3 + ob_i;
-                    # dL/dscores = n_u softmax - 1[own], own entries times a (their start term's factor)
-                    b = b0 + c
-                    t0, t1 = crow[b], crow[b + 1]
-                    row = full[c]
-                    for i in range(N):
-                        row[i] += ob[i]
-                    for t in range(t0, t1):
-                        y = As * row[items[t]]
-                        for j in range(s):
-                            y += Gy[c, j] * He[t, j]
-                        row[items[t]] = y
-                        He[t, s] = y                    # kept for the log-likelihood below
+        for s in range(S):
+            As = a[s]
+            for r in nb.prange(R):
+                # own items y_t = a (W_i . h3 + ob_i) + sum_j g_j e_tj, the others W_i . h3 + ob_i;
+                # then exp(score - the range's max) and its sum
+                i0, i1 = r * N // R, (r + 1) * N // R
+                F = fbuf[B * i0:B * i1].reshape((B, i1 - i0))
+                np.dot(h3, W[i0:i1].T, F)                                      # (B, n_r)
+                for b in range(B):
+                    row = F[b]
+                    for i in range(i1 - i0):
+                        row[i] += ob[i0 + i]
+                    for t in range(crow[b], crow[b + 1]):
+                        it = items[t]
+                        if i0 <= it < i1:
+                            y = As * row[it - i0]
+                            for j in range(s):
+                                y += Gy[b, j] * He[t, j]
+                            row[it - i0] = y
+                            He[t, s] = y                # kept for the log-likelihood below
                     m = row[0]
-                    for i in range(N):
+                    for i in range(i1 - i0):
                         m = max(m, row[i])
-                    z = E0x.dtype.type(0)
-                    for i in range(N):
+                    z = dt.type(0)
+                    for i in range(i1 - i0):
                         row[i] = _exp(row[i] - m)
                         z += row[i]
-                    inv = 1 / z
-                    # log p_t = y_t - m - log z: one log per client and step, not one per item; floored
-                    # at log(tiny) as the torch version's log of p clamped at the smallest normal float
+                    mr[r, b] = m
+                    zr[r, b] = z
+            for r in nb.prange(R):
+                # dL/dscores = n_u softmax - 1[own], own entries times a (their start term's factor)
+                i0, i1 = r * N // R, (r + 1) * N // R
+                F = fbuf[B * i0:B * i1].reshape((B, i1 - i0))
+                for b in range(B):
+                    row = F[b]
+                    m = mr[0, b]
+                    for q in range(1, R):
+                        m = max(m, mr[q, b])
+                    z = dt.type(0)
+                    for q in range(R):
+                        z += zr[q, b] * _exp(mr[q, b] - m)
+                    # log p_t = y_t - m - log z: one log per client, range and step; floored at log(tiny)
+                    # as the torch version's log of p clamped at the smallest normal float
                     lz = m + np.log(z)
-                    for t in range(t0, t1):
-                        lsum[c] -= max(He[t, s] - lz, logtiny)
-                        He[t, s] = row[items[t]] * inv * cnt[b] - 1
-                    sc = cnt[b] * inv
-                    for i in range(N):
+                    sc = cnt[b] * _exp(mr[r, b] - m) / z
+                    for t in range(crow[b], crow[b + 1]):
+                        it = items[t]
+                        if i0 <= it < i1:
+                            lr[r, b] -= max(He[t, s] - lz, logtiny)
+                            He[t, s] = row[it - i0] * sc - 1
+                    for i in range(i1 - i0):
                         row[i] *= sc
-                    for t in range(t0, t1):
-                        row[items[t]] = As * He[t, s]
-                np.dot(full, W, dH)                                     # (n, H1) = dL/dh3 via the start rows
-                for c in range(n):
-                    # step s's backward and step s + 1's forward back to back: the client's own layer
-                    # is still in cache for the second read.
-                    b = b0 + c
+                    for t in range(crow[b], crow[b + 1]):
+                        it = items[t]
+                        if i0 <= it < i1:
+                            row[it - i0] = As * He[t, s]
+                np.dot(F, W[i0:i1], dHr[r])                                   # (B, H1)
+            for k in nb.prange(nblk):
+                # step s's backward and step s + 1's forward back to back: the client's own layer is
+                # still in cache for the second read.
+                K = np.empty(S, dt)
+                g = np.empty(S, dt)
+                dz = np.empty(H2, dt)
+                dh = np.empty(H1, dt)
+                dv = np.empty(H1, dt)
+                one = np.ones(max(H1, H2), dt)
+                U2 = np.empty((H2, S), dt)
+                for b in range(k * B // nblk, (k + 1) * B // nblk):
+                    for i in range(H1):
+                        dv[i] = dHr[0, b, i]
+                    for q in range(1, R):
+                        for i in range(H1):
+                            dv[i] += dHr[q, b, i]
                     _coef(b, s, bco, Hc, K)
-                    Hc[b, s] = _backward(b, s, As, 1.0, dH[c], K, g, T2[c], dz, dh, P2, r2[b], P3, r3[b], xx1,
+                    Hc[b, s] = _backward(b, s, As, 1.0, dv, K, g, T2[b], dz, dh, P2, r2[b], P3, r3[b], xx1,
                                          keep, crow[b], crow[b + 1], He, clip, one, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
                     if s + 1 < S:
-                        _forward_into(b, s + 1, a, bco, K, g, Gy[c], h3[c], T2[c], P2, r2, b2, P3, r3, b3, E0x,
+                        _forward_into(b, s + 1, a, bco, K, g, Gy[b], h3[b], T2[b], P2, r2, b2, P3, r3, b3, E0x,
                                       tie, xx1, keep, Hc, Hd1, Hh1, Hd2, Hz, Hd3, Hh3)
                     elif wr:                                            # the layer is in cache: write it
                         _write_trained(P2, r2[b], a_end, bend, Hc, b, Hd2, Hh1, U2)
-            for c in range(n):
-                loss[b0 + c] = lsum[c]
+        for b in nb.prange(B):
+            acc = dt.type(0)
+            for q in range(R):
+                acc += lr[q, b]
+            loss[b] = acc
 
     M = 2_147_483_647                                # recsys.models.autoencoder._M
 
@@ -456,6 +517,7 @@ def _kernels() -> SimpleNamespace | None:
 
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
     return SimpleNamespace(bmv=bmv, bmtv=bmtv, update_rows=update_rows, item_sums=item_sums,
+                           decoder_row_sums=decoder_row_sums,
                            dropout_masks=dropout_masks, sampled_dots=sampled_dots, pattern_mm=pattern_mm,
                            add_lowrank=add_lowrank, local_steps_explicit=local_steps_explicit,
                            local_steps_implicit=local_steps_implicit, num_threads=nb.get_num_threads)
@@ -682,9 +744,19 @@ def local_steps_implicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Te
         k.local_steps_implicit(*_step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow),
                                items.contiguous().numpy(), W.numpy(), ob.contiguous().numpy(),
                                cnt.contiguous().numpy(), max(1, min(E0x.shape[0], k.num_threads())),
+                               item_ranges(W.shape[0], k.num_threads()),
                                *_hist_args(hist), loss.numpy(),
                                *_write_args(P2, a, bco, keep.shape[0], E0x.dtype, write_P2))
     return True
+
+
+def item_ranges(n_items: int, threads: int) -> int:
+    """How many contiguous item ranges local_steps_implicit runs its softmax products in: one per
+    thread, each of at least 256 items. Two ranges of 841 items with all 94 clients take 0.46 ms per
+    product where two client blocks of 47 with all items take 0.55 ms (the rows are packed for twice
+    as many clients; docs/experiments/2026-12-04-ranges). The sums over ranges make results depend on
+    the thread count in the last bits, as torch's own CPU products do."""
+    return max(1, min(threads, n_items // 256))
 
 
 def _np_dtype(dtype: torch.dtype) -> type:
@@ -721,6 +793,25 @@ def item_sums(order: torch.Tensor, crow: torch.Tensor, seg: torch.Tensor, vals: 
     k.item_sums(order.contiguous().numpy(), crow.contiguous().numpy(), seg.contiguous().numpy(),
                 vals.contiguous().numpy(), H.contiguous().numpy(), out.numpy())
     return True
+
+
+def decoder_row_sums(order: torch.Tensor, crow: torch.Tensor, seg: torch.Tensor, w: torch.Tensor, K: torch.Tensor,
+                     E: torch.Tensor, H: torch.Tensor, W0: torch.Tensor, ob0: torch.Tensor, a_end: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The holder-weighted sums of a cohort's trained decoder rows and biases, both in one pass over
+    the entries listed by item (order (T,), crow (N+1,) as item_sums): (N, H1) rows, (N,) biases and the
+    (N,) weight sums, where a client b's trained row i is a_end W0[i] + sum_s K[b, s] E[t, s] H[b, s]
+    for its entry t of item i (FactoredResult.value). w (B,), K (B, S), E (T, S), H (B, S, H1), W0 (N, H1),
+    ob0 (N,). None where the kernels do not apply (FactoredResult.row_sums is the torch version)."""
+    k = _usable(H, w, K, E, W0, ob0)
+    if k is None or not all(t.is_contiguous() for t in (H, K, E, W0)):
+        return None
+    N, D = W0.shape
+    out, outb, wsum = H.new_empty((N, D)), H.new_empty(N), H.new_empty(N)
+    k.decoder_row_sums(order.contiguous().numpy(), crow.contiguous().numpy(), seg.contiguous().numpy(),
+                       w.contiguous().numpy(), K.numpy(), E.numpy(), H.numpy(), W0.numpy(), ob0.contiguous().numpy(),
+                       float(a_end), out.numpy(), outb.numpy(), wsum.numpy())
+    return out, outb, wsum
 
 
 def dropout_keep_steps(seed: int, rnd: int, users: torch.Tensor, steps, dim: int, p: float) -> torch.Tensor:

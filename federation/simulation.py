@@ -282,10 +282,13 @@ class Federation:
             return
         w = self.weights(c.users)                                                     # (B,)
         agg.total_weight += float(w.sum())
-        for k in self.strategy.shared + ((CONTENT_KEY,) if self.content is not None else ()):
-            if k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched"):
-                if hasattr(res, "row_sums"):
-                    s_, ws_ = res.row_sums(k, w, self.shape.n_items)
+        keys = self.strategy.shared + ((CONTENT_KEY,) if self.content is not None else ())
+        touched = [k for k in keys if k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched")]
+        sums = res.row_sums_all(touched, w, self.shape.n_items) if hasattr(res, "row_sums_all") else {}
+        for k in keys:
+            if k in touched:
+                if k in sums:
+                    s_, ws_ = sums[k]
                     if k in agg.rows:              # later cohorts add in place; the first one's sums are kept
                         agg.rows[k][0].add_(s_)
                         agg.rows[k][1].add_(ws_)

@@ -174,11 +174,14 @@ def test_add_lowrank_matches_the_reference_and_a_hand_sum(dtype, c0):
     torch.testing.assert_close(got[1], hand, atol=TOL[dtype], rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+@pytest.mark.parametrize("mode,ranges", [("explicit", None), ("implicit", None), ("implicit", 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_local_steps_match_the_torch_step_loop(tiny_data, mode, dtype, monkeypatch):
+def test_fused_local_steps_match_the_torch_step_loop(tiny_data, mode, ranges, dtype, monkeypatch):
     """local_steps_explicit / local_steps_implicit (one kernel per round) train the same clients as
-    train_cohort's torch loop over steps, which they replace."""
+    train_cohort's torch loop over steps, which they replace. ranges: the implicit softmax split into
+    that many item ranges (30 items: 1 by default), combined per client across ranges."""
+    if ranges is not None:
+        monkeypatch.setattr(kernels, "item_ranges", lambda n_items, threads: ranges)
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
     shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
     cfg = FedSettings(rounds=3, fraction=0.5, local_epochs=5, seed=3, max_cohort_clients=4, sgd=SGDConfig())
@@ -216,3 +219,34 @@ def test_single_threaded_blas_sets_one_thread_and_restores():
     assert set(before.values()) == {2}
     assert inside.keys() == before.keys() and set(inside.values()) == {1}
     assert after == before
+
+
+@pytest.mark.parametrize("mode", ["explicit", "implicit"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decoder_row_sums_match_the_torch_row_sums_and_the_trained_rows(tiny_data, mode, dtype, monkeypatch):
+    """kernels.decoder_row_sums (dec_out and dec_ob in one pass) gives FactoredResult.row_sums' torch
+    results, and both are the holder-weighted sums of the clients' trained rows."""
+    from federation.cohort import train_cohort
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
+    fed = Federation(shape, FedSettings(fraction=0.75, seed=3, sgd=SGDConfig()), train, dtype=dtype)
+    (c,) = fed.cohorts(fed.sample(0))
+    res = train_cohort(shape, fed.strategy, c, fed.global_p, fed.store, SGDConfig(), 0.1, 3, 0, 0, dtype)
+    w = torch.rand(c.size, generator=torch.Generator().manual_seed(0), dtype=dtype) + 0.5
+    calls = []
+    f = kernels.decoder_row_sums
+    monkeypatch.setattr(kernels, "decoder_row_sums", lambda *a: calls.append(1) or f(*a))
+    got = res.row_sums_all(["dec_out", "dec_ob"], w, shape.n_items)
+    assert calls
+    monkeypatch.setattr(kernels, "decoder_row_sums", lambda *a: None)
+    want = res.row_sums_all(["dec_out", "dec_ob"], w, shape.n_items)
+    wt = w.index_select(0, c.seg)                                            # (T,) each entry's client weight
+    tol = TOL[dtype]
+    for k in ("dec_out", "dec_ob"):
+        by_hand = torch.zeros_like(want[k][0]).index_add_(0, c.items, wt.view(-1, *([1] * (want[k][0].dim() - 1)))
+                                                          * res.value(k))
+        for pair in (got, want):
+            torch.testing.assert_close(pair[k][0], by_hand, atol=tol, rtol=0)
+            torch.testing.assert_close(pair[k][1], torch.zeros(shape.n_items, dtype=dtype).index_add_(0, c.items, wt),
+                                       atol=tol, rtol=0)
+    assert got["dec_out"][1] is not got["dec_ob"][1]                       # callers add into them in place
