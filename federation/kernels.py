@@ -744,7 +744,7 @@ def local_steps_implicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Te
         k.local_steps_implicit(*_step_args(P2, b2, P3, b3, E0x, tie, xx1, keep, a, bco, clip, crow),
                                items.contiguous().numpy(), W.numpy(), ob.contiguous().numpy(),
                                cnt.contiguous().numpy(), max(1, min(E0x.shape[0], k.num_threads())),
-                               item_ranges(W.shape[0], k.num_threads()),
+                               max(1, min(item_ranges(W.shape[0], k.num_threads()), W.shape[0])),
                                *_hist_args(hist), loss.numpy(),
                                *_write_args(P2, a, bco, keep.shape[0], E0x.dtype, write_P2))
     return True
