@@ -394,7 +394,7 @@ def _kernels() -> SimpleNamespace | None:
         dHr = np.empty((R, B, H1), dt)              # range r's part of dL/dh3 via the start rows
         mr = np.empty((R, B), dt)                   # range r's max score and sum of exp(score - max)
         zr = np.empty((R, B), dt)
-        lr = np.zeros((R, B), dt)                   # range r's own items' log-likelihood (negated)
+        nll = np.zeros((R, B), dt)                  # range r's own items' log-likelihood (negated)
         Gy = np.empty((B, S), dt)
         T2 = np.empty((B, H2), dt)
         h3 = np.empty((B, H1), dt)
@@ -452,7 +452,7 @@ def _kernels() -> SimpleNamespace | None:
                     for t in range(crow[b], crow[b + 1]):
                         it = items[t]
                         if i0 <= it < i1:
-                            lr[r, b] -= max(He[t, s] - lz, logtiny)
+                            nll[r, b] -= max(He[t, s] - lz, logtiny)
                             He[t, s] = row[it - i0] * sc - 1
                     for i in range(i1 - i0):
                         row[i] *= sc
@@ -488,7 +488,7 @@ def _kernels() -> SimpleNamespace | None:
         for b in nb.prange(B):
             acc = dt.type(0)
             for q in range(R):
-                acc += lr[q, b]
+                acc += nll[q, b]
             loss[b] = acc
 
     M = 2_147_483_647                                # recsys.models.autoencoder._M
@@ -753,9 +753,9 @@ def local_steps_implicit(P2: torch.Tensor | Rows, b2: torch.Tensor, P3: torch.Te
 def item_ranges(n_items: int, threads: int) -> int:
     """How many contiguous item ranges local_steps_implicit runs its softmax products in: one per
     thread, each of at least 256 items. Two ranges of 841 items with all 94 clients take 0.46 ms per
-    product where two client blocks of 47 with all items take 0.55 ms (the rows are packed for twice
-    as many clients; docs/experiments/2026-12-04-ranges). The sums over ranges make results depend on
-    the thread count in the last bits, as torch's own CPU products do."""
+    product where two client blocks of 47 with all items take 0.55 ms: the rows are packed for twice
+    as many clients (docs/experiments/2026-12-04-ranges/gemm_split.py). The sums over ranges make
+    results depend on the thread count in the last bits, as torch's own CPU products do."""
     return max(1, min(threads, n_items // 256))
 
 
