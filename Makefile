@@ -13,6 +13,8 @@ export PYTHONUNBUFFERED := 1
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[full,dev]'
+	@# compile the engine's numba kernels once into their on-disk cache (about a minute)
+	$(PY) -m federation.engine.kernels.warm
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -33,7 +33,7 @@ def _args() -> argparse.Namespace:
 
 @st.cache_resource(show_spinner="loading run…")
 def _run(path: str, stamp: float):
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
     return load_run(path)
 
 
@@ -129,14 +129,14 @@ def page_recommend(runs, idx_root: Path) -> None:
 
 @st.cache_resource(show_spinner="loading the run's content model and item features…")
 def _content_tools(path: str, stamp: float):
-    from federation.serve import content_tools
+    from federation.runs.serve import content_tools
     return content_tools(_run(path, stamp))
 
 
 def _content_search(run) -> None:
     """Search of a content-aware run: the query goes through the run's own CLIP (or sentence) model,
-    the matches are re-ranked by the user's model, and any hit can be explained (federation/serve.py)."""
-    from federation.serve import explain_run, search_run
+    the matches are re-ranked by the user's model, and any hit can be explained (federation/runs/serve.py)."""
+    from federation.runs.serve import explain_run, search_run
 
     user = st.selectbox("User", [str(u) for u in run.data.user_ids], key="search_user")
     query = st.text_input("Query", "", key="search_q", placeholder="e.g. a red striped lamp")

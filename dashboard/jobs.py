@@ -60,7 +60,7 @@ def _alive(pid: int) -> bool:
 
 def launch(config: str | Path, runs_dir: Path, jobs_dir: Path, name: str | None = None) -> Job:
     """Start ``fedrec train CONFIG --run-dir RUNS/NAME --quiet`` in the background."""
-    from federation.config import load_config
+    from federation.runs.config import load_config
 
     cfg = load_config(config)                        # validate before starting anything
     name = name or cfg.name
@@ -70,7 +70,7 @@ def launch(config: str | Path, runs_dir: Path, jobs_dir: Path, name: str | None 
     jobs_dir.mkdir(parents=True, exist_ok=True)
     log = jobs_dir / f"{name}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "train", str(config), "--run-dir", str(run_dir),
+        proc = subprocess.Popen([sys.executable, "-m", "fedrec.cli", "train", str(config), "--run-dir", str(run_dir),
                                  "--quiet"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     job = Job(name, proc.pid, str(config), str(run_dir), str(log), time.time(), "running", 0,
               cfg.federation.rounds)

@@ -15,15 +15,17 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from federation.aggregation import accumulate_rows, fedavg_rows_with_decay, personalfr_rows
-from federation.client import reference_client_update
-from federation.cohort import FactoredResult, train_cohort
-from federation.comm import clients_bytes, fedavg_bytes
-from federation.local_sgd import SGDConfig, decay_factor
-from federation import prototypes as proto
-from federation.privacy import DPSettings, dp_aggregate, epsilon
-from federation.state import ClientStore, Cohort, make_cohorts
-from federation.strategies import get_strategy
+from federation.strategies.aggregation import accumulate_rows
+from federation.engine.generic import MaterializedResult, train_generic
+from federation.engine.reference import reference_client_update
+from federation.engine.cohort import FactoredResult, train_cohort
+from federation.strategies.base import RoundInfo
+from federation.strategies.comm import clients_bytes, fedavg_bytes
+from federation.engine.local_sgd import SGDConfig, decay_factor
+from federation.engine import prototypes as proto
+from federation.privacy.dp import DPSettings, dp_aggregate, epsilon
+from federation.engine.state import ClientStore, Cohort, make_cohorts
+from federation.strategies.registry import get_strategy
 from recsys.errors import FedrecError
 from recsys.models.autoencoder import (CONTENT_KEY, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
                                       init_params, input_values, item_rows)
@@ -37,6 +39,7 @@ PROTOTYPES_TENSOR = "server.prototypes"     # checkpoint key of the fitted proto
 @dataclass
 class FedSettings:
     strategy: str = "personalfr"
+    options: dict = field(default_factory=dict)   # the strategy's options (federation.strategies.registry)
     rounds: int = 100
     fraction: float = 0.1
     local_epochs: int = 5
@@ -49,7 +52,7 @@ class FedSettings:
     seed: int = 0
     max_cohort_clients: int = 1024
     max_cohort_entries: int = 262_144   # padded (client, entry) pairs per cohort: bounds memory
-    dp: DPSettings | None = None        # user-level DP of the decoder (federation.privacy)
+    dp: DPSettings | None = None        # user-level DP of the decoder (federation.privacy.dp)
 
 
 @dataclass
@@ -100,11 +103,10 @@ class Federation:
         """content (N, F): fixed item content vectors (public catalogue data, the same on every client)
         for a content-aware decoder; shape.content_dim must be F. content_drop (N, F): what the
         content-only steps of shape.content_dropout score with, if not ``content`` (see
-        federation.jobs.weigh_content: weighted content in normal steps, full weight in those)."""
+        federation.runs.jobs.weigh_content: weighted content in normal steps, full weight in those)."""
         self.shape, self.cfg = shape, cfg
-        self.strategy = get_strategy(cfg.strategy)
-        if content is not None and self.strategy.name == "local":
-            raise FedrecError("content features need a federated strategy (personalfr or fedavg), not 'local'")
+        self.strategy = get_strategy(cfg.strategy, cfg.options)
+        self.strategy.check(shape, content is not None)
         self.device, self.dtype = torch.device(device), dtype
         self.content: torch.Tensor | None = None
         self.content_drop: torch.Tensor | None = None
@@ -116,15 +118,23 @@ class Federation:
         self.train = sp.csr_matrix((vals, self.train.indices, self.train.indptr), shape=self.train.shape)
         init = init_params(shape, cfg.seed, dtype)
         self.global_p = {k: v.to(self.device) for k, v in init.items()}
-        self.store = (ClientStore(self.train, init, self.strategy.personal, state_dtype or dtype, self.device)
-                      if self.strategy.personal else None)
+        self.store = self.new_store(init, state_dtype or dtype)
         self.n_per_user = np.diff(self.train.indptr)
         self.active_users = np.flatnonzero(self.n_per_user > 0)
         self.round = 0                    # rounds completed
-        # Federated prototypes of the user codes (federation.prototypes), fitted after training when
+        # Federated prototypes of the user codes (federation.engine.prototypes), fitted after training when
         # configured: (K, H1) broadcast to every client, which blends its own code towards the nearest.
         self.prototypes: torch.Tensor | None = None
         self.prototype_blend = 0.0
+
+    def new_store(self, init: dict[str, torch.Tensor], state_dtype: torch.dtype) -> ClientStore | None:
+        """Every client's personal parameters, each starting at its source's value in ``init``."""
+        params = self.strategy.params(self.shape)
+        keys = self.strategy.personal
+        if not keys:
+            return None
+        return ClientStore(self.train, {k: init[params[k].source] for k in keys}, keys, state_dtype, self.device,
+                           row_keys=self.strategy.row_keys(self.shape))
 
     def set_content(self, content: np.ndarray | torch.Tensor | None,
                     content_drop: np.ndarray | torch.Tensor | None = None) -> None:
@@ -174,28 +184,20 @@ class Federation:
             self.global_p.update(dp_aggregate(self.global_p, [msgs[int(u)] for u in users], self.cfg.dp,
                                               expected, self.cfg.server_lr, rnd))
             losses.append(torch.tensor([lossd[int(u)] for u in users], dtype=self.dtype))
-        elif engine == "vectorized":
-            for c in self.cohorts(users):
-                res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
-                                   self.cfg.local_epochs, self.cfg.seed, rnd, self.dtype, self.content,
-                                   self.content_drop, in_place=True)
-                self._absorb(c, res, agg)
-                losses.append(res.loss)
-        elif engine == "reference":
-            for u in users:
-                c = self.cohorts(np.array([u]))[0]
-                res = self._reference_update(c, lr, rnd)
-                self._absorb(c, res, agg)
-                losses.append(res.loss)
         else:
-            raise ValueError(f"unknown engine {engine!r}")
+            cohorts = (self.cohorts(users) if engine != "reference"
+                       else [self.cohorts(np.array([u]))[0] for u in users])
+            for c in cohorts:
+                res = self.train_cohort(c, lr, rnd, engine)
+                self._absorb(c, res, agg)
+                losses.append(res.loss)
         loss = float(torch.cat(losses).mean())
         if not math.isfinite(loss):
             raise FedrecError(f"round {rnd + 1}: training diverged (non-finite loss); lower optimizer.lr")
         if self.strategy.federated and self.cfg.dp is None:
             self._apply(agg, lr)
         self.round += 1
-        up, down = clients_bytes(self.strategy.name, self.shape, self.n_per_user[users])
+        up, down = clients_bytes(self.strategy, self.shape, self.n_per_user[users])
         dt = time.perf_counter() - t0
         eps = (epsilon(self.cfg.dp.noise_multiplier, self.cfg.fraction, self.round, self.cfg.dp.delta)
                if self.cfg.dp is not None else None)
@@ -205,15 +207,13 @@ class Federation:
     def client_message(self, user: int) -> dict[str, np.ndarray]:
         """One personalfr client's turn in the current round, as a deployed client would take it:
         train with the reference update, keep the personal parameters (written back to this client's
-        state only) and return the message it sends (see federation.messages)."""
-        from federation.messages import encode_update
+        state only) and return the message it sends (see federation.strategies.messages)."""
+        from federation.strategies.messages import encode_update
 
-        if self.strategy.name != "personalfr":
-            raise FedrecError("client messages are defined for the personalfr strategy")
+        self._require_messages()
         c = self.cohorts(np.array([user]))[0]
-        res = self._reference_update(c, self.lr_at(self.round), self.round)
-        for k in self.strategy.personal:
-            self.store.scatter(k, c, res.value(k))
+        res = self.train_cohort(c, self.lr_at(self.round), self.round, "reference")
+        self._keep_personal(c, res)
         v = res.values
         trained = {"dec_out": v["dec_out"], "dec_ob": v["dec_ob"], "dec_W1": v["dec_W1"][0], "dec_b1": v["dec_b1"][0]}
         if CONTENT_KEY in v:
@@ -221,24 +221,26 @@ class Federation:
         w = float(self.weights(c.users)[0])
         return encode_update(c.items.cpu().numpy(), trained, w)
 
+    def _require_messages(self) -> None:
+        if not self.strategy.sends_messages:
+            raise FedrecError(f"strategy {self.strategy.name!r} has no per-client messages of own-item rows "
+                              "(deployment and DP need one: personalfr, fedprox, ditto)")
+
     def client_messages(self, users: np.ndarray, lr: float | None = None
                         ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, float]]:
         """Many personalfr clients' turns at once (the vectorized engine; same math as
         ``client_message``, see tests/test_engine_equivalence.py): personal state written back to
         each client. Returns one message per user and each user's mean local loss (which stays on the
         node unless the node reports an aggregate). Used by a SuperNode hosting a group of users."""
-        from federation.messages import encode_update
+        from federation.strategies.messages import encode_update
 
-        if self.strategy.name != "personalfr":
-            raise FedrecError("client messages are defined for the personalfr strategy")
+        self._require_messages()
         lr = self.lr_at(self.round) if lr is None else lr
         out: dict[int, dict[str, np.ndarray]] = {}
         losses: dict[int, float] = {}
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
-            res = train_cohort(self.shape, self.strategy, c, self.global_p, self.store, self.cfg.sgd, lr,
-                               self.cfg.local_epochs, self.cfg.seed, self.round, self.dtype, self.content,
-                               self.content_drop, in_place=True)
-            res.commit(self.store, self.strategy.personal)
+            res = self.train_cohort(c, lr, self.round)
+            self._keep_personal(c, res)
             rows, rb = res.value("dec_out"), res.value("dec_ob")                       # (T, H1), (T,)
             W1, b1 = res.value("dec_W1"), res.value("dec_b1")                          # (B, H1, H2), (B, H1)
             P = res.value(CONTENT_KEY) if self.content is not None else None           # (B, H1, F)
@@ -253,6 +255,33 @@ class Federation:
                 out[int(u)] = encode_update(items[a:b], trained, float(w[j]))
                 losses[int(u)] = float(res.loss[j])
         return out, losses
+
+    def train_cohort(self, c: Cohort, lr: float, rnd: int, path: str = "vectorized"):
+        """Train cohort ``c`` in round ``rnd``; the one place the engine picks its path:
+        vectorized: the closed-form cohort path (kernels) for closed-form strategies, else generic;
+        generic: the batched-autograd path from the strategy's declarations (any strategy);
+        reference: the plain one-client reference (``c`` must hold one client)."""
+        s = self.strategy
+        if path == "vectorized" and s.closed_form:
+            return train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                                self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True)
+        if path == "reference" and s.closed_form:
+            return self._reference_update(c, lr, rnd)
+        if path not in ("vectorized", "generic", "reference"):
+            raise ValueError(f"unknown engine path {path!r} (vectorized, generic or reference)")
+        return train_generic(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                             self.cfg.seed, rnd, self.dtype, self.content,
+                             optimizer="torch" if path == "reference" else "batched")
+
+    def _keep_personal(self, c: Cohort, res) -> None:
+        """Write the trained personal parameters back into the clients' state."""
+        if self.store is None:
+            return
+        if isinstance(res, FactoredResult):
+            res.commit(self.store, self.strategy.personal)
+        else:
+            for k in self.strategy.personal:
+                self.store.scatter(k, c, res.value(k))
 
     def _reference_update(self, c: Cohort, lr: float, rnd: int) -> "MaterializedResult":
         u = int(c.users[0])
@@ -272,12 +301,7 @@ class Federation:
 
     def _absorb(self, c: Cohort, res, agg: "_Aggregate") -> None:
         """Keep personal parameters on the client; add shared ones into the round's aggregate."""
-        if self.store is not None:
-            if isinstance(res, FactoredResult):
-                res.commit(self.store, self.strategy.personal)
-            else:
-                for k in self.strategy.personal:
-                    self.store.scatter(k, c, res.value(k))
+        self._keep_personal(c, res)
         if not self.strategy.federated:
             return
         w = self.weights(c.users)                                                     # (B,)
@@ -308,16 +332,11 @@ class Federation:
     def _apply(self, agg: "_Aggregate", lr: float) -> None:
         W = agg.total_weight
         for k, s in agg.dense.items():
-            self.global_p[k] = s / W
-        decay = decay_factor(lr, self.cfg.local_epochs, self.cfg.sgd)
-        for k, (sums, wsum) in agg.rows.items():
-            old = self.global_p[k]
-            if self.strategy.name == "fedavg":
-                # Full-model FedAvg: a client that did not touch a row returns it decayed.
-                self.global_p[k] = fedavg_rows_with_decay(old, sums, wsum, W, decay)
-            else:
-                self.global_p[k] = personalfr_rows(old, sums, wsum, W, self.cfg.row_average, self.cfg.server_lr,
-                                                   in_place=True)   # sums: this round's own buffer
+            self.global_p[k] = self.strategy.aggregate_dense(k, self.global_p[k], s, W)
+        info = RoundInfo(lr, decay_factor(lr, self.cfg.local_epochs, self.cfg.sgd), self.cfg.row_average,
+                         self.cfg.server_lr)
+        for k, (sums, wsum) in agg.rows.items():      # sums: this round's own buffer (may be reused in place)
+            self.global_p[k] = self.strategy.aggregate_rows(k, self.global_p[k], sums, wsum, W, info)
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -332,8 +351,9 @@ class Federation:
         for c in self.cohorts(uniq):
             p = {}
             for k in ("enc_in", "enc_b1", "enc_W2", "enc_b2", "dec_W1", "dec_b1"):
-                if k in self.strategy.personal:
-                    p[k] = self.store.gather(k, c, self.dtype)
+                src = self.strategy.inference_key(k)
+                if src in self.strategy.personal:
+                    p[k] = self.store.gather(src, c, self.dtype)
                 else:
                     p[k] = self.global_p[k][c.items] if k == "enc_in" else self.global_p[k]
             if self.shape.input_tie:
@@ -347,7 +367,7 @@ class Federation:
     @torch.no_grad()
     def user_hidden(self, users: np.ndarray) -> tuple[torch.Tensor, list[tuple[Cohort, torch.Tensor]]]:
         """The code each user scores with (B, H1): its own code, blended towards its nearest prototype
-        once prototypes are fitted (federation.prototypes.blend); plus the cohorts used."""
+        once prototypes are fitted (federation.engine.prototypes.blend); plus the cohorts used."""
         h3, parts = self.user_codes(users)
         if self.prototypes is not None:
             h3 = proto.blend(h3, self.prototypes, self.prototype_blend)
@@ -366,12 +386,12 @@ class Federation:
         return total
 
     def client_prototype_message(self, user: int, centroids: torch.Tensor) -> dict[str, np.ndarray]:
-        """Exactly what one client sends in a prototype round (keys federation.prototypes.*_KEY)."""
+        """Exactly what one client sends in a prototype round (keys federation.engine.prototypes.*_KEY)."""
         h3, _ = self.user_codes(np.array([user]))
         return proto.client_stats(h3, centroids.to(self.device, self.dtype)).as_message()
 
     def fit_prototypes(self, settings: proto.PrototypeSettings, on_round=None) -> torch.Tensor:
-        """Run the prototype rounds over every active client (federation.prototypes.fit_prototypes)
+        """Run the prototype rounds over every active client (federation.engine.prototypes.fit_prototypes)
         and keep the result for scoring; returns the prototypes (K, H1)."""
         C = proto.fit_prototypes(self.prototype_stats, self.shape.h1, settings, self.cfg.seed,
                                  self.dtype, str(self.device), on_round)
@@ -417,19 +437,6 @@ class Federation:
 
 
 @dataclass
-class MaterializedResult:
-    """Trained values of one client given explicitly (the reference engine's output)."""
-    values: dict[str, torch.Tensor]
-    loss: torch.Tensor
-
-    def value(self, key: str) -> torch.Tensor:
-        return self.values[key]
-
-    def weighted_sum(self, key: str, w: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(w, self.values[key], dims=([0], [0]))
-
-
-@dataclass
 class _Aggregate:
     total_weight: float = 0.0
     dense: dict = field(default_factory=dict)
@@ -444,7 +451,7 @@ class FederatedAutoencoder(Recommender):
     def __init__(self, fed: Federation, clip: tuple[float, float] | None = None):
         self.fed, self.clip = fed, clip
 
-    def fit(self, train, valid=None):  # training happens in federation.jobs / Federation.run_round
+    def fit(self, train, valid=None):  # training happens in federation.runs.jobs / Federation.run_round
         raise NotImplementedError("train with `fedrec train` or Federation.run_round")
 
     def score(self, users: np.ndarray) -> np.ndarray:

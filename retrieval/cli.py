@@ -48,7 +48,7 @@ def build(kind: str = typer.Argument(..., help="items | content | histories | su
         from recsys.loaders import load_dataset
         ix = B.content_index(load_dataset(source), get_embedder(embedder, device), opts)
     else:
-        from federation.jobs import load_run
+        from federation.runs.jobs import load_run
         if not _is_run(source):
             _fail(f"{source}: not a run directory (no config.yaml/manifest.json); train one with `fedrec train`")
         run = load_run(source, device)
@@ -108,7 +108,7 @@ def query(path: Path, run_dir: Optional[Path] = typer.Option(None, "--run", help
     kind = read_manifest(path).get("kind")
     run = data = None
     if run_dir is not None:
-        from federation.jobs import load_run
+        from federation.runs.jobs import load_run
         run = load_run(run_dir, device)
         data = run.data
     elif kind in ("items", "histories", "summaries") or data_path is None:

@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from federation.aggregation import fedavg_rows_with_decay, rowwise_average, weighted_average
-from federation.comm import client_bytes, clients_bytes, fedavg_bytes
-from federation.local_sgd import SGDConfig, decay_factor, sgd_coefficients
+from federation.strategies.aggregation import fedavg_rows_with_decay, rowwise_average, weighted_average
+from federation.strategies.comm import client_bytes, clients_bytes, fedavg_bytes
+from federation.engine.local_sgd import SGDConfig, decay_factor, sgd_coefficients
 from recsys.models.autoencoder import AEShape
 
 
@@ -63,7 +63,7 @@ def test_communication_bytes_by_hand():
 
 
 def test_participant_rows_by_hand():
-    from federation.aggregation import accumulate_rows, participant_rows
+    from federation.strategies.aggregation import accumulate_rows, participant_rows
     old = torch.tensor([[1.0], [2.0], [3.0]])
     # 4 participants (weight 1 each); row 0 sent by two clients (3, 5), row 1 by one (4), row 2 by none
     sums, wsum = accumulate_rows(3, torch.tensor([0, 0, 1]), torch.tensor([[3.0], [5.0], [4.0]]), torch.ones(3))

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from recsys.synth import SynthSpec, write_catalogue
 
-FEDREC = [sys.executable, "-m", "recsys.cli"]
+FEDREC = [sys.executable, "-m", "fedrec.cli"]
 
 
 def run(*args, cwd=None):
@@ -69,7 +69,7 @@ def test_train_resume_is_exact(tmp_path, synth):
     r = run("train", str(cfg), "--run-dir", str(full), "--quiet")
     assert r.returncode == 0, r.stderr
     # An interrupted run: stop after 3 of 6 rounds (as if killed), then --resume.
-    from federation.jobs import train
+    from federation.runs.jobs import train
     train(cfg, part, stop_after=3, progress=False)
     assert not (part / "summary.json").exists()
     lines = (part / "metrics.jsonl").read_text().splitlines()

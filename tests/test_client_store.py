@@ -1,13 +1,13 @@
-"""The simulator's packed client state (federation.state.ClientStore) and the engine's fast paths."""
+"""The simulator's packed client state (federation.engine.state.ClientStore) and the engine's fast paths."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from federation.cohort import cohort_pattern, sampled_scores, train_cohort
-from federation.local_sgd import SGDConfig
+from federation.engine.cohort import cohort_pattern, sampled_scores, train_cohort
+from federation.engine.local_sgd import SGDConfig
 from federation.simulation import Federation, FedSettings
-from federation.state import ENC_SCALE, ENC_SHIFT, ClientStore, make_cohorts
+from federation.engine.state import ENC_SCALE, ENC_SHIFT, ClientStore, make_cohorts
 from recsys.models.autoencoder import (AEShape, dropout_keep, dropout_keep_steps, init_params, rows_kept,
                                       rows_kept_steps)
 from recsys.splits import ratio_split
@@ -102,7 +102,7 @@ def test_work_buffer_gather_and_commit_in_place(tiny_data):
 def test_fused_kernel_writes_the_personal_layer_in_place(tiny_data, mode):
     """personalfr in place: the fused kernel writes each client's trained enc_W2 into the store itself
     (result.written), equal to the out-of-place value; commit skips it and value refuses it."""
-    from federation import kernels
+    from federation.engine import kernels
     if not kernels.available(torch.float64, "cpu"):
         pytest.skip("numba not installed")
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
@@ -157,7 +157,7 @@ def test_a_checkpoint_from_before_the_affine_part_still_loads(tiny_data, tmp_pat
     score the same; a checkpoint with only one of the two keys is refused."""
     from safetensors.torch import save_file
 
-    from federation.jobs import _load_checkpoint
+    from federation.runs.jobs import _load_checkpoint
     from recsys.errors import ManifestError
     from recsys.io import sha256_file, write_json
 

@@ -13,7 +13,7 @@ import yaml
 from recsys.errors import ConfigError, ManifestError
 from recsys.synth import SynthSpec, write_catalogue
 
-FEDREC = [sys.executable, "-m", "recsys.cli"]
+FEDREC = [sys.executable, "-m", "fedrec.cli"]
 
 
 def run(*args):
@@ -191,7 +191,7 @@ def test_tasks_by_hand():
 
 @pytest.fixture(scope="module")
 def content_run(catalogue, clip_dir, tmp_path_factory):
-    from federation.jobs import train
+    from federation.runs.jobs import train
 
     tmp = tmp_path_factory.mktemp("runs")
     cfg = {"name": "c", "seed": 0, "data": {"path": str(catalogue)},
@@ -206,7 +206,7 @@ def content_run(catalogue, clip_dir, tmp_path_factory):
 
 
 def test_content_run_scores_cold_items_from_content(content_run):
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
 
     run = load_run(content_run[0])
     assert run.fed.shape.content_dim == 129 and (content_run[0] / "content.safetensors").exists()
@@ -221,7 +221,7 @@ def test_content_run_scores_cold_items_from_content(content_run):
 
 def test_search_explain_prefer_cli(content_run):
     run_dir = str(content_run[0])
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
     job = load_run(run_dir)
     counts = np.diff(job.train.indptr)
     u1, u2 = (str(job.data.user_ids[i]) for i in np.argsort(-counts)[:2])
@@ -235,7 +235,7 @@ def test_search_explain_prefer_cli(content_run):
     assert e.returncode == 0 and "recommended because you liked" in e.stdout and "predicted rating" in e.stdout
     p = run("prefer", run_dir, "--user", u1, "--a", item, "--b", str(job.data.item_ids[0]))
     assert p.returncode == 0 and "prefers" in p.stdout
-    from federation.serve import prefer_for
+    from federation.runs.serve import prefer_for
     from recsys.errors import FedrecError
     with pytest.raises(FedrecError, match="same item"):                  # an item against itself
         prefer_for(run_dir, u1, item, item)
@@ -263,7 +263,7 @@ def test_content_bad_input_cli(content_run, tmp_path, catalogue):
 
 
 def test_shipped_configs_validate():
-    from federation.config import load_config
+    from federation.runs.config import load_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
     names = sorted(p.name for p in root.glob("*.yaml"))
@@ -305,7 +305,7 @@ def test_dashboard_search_page_on_a_content_run(content_run, monkeypatch, tmp_pa
     """The Search page of a content-aware run: the run's own CLIP model embeds the query, two users
     get the same matches in different orders, and a hit is explained in a sentence."""
     from streamlit.testing.v1 import AppTest
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
 
     monkeypatch.setenv("FEDREC_RUNS", str(content_run[0].parent))
     monkeypatch.setenv("FEDREC_INDICES", str(tmp_path / "no-indices"))
@@ -334,7 +334,7 @@ def test_content_run_with_differential_privacy(content_run, tmp_path):
     """privacy.dp works with a content-aware decoder: the run completes, reports epsilon, and the
     shared projection moved (clipped and noised like the rest of the decoder)."""
     import json
-    from federation.jobs import load_run, train
+    from federation.runs.jobs import load_run, train
 
     cfg = yaml.safe_load(Path(content_run[1]).read_text())
     cfg["name"] = "c-dp"

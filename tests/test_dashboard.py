@@ -11,7 +11,7 @@ APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     import yaml
-    from federation.jobs import train
+    from federation.runs.jobs import train
     from recsys.synth import SynthSpec, write_catalogue
     root = tmp_path_factory.mktemp("dash")
     write_catalogue(SynthSpec(n_users=60, n_items=40, mean_activity=10, seed=3), root / "synth", images=True,
@@ -31,7 +31,7 @@ def env(tmp_path_factory):
         f.write('{"round": 5, "lo')                                           # a torn last line
     from retrieval.build import BuildOptions, content_index
     from retrieval.embedders import get_embedder
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
     run = load_run(root / "runs" / "good")
     content_index(run.data, get_embedder(), BuildOptions(progress=False)).save(root / "indices" / "good" / "content",
                                                                               {"run": "good"})
@@ -139,7 +139,7 @@ def test_dashboard_in_headless_chromium(env):
 
     chromium, driver_path = _ensure_chromium()
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "recsys.cli", "dashboard", "--runs", str(env / "runs"),
+    server = subprocess.Popen([sys.executable, "-m", "fedrec.cli", "dashboard", "--runs", str(env / "runs"),
                                "--indices", str(env / "indices"), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     browser = None
@@ -173,7 +173,7 @@ def test_dashboard_in_headless_chromium(env):
 
         wait.until(option_7).click()
         wait.until(lambda b: "Top 10 for user 7" in b.find_element(By.TAG_NAME, "body").text)
-        from federation.jobs import load_run
+        from federation.runs.jobs import load_run
         run = load_run(env / "runs" / "good")
         ids, _ = run.model().recommend(__import__("numpy").array([run.data.user_index("7")]), 3, exclude=run.train)
         body = browser.find_element(By.TAG_NAME, "body").text

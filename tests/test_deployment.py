@@ -1,4 +1,4 @@
-"""The deployment round loop (federation/server.py) and nodes (federation/node.py) without a network:
+"""The deployment round loop (federation/deploy/server.py) and nodes (federation/deploy/node.py) without a network:
 a loopback transport that still encodes every reply as a Flower RecordDict and decodes it again, so the
 bytes the server aggregates are the ones a SuperNode would send. The real SuperLink/SuperNode runs are in
 tests/test_flower.py."""
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from federation.config import parse_config
-from federation.flower_app import decode_train_reply, train_reply_content
-from federation.jobs import build_federation, prepare_data
-from federation.messages import UPDATE_KEYS
-from federation.node import STATE_FILE, ClientNode, partition_users
-from federation.server import FederatedServer
+from federation.runs.config import parse_config
+from loopback import Loopback, nodes_for
+from federation.runs.jobs import build_federation, prepare_data
+from federation.strategies.messages import UPDATE_KEYS
+from federation.deploy.node import STATE_FILE, ClientNode, partition_users
+from federation.deploy.server import FederatedServer
 from federation.simulation import FederatedAutoencoder, sample_clients
 from recsys.evaluation import evaluate_model
 from recsys.models.autoencoder import ENCODER_KEYS
@@ -37,65 +37,9 @@ def _cfg(synth, **over):
     return parse_config(d)
 
 
-class Loopback:
-    """federation.server.Transport calling ClientNode objects directly. ``down`` nodes stay connected
-    but never answer train or evaluate (a dead ClientApp); ``poison`` nodes send infinite rows."""
-
-    def __init__(self, nodes: dict[int, ClientNode]):
-        self.nodes, self.down, self.sent = nodes, set(), []
-        self.poison: set[int] = set()
-        self.proto_sent: list[tuple[int, dict]] = []      # every prototype-round reply a node sent
-        self.hellos: list[tuple[int, dict]] = []          # every hello a node sent
-        self.received: list[tuple[int, str, object]] = []  # (node, train|evaluate, holder counts sent to it)
-
-    def node_ids(self):
-        return sorted(self.nodes)
-
-    def hello(self, nodes):
-        out = {n: self.nodes[n].hello() for n in nodes}
-        self.hellos += list(out.items())
-        return out
-
-    def train(self, requests):
-        out = {}
-        for n, r in requests.items():
-            if n in self.down:
-                out[n] = TimeoutError("no reply")
-                continue
-            self.received.append((n, "train", r.holders))
-            rep = self.nodes[n].train(r.round, r.lr, r.users, r.decoder, r.dp_clip, r.holders)
-            content = train_reply_content(rep)                      # exactly what would go on the wire
-            self.sent.append((n, content))
-            rep = decode_train_reply(content)
-            if n in self.poison:
-                for m in rep.updates.values():
-                    m["dec_out"] = m["dec_out"] * np.float32(np.inf)
-            out[n] = rep
-        return out
-
-    def evaluate(self, nodes, decoder, part, holders=None, prototypes=None):
-        self.received += [(n, "evaluate", holders) for n in nodes]
-        return {n: self.nodes[n].evaluate(decoder, part, holders=holders, prototypes=prototypes)
-                for n in nodes if n not in self.down}
-
-    def prototypes(self, nodes, decoder, centroids, holders=None):
-        from federation.flower_app import _arrays, _numpy
-
-        out = {}
-        for n in nodes:
-            if n in self.down:
-                out[n] = TimeoutError("no reply")
-                continue
-            stats = self.nodes[n].prototype_stats(decoder, centroids, holders)
-            self.proto_sent.append((n, stats))
-            out[n] = _numpy(_arrays(stats))                       # through a Flower ArrayRecord and back
-        return out
-
-
 def _nodes(cfg, tmp_path, parts=3):
-    data, split = prepare_data(cfg)
-    return {100 + p: ClientNode(cfg, partition_users(data.n_users, p, parts), tmp_path / f"node{p}", data, split)
-            for p in range(parts)}, data, split
+    return nodes_for(cfg, tmp_path, parts)
+
 
 
 def _deploy_and_simulate(cfg, tmp_path):
@@ -145,8 +89,8 @@ def test_prototype_deployment_equals_the_in_process_prototypes(synth, tmp_path):
     """prototypes.enabled on the deployment: after the last round the server runs the prototype rounds
     through the nodes (each sends its users' stats summed: three arrays, nothing else), saves the
     prototypes with the checkpoint, and evaluates with blended codes; all equal to the in-process job."""
-    from federation import prototypes as P
-    from federation.jobs import prototype_settings
+    from federation.engine import prototypes as P
+    from federation.runs.jobs import prototype_settings
     from federation.simulation import PROTOTYPES_TENSOR
     from safetensors.torch import load_file
 
@@ -210,8 +154,8 @@ def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more
     the server learns its width from hello, the aggregated decoder and projection equal the in-process
     engine's, and a message gains exactly dec_P. A node with other content is refused. Also with
     holder-weighted content and content-only steps (each node weights by the same holder counts)."""
-    from federation.messages import KEY_PROJ, update_keys
-    from federation.node import HELLO_CONTENT
+    from federation.strategies.messages import KEY_PROJ, update_keys
+    from federation.deploy.node import HELLO_CONTENT
 
     cfg = _cfg(synth, content={**CONTENT, **options})
     t, data, split, sim = _deploy_and_simulate(cfg, tmp_path)
@@ -254,9 +198,9 @@ def test_holder_counts_go_up_once_in_hello_and_come_back_with_every_message(synt
     sum with every train and evaluate message; a node weights its content by that sum, not by data it
     cannot see. A resumed server reuses the saved counts; a tampered file, a hello with impossible
     counts, a message without counts and DP together with holder weighting are refused."""
-    from federation.jobs import holder_counts
-    from federation.node import HELLO_HOLDERS, HELLO_KEYS
-    from federation.server import HOLDERS_FILE
+    from federation.runs.jobs import holder_counts
+    from federation.deploy.node import HELLO_HOLDERS, HELLO_KEYS
+    from federation.deploy.server import HOLDERS_FILE
     from recsys.errors import ConfigError, ManifestError
     from recsys.io import load_arrays
 
@@ -405,15 +349,15 @@ def test_dp_run_reports_epsilon_and_clips(synth, tmp_path):
     t = Loopback(nodes)
     summary = FederatedServer(cfg, tmp_path / "run", t).run()
     assert 0 < summary["epsilon"] < 50
-    from federation.privacy import epsilon
+    from federation.privacy.dp import epsilon
     assert summary["epsilon"] == pytest.approx(epsilon(1.2, 0.4, 3, 1e-3))
     ck = __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(tmp_path / "run/checkpoint.safetensors"))
     assert all(torch.isfinite(v).all() for v in ck.values())
 
 
 def test_dp_math_clip_and_noise_free_aggregate_by_hand():
-    from federation.messages import update_norm
-    from federation.privacy import DPSettings, clip_update, dp_aggregate, epsilon, noise_for_epsilon
+    from federation.strategies.messages import update_norm
+    from federation.privacy.dp import DPSettings, clip_update, dp_aggregate, epsilon, noise_for_epsilon
 
     g = {"dec_out": torch.zeros(4, 2), "dec_ob": torch.zeros(4), "dec_W1": torch.zeros(2, 3), "dec_b1": torch.zeros(2)}
     m1 = {"item_ids": np.array([0, 2]), "dec_out": np.array([[3., 0], [0, 4]], np.float32),
@@ -436,7 +380,7 @@ def test_dp_math_clip_and_noise_free_aggregate_by_hand():
 def test_dp_clips_and_noises_the_content_projection_by_hand():
     """A content-aware model's projection dec_P is part of the clipped update (its change counts in the
     norm) and is averaged and noised like the other shared coordinates."""
-    from federation.privacy import DPSettings, clip_update, dp_aggregate
+    from federation.privacy.dp import DPSettings, clip_update, dp_aggregate
 
     g = {"dec_out": torch.zeros(2, 1), "dec_ob": torch.zeros(2), "dec_W1": torch.zeros(1, 1),
          "dec_b1": torch.zeros(1), "dec_P": torch.zeros(1, 2)}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from federation.local_sgd import SGDConfig
+from federation.engine.local_sgd import SGDConfig
 from federation.simulation import Federation, FedSettings
 from recsys.models.autoencoder import AEShape
 from recsys.splits import ratio_split
@@ -112,7 +112,7 @@ def test_content_projection_same_in_both_engines(tiny_data, mode, strategy, row_
 
 def test_content_messages_match_engine(tiny_data):
     """client_messages (the node path) carry the projection; aggregating them equals the engine round."""
-    from federation.messages import aggregate_updates, update_keys
+    from federation.strategies.messages import aggregate_updates, update_keys
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
     content = torch.randn(tiny_data.n_items, 5, generator=torch.Generator().manual_seed(1))
     shape = AEShape(tiny_data.n_items, h1=16, h2=8, mode="explicit", content_dim=5)
@@ -165,7 +165,7 @@ def test_tied_input_same_in_both_engines(tiny_data, mode, strategy, with_content
     """input_tie: the encoder reads personal rows + alpha * the received output rows. Both engines agree,
     the tie changes training (so it is not a no-op), and a client's message has the same keys and
     shapes as without it (nothing new leaves the client)."""
-    from federation.messages import update_keys
+    from federation.strategies.messages import update_keys
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
     content = (torch.randn(tiny_data.n_items, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
                if with_content else None)

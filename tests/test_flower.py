@@ -10,9 +10,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from federation.config import parse_config
-from federation.deploy import LocalFederation, alive, make_certificates, make_node_key
-from federation.jobs import build_federation, prepare_data, prototype_settings
+from federation.runs.config import parse_config
+from federation.deploy.process import LocalFederation, alive, make_certificates, make_node_key
+from federation.runs.jobs import build_federation, prepare_data, prototype_settings
 from federation.simulation import PROTOTYPES_TENSOR
 from recsys.synth import SynthSpec, write_catalogue
 
@@ -77,7 +77,7 @@ def test_flower_run_equals_the_in_process_engine(job, tmp_path):
     """With prototypes on (k 2): after the rounds, the query.prototypes messages reach every SuperNode,
     the server's prototypes equal the in-process fit, and the federated evaluation scores with the
     blended codes (its test RMSE equals the in-process model's with the same prototypes)."""
-    from federation.comm import client_bytes
+    from federation.strategies.comm import client_bytes
     from federation.simulation import FederatedAutoencoder
     from recsys.evaluation import evaluate_model
 
@@ -105,8 +105,8 @@ def test_flower_content_job_equals_the_in_process_engine(job, tmp_path):
     hello, and decoder plus projection equal the in-process engine's. With holder-weighted content and
     content-only steps: the holder counts go up in hello and come back in every train message, so
     each SuperNode weights the content by the whole federation's counts without seeing others' data."""
-    from federation.jobs import holder_counts
-    from federation.server import HOLDERS_FILE
+    from federation.runs.jobs import holder_counts
+    from federation.deploy.server import HOLDERS_FILE
     from recsys.io import load_arrays
 
     root, _ = job

@@ -1,9 +1,9 @@
-"""The numba per-client products (federation/kernels.py) against their torch versions."""
+"""The numba per-client products (federation/engine/kernels.py) against their torch versions."""
 import pytest
 import torch
 
-from federation import kernels
-from federation.local_sgd import SGDConfig
+from federation.engine import kernels
+from federation.engine.local_sgd import SGDConfig
 from federation.simulation import Federation, FedSettings
 from recsys.models.autoencoder import AEShape
 from recsys.splits import ratio_split
@@ -115,7 +115,7 @@ def test_dropout_masks_are_the_models_bit_for_bit(p):
 def test_vector_exp_is_within_two_ulp_and_float64_is_numpys():
     import numba as nb
     import numpy as np
-    exp = kernels._vector_exp(nb)
+    from federation.engine.kernels._exp import exp
 
     @nb.njit
     def apply(x, out):
@@ -226,7 +226,7 @@ def test_single_threaded_blas_sets_one_thread_and_restores():
 def test_decoder_row_sums_match_the_torch_row_sums_and_the_trained_rows(tiny_data, mode, dtype, monkeypatch):
     """kernels.decoder_row_sums (dec_out and dec_ob in one pass) gives FactoredResult.row_sums' torch
     results, and both are the holder-weighted sums of the clients' trained rows."""
-    from federation.cohort import train_cohort
+    from federation.engine.cohort import train_cohort
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
     shape = AEShape(tiny_data.n_items, h1=16, h2=8, dropout=0.5, mode=mode)
     fed = Federation(shape, FedSettings(fraction=0.75, seed=3, sgd=SGDConfig()), train, dtype=dtype)

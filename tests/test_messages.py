@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from federation.messages import (UPDATE_KEYS, RejectedUpdate, aggregate_updates, filter_outliers,
+from federation.strategies.messages import (UPDATE_KEYS, RejectedUpdate, aggregate_updates, filter_outliers,
                                  validate_update)
 from federation.simulation import Federation, FedSettings
 from recsys.models.autoencoder import ENCODER_KEYS, AEShape

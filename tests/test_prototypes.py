@@ -1,4 +1,4 @@
-"""Federated prototypes of user codes (federation/prototypes.py): the math by hand, the rounds, what
+"""Federated prototypes of user codes (federation/engine/prototypes.py): the math by hand, the rounds, what
 one client sends, and a job that fits, saves, resumes and serves them."""
 import json
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from federation import prototypes as P
+from federation.engine import prototypes as P
 from recsys.errors import ConfigError
 
 
@@ -71,7 +71,7 @@ def test_fit_recovers_separated_groups_in_the_announced_rounds():
 
 @pytest.fixture(scope="module")
 def proto_run(tmp_path_factory):
-    from federation.jobs import train
+    from federation.runs.jobs import train
     from recsys.synth import SynthSpec, write_catalogue
 
     tmp = tmp_path_factory.mktemp("protos")
@@ -88,7 +88,7 @@ def proto_run(tmp_path_factory):
 
 
 def test_job_fits_saves_and_serves_prototypes(proto_run):
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
     from federation.simulation import PROTOTYPES_TENSOR
     from safetensors.torch import load_file
 
@@ -118,7 +118,7 @@ def test_job_fits_saves_and_serves_prototypes(proto_run):
 def test_prototype_messages_are_exactly_one_code_each(proto_run):
     """What leaves a client in a prototype round: its own code in its nearest centroid's row, a 1 in
     counts and |code|^2 in sq; nothing else. The server's total is the sum of those messages."""
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
 
     fed = load_run(proto_run[0]).fed
     C = fed.prototypes
@@ -138,7 +138,7 @@ def test_prototype_messages_are_exactly_one_code_each(proto_run):
 
 
 def test_a_killed_and_resumed_run_fits_the_same_prototypes(proto_run, tmp_path):
-    from federation.jobs import load_run, train
+    from federation.runs.jobs import load_run, train
 
     _, p, _ = proto_run
     run_dir = train(p, tmp_path / "r", progress=False, stop_after=3)
@@ -158,7 +158,7 @@ def test_a_killed_and_resumed_run_fits_the_same_prototypes(proto_run, tmp_path):
 
 
 def test_prototypes_bad_config(proto_run, tmp_path):
-    from federation.config import parse_config
+    from federation.runs.config import parse_config
 
     cfg = proto_run[2]
     with pytest.raises(ConfigError, match="prototypes: not covered by privacy.dp"):
@@ -171,7 +171,7 @@ def test_prototypes_bad_config(proto_run, tmp_path):
         P.stats_from_message({P.SUMS_KEY: np.zeros((3, 3)), P.COUNTS_KEY: -np.ones(3), P.SQ_KEY: np.zeros(3)}, (3, 3))
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "prototypes": {"enabled": True, "blend": 1.5}}))
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "train", str(bad), "--run-dir", str(tmp_path / "x")],
+    r = subprocess.run([sys.executable, "-m", "fedrec.cli", "train", str(bad), "--run-dir", str(tmp_path / "x")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "prototypes.blend" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()

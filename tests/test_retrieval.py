@@ -221,7 +221,7 @@ def test_chat_generator_ok_junk_and_down(fake_llm):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     import yaml
-    from federation.jobs import train
+    from federation.runs.jobs import train
     from recsys.synth import SynthSpec, write_catalogue
     root = tmp_path_factory.mktemp("retr")
     write_catalogue(SynthSpec(n_users=80, n_items=40, mean_activity=10, seed=2), root / "synth", images=False,
@@ -252,7 +252,7 @@ def test_index_cli_build_query_and_refusals(tmp_path, trained_run):
     assert r.returncode == 0, r.stderr
     q = run("index", "query", str(hist), "--run", str(trained_run), "--user", "5", "--text", "a red round item", "-k", "3")
     assert q.returncode == 0 and q.stdout.count("(item ") == 3
-    from federation.jobs import load_run
+    from federation.runs.jobs import load_run
     run_ = load_run(trained_run)
     own = {str(run_.data.item_ids[i]) for i in run_.train[run_.data.user_index("5")].indices}
     assert {ln.split("(item ")[1].split(",")[0] for ln in q.stdout.splitlines()} <= own   # only the user's own history

@@ -94,7 +94,7 @@ def test_federated_beats_popularity_on_synth(tmp_path):
 def test_bench_reference_truth_follows_the_datasets_internal_order(tmp_path):
     """The cold-start benchmark's reference rows read the generator's truth by internal index; a
     misaligned row would silently score the wrong item, so check it against each item's own text."""
-    from federation.bench_content import _Oracle, _truth
+    from fedrec.bench.content import _Oracle, _truth
     from recsys.synth import ATTRIBUTES
 
     d = write_catalogue(SynthSpec(n_users=60, n_items=40, seed=3), tmp_path / "s", images=False, progress=False)
@@ -135,7 +135,7 @@ def test_choice_probs_by_hand():
 def test_bayes_reference_infers_groups_from_history(tmp_path):
     """The cold-start bench's Bayes ceiling: its posterior equals a per-user sum of log choice
     probabilities, recovers most users' taste groups, and ranks by posterior-mixed taste."""
-    from federation.bench_content import _BayesTaste, _truth
+    from fedrec.bench.content import _BayesTaste, _truth
     from recsys.synth import choice_probs
 
     spec = SynthSpec(n_users=300, n_items=120, n_groups=4, seed=5)
@@ -156,7 +156,7 @@ def test_bayes_reference_infers_groups_from_history(tmp_path):
 
 
 def test_bench_tables_show_seconds_to_two_places_and_metrics_to_four():
-    from federation.bench import _table
+    from fedrec.bench.suite import _table
 
     md = _table("t", ["model", "NDCG@10", "train s", "wall s (incl. start)"], [["a", 0.29494, 8.8, 123.45]])
     assert md.splitlines()[-1] == "| a | 0.2949 | 8.80 | 123.5 |"
@@ -165,7 +165,7 @@ def test_bench_tables_show_seconds_to_two_places_and_metrics_to_four():
 def test_memory_bench_measures_the_job_not_the_process_that_started_it():
     # Linux keeps a parent's RSS high-water mark across fork + exec in ru_maxrss; a 400 MiB parent must
     # not show up in a child that allocates next to nothing, and a child's own 200 MiB must.
-    from federation.bench import child_peak_rss_mib
+    from fedrec.bench.suite import child_peak_rss_mib
 
     ballast = np.ones(400 * 2**20 // 8)                                   # 400 MiB, touched
     small = child_peak_rss_mib("x = 1")

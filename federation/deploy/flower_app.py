@@ -1,0 +1,267 @@
+"""Flower apps: the ServerApp and ClientApp that run fedrec on a Flower federation (SuperLink +
+SuperNodes), on Flower's Message API. Glue only: messages <-> arrays. The round loop is
+federation/deploy/server.py, a node's work federation/deploy/node.py, the math the in-process engine's.
+
+Run config (pyproject.toml [tool.flwr.app.config], override with ``flwr run . NAME -c 'k=v'``):
+  job-config     fedrec YAML job config, relative to the app directory or absolute
+  run-dir        where the server writes config, manifest, checkpoints, metrics ("" = runs/<name>-flower,
+                 relative to the SuperLink's working directory)
+  rounds         0 = the job config's rounds
+  min-nodes      nodes to wait for before round 1;  wait-s: how long
+  round-timeout  seconds to wait for a round's replies; min-fraction: share of sampled clients whose
+                 updates must arrive for the round to count (else it is retried, max-retries times)
+Node config (``flower-supernode --node-config``):
+  partition-id, num-partitions   which block of users this node hosts (see node.partition_users)
+  data-path      the node's dataset directory (default: the job config's data.path)
+  state-dir      where the node keeps its users' encoders (default .fedrec-node/p<id>-of-<n>)
+
+Wire format (record names; all arrays numpy):
+  server -> node  "query":    nothing            node -> server: "hello" {users[, holders]},
+                                                 "info" {n_items, catalogue, config, content}
+  server -> node  "train":    "decoder" {dec_W1, dec_b1, dec_out, dec_ob[, dec_P]}, "users" {ids},
+                              "config" {round, lr, dp-clip}[, "holders" {counts}]
+  node -> server  "train":    "update.<user>" {federation.strategies.messages.UPDATE_KEYS} per trained user,
+                              "totals" {num-users, loss-sum}
+  server -> node  "evaluate": "decoder", "config" {part}[, "holders"][, "prototypes" {centroids}];
+                  node -> server: "eval" {sum, count}
+  server -> node  "query.prototypes": "decoder", "prototypes" {centroids}[, "holders"];
+                  node -> server: "stats" {federation.engine.prototypes SUMS_KEY, COUNTS_KEY, SQ_KEY}, summed
+                  over the node's users (prototypes.enabled: after the last round)
+  holders: holder-weighted content only (content.holder_weight > 0): per-item counts of users holding
+  each item, the node's own in hello, the federation's (summed by the server) in train/evaluate.
+Testing hooks (environment of a SuperNode): FEDREC_FAULT_EXIT_AT_ROUND=r makes its ClientApp process
+die while training round r; FEDREC_FAULT_NAN_AT_ROUND=r makes it send NaN updates in round r.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from federation.strategies.messages import KEY_WEIGHT
+from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT,
+                             HELLO_HOLDERS, HELLO_N_ITEMS, HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
+from federation.deploy.server import FederatedServer, TrainRequest
+
+log = logging.getLogger(__name__)
+APP_DIR = Path(__file__).resolve().parents[2]
+MSG_QUERY, MSG_TRAIN, MSG_EVALUATE = "query", "train", "evaluate"
+ACTION_PROTOTYPES = "prototypes"
+MSG_PROTOTYPES = f"{MSG_QUERY}.{ACTION_PROTOTYPES}"
+REC_PROTOTYPES, PROTO_CENTROIDS, REC_STATS = "prototypes", "centroids", "stats"
+REC_DECODER, REC_USERS, REC_CONFIG, REC_HELLO, REC_INFO = "decoder", "users", "config", "hello", "info"
+REC_TOTALS, REC_EVAL, UPDATE_PREFIX = "totals", "eval", "update."
+REC_HOLDERS, HOLDER_COUNTS = "holders", "counts"
+
+
+def _arrays(d: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(np.asarray(v))) for k, v in d.items()})
+
+
+def _numpy(rec: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: rec[k].numpy() for k in rec.keys()}
+
+
+def _job_config(run_config) -> "JobConfig":  # noqa: F821
+    from federation.runs.config import load_config, parse_config
+
+    p = Path(str(run_config.get("job-config", "configs/ml100k-explicit.yaml")))
+    cfg = load_config(p if p.is_absolute() else APP_DIR / p)
+    rounds = int(run_config.get("rounds", 0) or 0)
+    if rounds:
+        d = cfg.model_dump(mode="json")
+        d["federation"]["rounds"] = rounds
+        cfg = parse_config(d)
+    return cfg
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)       # one line per HTTP poll otherwise
+
+
+# -- client side ---------------------------------------------------------------------------
+def _node(context: Context) -> ClientNode:
+    """The node's users and state, rebuilt from its files (a ClientApp process may serve one message)."""
+    from federation.runs.config import parse_config
+    from federation.runs.jobs import prepare_data
+
+    _setup_logging()
+    cfg = _job_config(context.run_config)
+    nc = context.node_config
+    if nc.get("data-path"):
+        d = cfg.model_dump(mode="json")
+        d["data"]["path"] = str(nc["data-path"])
+        cfg = parse_config(d)
+    pid, n = int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
+    data, split = prepare_data(cfg)
+    users = partition_users(data.n_users, pid, n)
+    state = Path(str(nc.get("state-dir") or f".fedrec-node/p{pid}-of-{n}")) / cfg.name
+    return ClientNode(cfg, users, state, data, split)
+
+
+client_app = ClientApp()
+
+
+@client_app.query()
+def client_hello(msg: Message, context: Context) -> Message:
+    h = _node(context).hello()
+    arrays = {k: h[k] for k in (HELLO_USERS, HELLO_HOLDERS) if k in h}
+    return Message(RecordDict({REC_HELLO: _arrays(arrays),
+                               REC_INFO: ConfigRecord({k: h[k] for k in (HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG,
+                                                                          HELLO_CONTENT)})}),
+                   reply_to=msg)
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    conf = msg.content[REC_CONFIG]
+    rnd = int(conf["round"])
+    if os.environ.get("FEDREC_FAULT_EXIT_AT_ROUND") == str(rnd + 1):
+        os._exit(17)                                              # testing hook: die mid-round
+    node = _node(context)
+    clip = float(conf["dp-clip"]) or None
+    rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
+                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content))
+    if os.environ.get("FEDREC_FAULT_NAN_AT_ROUND") == str(rnd + 1):
+        for m in rep.updates.values():                            # testing hook: a broken client
+            m["dec_W1"] = np.full_like(m["dec_W1"], np.nan)
+    return Message(train_reply_content(rep), reply_to=msg)
+
+
+def train_reply_content(rep: TrainReply) -> RecordDict:
+    """Everything a node sends after training: one update record per user plus two totals."""
+    content = RecordDict({f"{UPDATE_PREFIX}{u}": _arrays(m) for u, m in rep.updates.items()})
+    content[REC_TOTALS] = MetricRecord({TOTAL_USERS: rep.num_users, TOTAL_LOSS: rep.loss_sum})
+    return content
+
+
+def _holders(c: RecordDict) -> np.ndarray | None:
+    return c[REC_HOLDERS][HOLDER_COUNTS].numpy() if REC_HOLDERS in c.keys() else None
+
+
+def _with_holders(c: RecordDict, holders: np.ndarray | None) -> RecordDict:
+    if holders is not None:
+        c[REC_HOLDERS] = _arrays({HOLDER_COUNTS: holders})
+    return c
+
+
+def _prototypes(c: RecordDict) -> np.ndarray | None:
+    return c[REC_PROTOTYPES][PROTO_CENTROIDS].numpy() if REC_PROTOTYPES in c.keys() else None
+
+
+@client_app.query(ACTION_PROTOTYPES)
+def client_prototypes(msg: Message, context: Context) -> Message:
+    stats = _node(context).prototype_stats(_numpy(msg.content[REC_DECODER]), _prototypes(msg.content),
+                                           _holders(msg.content))
+    return Message(RecordDict({REC_STATS: _arrays(stats)}), reply_to=msg)
+
+
+@client_app.evaluate()
+def client_evaluate(msg: Message, context: Context) -> Message:
+    r = _node(context).evaluate(_numpy(msg.content[REC_DECODER]), str(msg.content[REC_CONFIG]["part"]),
+                                holders=_holders(msg.content), prototypes=_prototypes(msg.content))
+    return Message(RecordDict({REC_EVAL: MetricRecord({EVAL_SUM: r[EVAL_SUM], EVAL_COUNT: r[EVAL_COUNT]})}),
+                   reply_to=msg)
+
+
+# -- server side ---------------------------------------------------------------------------
+class GridTransport:
+    """federation.deploy.server.Transport on a Flower Grid."""
+
+    def __init__(self, grid: Grid, timeout: float):
+        self.grid, self.timeout = grid, timeout
+
+    def node_ids(self) -> list[int]:
+        return sorted(int(n) for n in self.grid.get_node_ids())
+
+    def _exchange(self, contents: dict[int, RecordDict], kind: str, decode) -> dict:
+        msgs = [Message(content=c, dst_node_id=n, message_type=kind) for n, c in contents.items()]
+        replies = self.grid.send_and_receive(msgs, timeout=self.timeout)
+        out: dict[int, object] = {n: TimeoutError(f"no reply within {self.timeout:.0f} s") for n in contents}
+        for r in replies:
+            node = int(r.metadata.src_node_id)
+            if r.has_error():
+                out[node] = RuntimeError(f"error reply: {r.error.reason}")
+                continue
+            try:
+                out[node] = decode(r.content)
+            except Exception as e:  # noqa: BLE001 - an undecodable reply is that node's failure
+                out[node] = ValueError(f"undecodable reply ({type(e).__name__}: {e})")
+        return out
+
+    def hello(self, nodes: list[int]) -> dict:
+        def dec(c: RecordDict) -> dict:
+            info, arrays = c[REC_INFO], _numpy(c[REC_HELLO])
+            return {**arrays, HELLO_N_ITEMS: int(info[HELLO_N_ITEMS]),
+                    HELLO_CATALOGUE: str(info[HELLO_CATALOGUE]), HELLO_CONFIG: str(info[HELLO_CONFIG]),
+                    HELLO_CONTENT: str(info[HELLO_CONTENT]) if HELLO_CONTENT in info else ""}
+        return self._exchange({n: RecordDict() for n in nodes}, MSG_QUERY, dec)
+
+    def train(self, requests: dict[int, TrainRequest]) -> dict:
+        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(r.decoder), REC_USERS: _arrays({"ids": r.users}),
+                                                 REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
+                                                                           "dp-clip": float(r.dp_clip or 0.0)})}),
+                                     r.holders)
+                    for n, r in requests.items()}
+        return self._exchange(contents, MSG_TRAIN, decode_train_reply)
+
+    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
+                 holders: np.ndarray | None = None, prototypes: np.ndarray | None = None) -> dict:
+        def content() -> RecordDict:
+            c = _with_holders(RecordDict({REC_DECODER: _arrays(decoder), REC_CONFIG: ConfigRecord({"part": part})}),
+                              holders)
+            if prototypes is not None:
+                c[REC_PROTOTYPES] = _arrays({PROTO_CENTROIDS: prototypes})
+            return c
+        contents = {n: content() for n in nodes}
+        return self._exchange(contents, MSG_EVALUATE,
+                              lambda c: {EVAL_SUM: float(c[REC_EVAL][EVAL_SUM]), EVAL_COUNT: int(c[REC_EVAL][EVAL_COUNT])})
+
+
+    def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
+                   holders: np.ndarray | None = None) -> dict:
+        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(decoder),
+                                                 REC_PROTOTYPES: _arrays({PROTO_CENTROIDS: centroids})}), holders)
+                    for n in nodes}
+        return self._exchange(contents, MSG_PROTOTYPES, lambda c: _numpy(c[REC_STATS]))
+
+
+def decode_train_reply(c: RecordDict) -> TrainReply:
+    """A node's train reply back into arrays. A record that is neither an update nor the totals makes
+    the whole reply undecodable: that node's contribution to the round is dropped and logged."""
+    updates: dict[int, dict[str, np.ndarray]] = {}
+    for name in c.keys():
+        if name == REC_TOTALS:
+            continue
+        if not name.startswith(UPDATE_PREFIX):
+            raise ValueError(f"unexpected record {name!r}")
+        m = _numpy(c[name])
+        if KEY_WEIGHT in m and np.size(m[KEY_WEIGHT]) == 1:
+            m[KEY_WEIGHT] = np.asarray(m[KEY_WEIGHT]).reshape(())     # Flower's Array has no 0-d shape
+        updates[int(name[len(UPDATE_PREFIX):])] = m
+    t = c[REC_TOTALS]
+    return TrainReply(updates, int(t[TOTAL_USERS]), float(t[TOTAL_LOSS]))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    _setup_logging()
+    rc = context.run_config
+    cfg = _job_config(rc)
+    run_dir = Path(str(rc.get("run-dir") or f"runs/{cfg.name}-flower"))
+    server = FederatedServer(cfg, run_dir, GridTransport(grid, float(rc.get("round-timeout", 120))),
+                             min_nodes=int(rc.get("min-nodes", 1)), wait_s=float(rc.get("wait-s", 120)),
+                             min_fraction=float(rc.get("min-fraction", 0.5)),
+                             max_retries=int(rc.get("max-retries", 3)))
+    summary = server.run()
+    log.info("run finished: %s -> %s", {k: v for k, v in summary.items() if k in ("valid", "test")}, run_dir)

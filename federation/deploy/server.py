@@ -1,0 +1,439 @@
+"""The federated server's round loop for a real deployment, over any transport.
+
+Transport-free: ``Transport`` is what the loop needs from the network (federation/deploy/flower_app.py
+implements it on Flower's Grid; tests implement it in process). The math is the in-process engine's:
+clients are drawn by ``simulation.sample_clients``, trained by ``Federation.client_messages`` on their
+node, and aggregated by ``messages.aggregate_updates`` (or ``privacy.dp_aggregate``), so for the same
+seed and sampling the decoder equals the in-process engine's.
+
+Failures: a node that does not answer in time, answers with an error, or sends a malformed or
+outlying update loses that round's contribution (logged); the round counts when at least
+``min_fraction`` of the sampled clients' updates were accepted, otherwise it is retried with a fresh
+view of the connected nodes. Every completed round is checkpointed atomically (decoder + round) before
+the next starts; a restarted server resumes after the last completed round.
+
+Holder-weighted content (content.holder_weight > 0): each node's hello carries how many of its users
+hold each item; before round 1 the server sums them over the nodes it knows into the federation's
+holder counts, saves them in the run dir (holders.safetensors, checksum in the manifest; a resumed run
+reuses them) and sends them with every train and evaluate message. Counts are fixed for the run: a
+node that joins later trains with them but adds nothing to them (logged).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from federation.runs.config import JobConfig
+from federation.runs.jobs import PROTOTYPE_LOG, RUN_FORMAT, _trim_metrics, fed_settings, prototype_settings
+from federation.engine.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
+from federation.simulation import PROTOTYPES_TENSOR
+from federation.strategies.messages import aggregate_updates, validate_updates
+from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_HOLDERS,
+                             HELLO_N_ITEMS, HELLO_USERS, TrainReply, config_fingerprint, content_dim_of, decoder_keys)
+from federation.privacy.dp import dp_aggregate, epsilon
+from federation.simulation import lr_at, sample_clients
+from federation.strategies.registry import get_strategy
+from recsys.errors import ConfigError, FedrecError, ManifestError
+from recsys.io import atomic_path, library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
+from recsys.models.autoencoder import AEShape, init_params
+
+log = logging.getLogger(__name__)
+HOLDERS_FILE = "holders.safetensors"     # a holder-weighted run's holder counts (fixed before round 1)
+
+
+@dataclass
+class TrainRequest:
+    round: int                        # 0-based
+    lr: float
+    users: np.ndarray                 # (B,) the node's sampled users
+    decoder: dict[str, np.ndarray]    # node.decoder_keys: the decoder (+ content projection)
+    dp_clip: float | None
+    holders: np.ndarray | None = None  # (N,) int64 federation holder counts (holder-weighted content only)
+
+
+class Transport(Protocol):
+    """What the round loop needs from the network. Replies map node id -> reply or the exception that
+    stands for its failure (timeout, error reply, undecodable message)."""
+
+    def node_ids(self) -> list[int]: ...
+
+    def hello(self, nodes: list[int]) -> dict[int, dict | Exception]: ...
+
+    def train(self, requests: dict[int, TrainRequest]) -> dict[int, TrainReply | Exception]: ...
+
+    def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
+                 holders: np.ndarray | None = None, prototypes: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
+
+    def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
+                   holders: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
+
+
+def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(v).nbytes for v in arrays.values()))
+
+
+class FederatedServer:
+    def __init__(self, cfg: JobConfig, run_dir: str | Path, transport: Transport, min_nodes: int = 1,
+                 wait_s: float = 120.0, min_fraction: float = 0.5, max_retries: int = 3):
+        self.cfg, self.run_dir, self.t = cfg, Path(run_dir), transport
+        self.min_nodes, self.wait_s = min_nodes, wait_s
+        self.min_fraction, self.max_retries = min_fraction, max_retries
+        self.settings = fed_settings(cfg)
+        self.strategy = get_strategy(cfg.federation.strategy, cfg.federation.options)
+        if not self.strategy.sends_messages:
+            raise ConfigError(f"federation.strategy {self.strategy.name!r}: the Flower deployment exchanges "
+                              "per-client messages of own-item rows; this strategy sends none "
+                              "(run it in process with `fedrec train`)")
+        self.dp = self.settings.dp
+        self.owner: dict[int, int] = {}          # user -> node id currently hosting it
+        self.known: set[int] = set()             # nodes that said hello and were accepted
+        self.catalogue: tuple[int, str] | None = None
+        self.content: str | None = None          # content fingerprint every node must share ("" = none)
+        self.keys: tuple[str, ...] = ()         # global parameters: decoder (+ content projection)
+        self.shape: AEShape | None = None
+        self.global_p: dict[str, torch.Tensor] = {}
+        self.round = 0
+        self.weighted = cfg.content.enabled and cfg.content.holder_weight > 0
+        self.node_holders: dict[int, np.ndarray] = {}   # node -> its users' count per item (hello)
+        self.holders: np.ndarray | None = None          # (N,) the run's holder counts, fixed before round 1
+        self.prototypes: torch.Tensor | None = None     # (K, H1) fitted after the last round (prototypes.enabled)
+
+    # -- membership --------------------------------------------------------------------------
+    def _refresh_nodes(self) -> list[int]:
+        alive = set(self.t.node_ids())
+        gone = self.known - alive
+        if gone:
+            log.warning("%d node(s) disconnected: %s", len(gone), sorted(gone))
+            self.known -= gone
+            self.owner = {u: n for u, n in self.owner.items() if n in alive}
+        new = sorted(alive - self.known)
+        if new:
+            for node, rep in self.t.hello(new).items():
+                if isinstance(rep, Exception):
+                    log.warning("node %s did not answer hello: %s", node, rep)
+                    continue
+                why = self._check_hello(rep)
+                if why:
+                    log.warning("node %s refused: %s", node, why)
+                    continue
+                self.known.add(node)
+                if self.weighted:
+                    self.node_holders[node] = np.asarray(rep[HELLO_HOLDERS], np.int64)
+                    if self.holders is not None:
+                        log.warning("node %s joined after the holder counts were fixed: its users train with "
+                                    "them but their items are not counted", node)
+                for u in np.asarray(rep[HELLO_USERS]).tolist():
+                    self.owner[int(u)] = node
+                log.info("node %s joined with %d users", node, len(rep[HELLO_USERS]))
+        return sorted(self.known)
+
+    def _check_hello(self, rep: dict) -> str | None:
+        if rep[HELLO_CONFIG] != config_fingerprint(self.cfg):
+            return "it runs with a different job config (model/federation/optimizer/split/seed)"
+        cat = (int(rep[HELLO_N_ITEMS]), str(rep[HELLO_CATALOGUE]))
+        if self.catalogue is None:
+            self.catalogue = cat
+        elif cat != self.catalogue:
+            return f"its item catalogue {cat} differs from the federation's {self.catalogue}"
+        content = str(rep.get(HELLO_CONTENT, ""))
+        if bool(content) != self.cfg.content.enabled:
+            return ("it has no item content but the job enables content" if self.cfg.content.enabled
+                    else "it sends item content but the job has content disabled")
+        if self.content is None:
+            self.content = content
+        elif content != self.content:
+            return (f"its item content ({content}) differs from the federation's ({self.content}); build the "
+                    "features once (fedrec features build) and give every node the same cache")
+        if self.weighted:
+            h = rep.get(HELLO_HOLDERS)
+            n_users = len(np.asarray(rep[HELLO_USERS]))
+            if h is None:
+                return "it sent no holder counts (the job weights item content by them)"
+            h = np.asarray(h)
+            if (h.shape != (cat[0],) or not np.issubdtype(h.dtype, np.integer)
+                    or (len(h) and (h.min() < 0 or h.max() > n_users))):
+                return f"its holder counts ({h.dtype} {h.shape}) are not {cat[0]} integers in 0..{n_users}"
+        return None
+
+    def _wait_for_nodes(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            nodes = self._refresh_nodes()
+            if len(nodes) >= self.min_nodes:
+                return
+            if time.monotonic() - t0 > self.wait_s:
+                raise FedrecError(f"only {len(nodes)} usable node(s) after {self.wait_s:.0f} s "
+                                  f"(need {self.min_nodes}); are the SuperNodes started and pointed at this SuperLink?")
+            time.sleep(1.0)
+
+    # -- state -------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        n_items = self.catalogue[0]
+        m = self.cfg.model
+        self.shape = AEShape(n_items, m.hidden[0], m.hidden[1], m.dropout, m.mode, m.input_norm,
+                             content_dim_of(self.content or ""),
+                             self.cfg.content.row_dropout if self.content else 0.0, m.input_tie)
+        self.keys = decoder_keys(self.shape.content_dim)
+        init = init_params(self.shape, self.cfg.seed, torch.float32)
+        self.global_p = {k: init[k] for k in self.keys}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        man_p = self.run_dir / "manifest.json"
+        fp = config_fingerprint(self.cfg)
+        if man_p.exists():
+            man = json.loads(man_p.read_text())
+            if man.get("deployment") != "flower" or man.get("config_fingerprint") != fp:
+                raise ManifestError(f"{self.run_dir}: holds another run (different config or not a Flower run); "
+                                    "use a new run-dir")
+            if man.get("catalogue") != list(self.catalogue):
+                raise ManifestError(f"{self.run_dir}: was trained on another item catalogue")
+            if man.get("content", "") != (self.content or ""):
+                raise ManifestError(f"{self.run_dir}: was trained with other item content features")
+            if self.weighted:
+                self._load_holders(man)
+            self._load_checkpoint()
+        else:
+            write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+            man = {"format": RUN_FORMAT, "name": self.cfg.name, "status": "running", "deployment": "flower",
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_fingerprint": fp,
+                   "catalogue": list(self.catalogue), "content": self.content or "", "versions": library_versions()}
+            if self.weighted:
+                man["holders"] = self._count_holders()
+            write_json(man_p, man)
+
+    def _count_holders(self) -> dict:
+        """The run's holder counts: the sum of the known nodes' hello counts, saved next to the manifest."""
+        self.holders = np.zeros(self.catalogue[0], np.int64)
+        for n in sorted(self.known):
+            self.holders += self.node_holders[n]
+        save_arrays(self.run_dir / HOLDERS_FILE, {"holders": self.holders})
+        log.info("holder counts fixed from %d node(s): %d items held, %d cold", len(self.known),
+                 int((self.holders > 0).sum()), int((self.holders == 0).sum()))
+        return {"file": HOLDERS_FILE, "sha256": sha256_file(self.run_dir / HOLDERS_FILE), "nodes": len(self.known)}
+
+    def _load_holders(self, man: dict) -> None:
+        p = self.run_dir / HOLDERS_FILE
+        want = (man.get("holders") or {}).get("sha256")
+        if not p.exists() or want != sha256_file(p):
+            raise ManifestError(f"{p}: missing or does not match the manifest's checksum; the run cannot "
+                                "resume with the same holder counts (use a new run-dir)")
+        h = load_arrays(p)["holders"]
+        if h.shape != (self.catalogue[0],):
+            raise ManifestError(f"{p}: {h.shape[0]} counts for {self.catalogue[0]} items")
+        self.holders = h.astype(np.int64)
+
+    def _save_checkpoint(self) -> None:
+        with atomic_path(self.run_dir / "checkpoint.safetensors") as tmp:
+            t = {f"global.{k}": v.contiguous() for k, v in self.global_p.items()}
+            if self.prototypes is not None:
+                t[PROTOTYPES_TENSOR] = self.prototypes.contiguous()
+            save_file(t, str(tmp), metadata={"round": str(self.round)})
+        write_json(self.run_dir / "checkpoint.json",
+                   {"round": self.round, "sha256": sha256_file(self.run_dir / "checkpoint.safetensors")})
+
+    def _load_checkpoint(self) -> None:
+        meta_p, ck = self.run_dir / "checkpoint.json", self.run_dir / "checkpoint.safetensors"
+        if not meta_p.exists() or not ck.exists():
+            return
+        meta = json.loads(meta_p.read_text())
+        if sha256_file(ck) != meta.get("sha256"):
+            raise ManifestError(f"{ck}: checksum does not match checkpoint.json (corrupt or partly written)")
+        t = load_file(str(ck))
+        for k in self.keys:
+            if f"global.{k}" not in t or tuple(t[f"global.{k}"].shape) != tuple(self.global_p[k].shape):
+                raise ManifestError(f"{ck}: {k} shape does not match this config and catalogue")
+            self.global_p[k] = t[f"global.{k}"]
+        P = t.get(PROTOTYPES_TENSOR)
+        if P is not None and (not self.cfg.prototypes.enabled or tuple(P.shape) != (self.cfg.prototypes.k, self.shape.h1)):
+            raise ManifestError(f"{ck}: prototypes of shape {tuple(P.shape)} do not match this config")
+        self.prototypes = P
+        self.round = int(meta["round"])
+        log.info("resuming %s after round %d", self.run_dir, self.round)
+
+    def decoder_arrays(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.global_p.items()}
+
+    # -- rounds ------------------------------------------------------------------------------
+    def run(self, progress: bool = False) -> dict:
+        from recsys.progress import progress_bar
+
+        self._wait_for_nodes()
+        self._init_state()
+        R = self.cfg.federation.rounds
+        metrics_path = self.run_dir / "metrics.jsonl"
+        _trim_metrics(metrics_path, self.round)
+        cum_up = cum_down = 0
+        if metrics_path.exists():
+            for line in metrics_path.read_text().splitlines():
+                rec = json.loads(line)
+                cum_up, cum_down = rec.get("cum_bytes_up", 0), rec.get("cum_bytes_down", 0)
+        bar = progress_bar(total=R, initial=self.round, desc=f"{self.cfg.name} (flower)", unit="round", disable=not progress)
+        with open(metrics_path, "a", encoding="utf-8") as mf:
+            while self.round < R:
+                rec = self._one_round()
+                cum_up += rec["bytes_up"]
+                cum_down += rec["bytes_down"]
+                rec.update(cum_bytes_up=cum_up, cum_bytes_down=cum_down)
+                every = self.cfg.eval.every
+                if (every and self.round % every == 0) or self.round == R:
+                    rec.update({f"{self.cfg.eval.split}_{k}": v for k, v in self.evaluate(self.cfg.eval.split).items()})
+                self._save_checkpoint()            # the round is done once this file is renamed in place
+                mf.write(json.dumps(rec) + "\n")
+                mf.flush()
+                bar.update(1)
+        bar.close()
+        if self.cfg.prototypes.enabled:
+            if self.prototypes is None:
+                self._fit_prototypes(progress)
+                self._save_checkpoint()
+            info = json.loads((self.run_dir / PROTOTYPE_LOG).read_text())
+            cum_up, cum_down = cum_up + info["bytes_up"], cum_down + info["bytes_down"]
+        summary = {part: self.evaluate(part) for part in ("valid", "test")}
+        summary.update(rounds=self.round, bytes_up_total=cum_up, bytes_down_total=cum_down)
+        if self.cfg.prototypes.enabled:
+            summary["prototypes"] = info
+        if self.dp is not None:
+            summary["epsilon"] = epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round,
+                                         self.dp.delta)
+            summary["delta"] = self.dp.delta
+        write_json(self.run_dir / "summary.json", summary)
+        man = json.loads((self.run_dir / "manifest.json").read_text())
+        man["status"] = "completed"
+        write_json(self.run_dir / "manifest.json", man)
+        return summary
+
+    def _one_round(self) -> dict:
+        rnd = self.round
+        for attempt in range(self.max_retries + 1):
+            t0 = time.perf_counter()
+            self._refresh_nodes()
+            candidates = np.array(sorted(self.owner), dtype=np.int64)
+            if len(candidates) == 0:
+                raise FedrecError("no clients left: every node disconnected")
+            users = sample_clients(self.cfg.seed, rnd, candidates, self.cfg.federation.fraction)
+            lr = lr_at(self.settings, rnd)
+            dec = self.decoder_arrays()
+            by_node: dict[int, list[int]] = {}
+            for u in users.tolist():
+                by_node.setdefault(self.owner[u], []).append(u)
+            reqs = {n: TrainRequest(rnd, lr, np.array(us, np.int64), dec, self.dp.clip if self.dp else None,
+                                    self.holders)
+                    for n, us in by_node.items()}
+            replies = self.t.train(reqs)
+            msgs, loss_sum, n_loss, failed, up = [], 0.0, 0, [], 0
+            for node, rep in replies.items():
+                if isinstance(rep, Exception):
+                    failed.append(node)
+                    log.warning("round %d: node %s failed: %s", rnd + 1, node, rep)
+                    continue
+                asked = set(by_node[node])
+                for u, m in rep.updates.items():
+                    up += payload_bytes(m)
+                    if u in asked:
+                        msgs.append(m)
+                    else:
+                        log.warning("round %d: node %s sent an update for user %s it was not asked for; "
+                                    "ignored", rnd + 1, node, u)
+                loss_sum, n_loss = loss_sum + rep.loss_sum, n_loss + rep.num_users
+            new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd)
+            for _, why in rejected:
+                log.warning("round %d: update rejected: %s", rnd + 1, why)
+            need = max(1, int(np.ceil(self.min_fraction * len(users))))
+            if accepted >= need:
+                self.global_p = {k: new[k].cpu().float() for k in self.keys}
+                self.round += 1
+                down = len(reqs) * (payload_bytes(dec) + (self.holders.nbytes if self.weighted else 0)) + sum(
+                    r.users.nbytes for r in reqs.values())
+                rec = {"round": self.round, "lr": lr, "sampled": int(len(users)), "participants": accepted,
+                       "rejected": len(rejected), "failed_nodes": len(failed), "nodes": len(reqs),
+                       "loss": loss_sum / max(1, n_loss), "bytes_up": up, "bytes_down": down,
+                       "seconds": time.perf_counter() - t0, "attempt": attempt + 1}
+                if self.dp is not None:
+                    rec["epsilon"] = epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round,
+                                             self.dp.delta)
+                log.info("round %d: %d/%d updates accepted, loss %.4f", self.round, accepted, len(users), rec["loss"])
+                return rec
+            log.warning("round %d: only %d of %d sampled clients' updates accepted (need %d); retrying "
+                        "(attempt %d of %d)", rnd + 1, accepted, len(users), need, attempt + 1, self.max_retries)
+        raise FedrecError(f"round {rnd + 1} failed {self.max_retries + 1} times: too few clients answered")
+
+    def _fit_prototypes(self, progress: bool) -> None:
+        """The prototype rounds (federation.engine.prototypes) over every node's users; each node returns the
+        stats summed over its users. A node that fails a round is left out of that round (logged)."""
+        from recsys.progress import progress_bar
+
+        st_ = prototype_settings(self.cfg)
+        dec = self.decoder_arrays()
+        info = {"k": st_.k, "blend": st_.blend, "rounds": 0, "clients": len(self.owner), "bytes_up": 0,
+                "bytes_down": 0, "failed_nodes": 0}
+        # + 1: the nodes report how many users the final prototypes have (each node knows its own).
+        bar = progress_bar(total=rounds_needed(st_) + 1, desc=f"{self.cfg.name} prototypes (flower)", unit="round",
+                           disable=not progress)
+
+        def stats_of(C: torch.Tensor) -> PrototypeStats:
+            self._refresh_nodes()
+            nodes = sorted(set(self.owner.values()))
+            reps = self.t.prototypes(nodes, dec, C.numpy(), self.holders)
+            total = None
+            for node, r in reps.items():
+                if isinstance(r, Exception):
+                    info["failed_nodes"] += 1
+                    log.warning("prototype round %d: node %s failed: %s", info["rounds"] + 1, node, r)
+                    continue
+                try:
+                    st = stats_from_message(r, C.shape)
+                except ValueError as e:
+                    info["failed_nodes"] += 1
+                    log.warning("prototype round %d: node %s sent bad stats (%s); ignored", info["rounds"] + 1, node, e)
+                    continue
+                info["bytes_up"] += payload_bytes(r)
+                total = st if total is None else total + st
+            if total is None:
+                raise FedrecError(f"prototype round {info['rounds'] + 1}: no node answered")
+            info["rounds"] += 1
+            info["bytes_down"] += len(nodes) * (payload_bytes(dec) + C.numel() * 4)
+            bar.update(1)
+            return total
+
+        self.prototypes = fit_prototypes(stats_of, self.shape.h1, st_, self.cfg.seed).float()
+        info["sizes"] = [int(v) for v in stats_of(self.prototypes).counts.tolist()]
+        bar.close()
+        write_json(self.run_dir / PROTOTYPE_LOG, info)
+
+    def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
+        p = self.cfg.privacy
+        if self.dp is None:
+            new, res = aggregate_updates(self.global_p, msgs, self.shape, self.cfg.federation.row_average,
+                                         self.cfg.federation.server_lr, p.outlier_factor)
+            return new, res.accepted, res.rejected
+        # DP: malformed messages are still rejected; norms are bounded by clipping, not by outlier tests.
+        ok, rejected = validate_updates(msgs, self.shape)
+        expected = self.cfg.federation.fraction * n_candidates
+        new = dp_aggregate(self.global_p, [msgs[i] for i in ok], self.dp, expected, self.cfg.federation.server_lr, rnd)
+        return new, len(ok), rejected
+
+    def evaluate(self, part: str) -> dict[str, float]:
+        """Federated evaluation: every node scores its own users; only sums come back."""
+        self._refresh_nodes()
+        nodes = sorted(set(self.owner.values()))       # a node whose users moved (it reconnected) is skipped
+        P = None if self.prototypes is None else self.prototypes.numpy()
+        reps = self.t.evaluate(nodes, self.decoder_arrays(), part, self.holders, P)
+        s = c = 0.0
+        answered = 0
+        for node, r in reps.items():
+            if isinstance(r, Exception):
+                log.warning("evaluation: node %s failed: %s", node, r)
+                continue
+            s, c, answered = s + float(r[EVAL_SUM]), c + float(r[EVAL_COUNT]), answered + 1
+        k = self.cfg.eval.k[0]
+        name = "rmse" if self.cfg.model.mode == "explicit" else f"ndcg@{k}"
+        val = (s / c) ** 0.5 if name == "rmse" and c else (s / c if c else float("nan"))
+        return {name: val, "n": int(c), "nodes": answered}

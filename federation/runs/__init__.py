@@ -1,0 +1,1 @@
+"""Jobs: validated configuration, run directories (manifest, checkpoints, metrics) and the run loop."""

@@ -1,0 +1,163 @@
+"""The strategy interface: what a federated method declares and which hooks it may override.
+
+A strategy declares
+  * its parameters and their roles (``params``): ``personal`` (lives on the client, never sent),
+    ``dense`` (shared, a client sends its whole trained value) or ``rows`` (shared item rows; with
+    partial compression, ``rows = "touched"``, a client trains and sends only the rows of its own items);
+  * its local update (``local_update``): by default SGD on ``local_loss`` over every parameter the client
+    holds, run by the engine's generic vectorized path (``federation.engine.generic``). A variant
+    overrides ``local_loss`` (an extra term) or ``local_update`` (an extra phase) and calls ``super()``;
+  * the message it sends, derived from the roles (``message_keys``; ``federation.strategies.messages``);
+  * its aggregation (``aggregate_dense``, ``aggregate_rows``): pure functions over the round's sums
+    (``federation.strategies.aggregation``).
+A strategy with ``closed_form = True`` trains with the plain model loss and plain SGD, so the engine
+may use the closed-form cohort path (``federation.engine.cohort.train_cohort``: the written-out
+backward and the fused kernels); the engine picks the path in one place (``Federation.train``).
+
+Options (hyperparameters) are a pydantic model per strategy, filled from ``federation.options`` of a
+job config; unknown or bad options are one clear error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from recsys.errors import ConfigError
+from recsys.models.autoencoder import (ALL_KEYS, CONTENT_KEY, DENSE_DECODER_KEYS, ENCODER_KEYS, ITEM_ROW_KEYS,
+                                      ROW_DECODER_KEYS, AEShape)
+
+if TYPE_CHECKING:       # the engine imports strategies, not the other way round (type hints only)
+    from federation.engine.generic import LocalRun
+
+Role = Literal["personal", "dense", "rows"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter a client holds. ``source``: the model key whose shape and initial value it takes
+    (itself, or the key it is a personal copy of); ``item_rows``: indexed by item id."""
+    role: Role
+    source: str
+    item_rows: bool
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What an aggregation rule may need to know about the round besides the sums."""
+    lr: float
+    decay: float                 # factor weight decay alone applies to a parameter over the local steps
+    row_average: str = "holders"
+    server_lr: float = 1.0
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Strategy:
+    """Base class: PersonalFR's roles (personal encoder, shared decoder, partial compression) and the
+    generic local update. Subclasses set ``name``, ``summary`` and override what differs."""
+
+    name: ClassVar[str] = "base"
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    personal_model_keys: ClassVar[tuple[str, ...]] = ENCODER_KEYS   # model keys that stay on the client
+    rows: ClassVar[str] = "touched"        # touched: a client holds its own items' rows; all: every row
+    federated: ClassVar[bool] = True
+    closed_form: ClassVar[bool] = False     # plain loss and SGD: the closed-form cohort path applies
+    extra_personal: ClassVar[dict[str, Param]] = {}   # personal parameters beyond the model's own
+
+    def __init__(self, options: dict | None = None):
+        try:
+            self.options = self.Options.model_validate(options or {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ConfigError(f"federation.options.{where}: {msg} (strategy {self.name!r})") from None
+
+    # -- roles -------------------------------------------------------------------------------
+    @property
+    def personal(self) -> tuple[str, ...]:
+        """Keys of every personal parameter (model keys first, then the strategy's own)."""
+        return tuple(self.personal_model_keys) + tuple(self.extra_personal)
+
+    @property
+    def shared(self) -> tuple[str, ...]:
+        """Model keys the server aggregates (the content projection, when present, is shared too)."""
+        return tuple(k for k in ALL_KEYS if k not in self.personal_model_keys) if self.federated else ()
+
+    @property
+    def sends_messages(self) -> bool:
+        """Whether a client's update is a message of its own items' rows plus dense parameters
+        (``federation.strategies.messages``): what DP clipping and the Flower deployment work on."""
+        return self.federated and self.rows == "touched"
+
+    def params(self, shape: AEShape) -> dict[str, Param]:
+        """Every parameter a client holds, with its role."""
+        out = {}
+        keys = ALL_KEYS + ((CONTENT_KEY,) if shape.content_dim else ())
+        for k in keys:
+            rows = k in ITEM_ROW_KEYS
+            if k in self.personal_model_keys or not self.federated:
+                out[k] = Param("personal", k, rows)
+            else:
+                out[k] = Param("rows" if rows else "dense", k, rows)
+        out.update(self.extra_personal)
+        return out
+
+    def row_keys(self, shape: AEShape) -> tuple[str, ...]:
+        """Keys indexed by item (a client's store holds its own items' rows of the personal ones)."""
+        return tuple(k for k, p in self.params(shape).items() if p.item_rows)
+
+    def message_keys(self, shape: AEShape) -> tuple[str, ...]:
+        """The shared parameters a client sends, in message order (rows first)."""
+        ps = self.params(shape)
+        return (tuple(k for k, p in ps.items() if p.role == "rows")
+                + tuple(k for k, p in ps.items() if p.role == "dense"))
+
+    def inference_key(self, key: str) -> str:
+        """Which held parameter a user scores with in place of model parameter ``key``."""
+        return key
+
+    def check(self, shape: AEShape, content: bool) -> None:
+        """Refuse an unsupported combination with one clear line (ConfigError)."""
+        if content and not self.federated:
+            raise ConfigError(f"content features need a federated strategy, not {self.name!r}")
+
+    # -- local update (the generic path) ------------------------------------------------------
+    def local_loss(self, run: "LocalRun", p: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        """Per-client objective (B,) of local step ``step`` with held values ``p``: the model's loss."""
+        return run.model_loss(p, step)
+
+    def local_update(self, run: "LocalRun") -> torch.Tensor:
+        """Train the cohort's clients; returns their mean local loss (B,). ``run.values`` holds the
+        trained values afterwards."""
+        keys = tuple(k for k in run.values if k not in self.extra_personal)
+        return run.sgd(keys, self.local_loss, run.steps)
+
+    # -- aggregation (pure) -------------------------------------------------------------------
+    def aggregate_dense(self, key: str, old: torch.Tensor, weighted_sum: torch.Tensor,
+                        total_weight: float) -> torch.Tensor:
+        """New global value of a dense shared parameter from the clients' weighted sum."""
+        return weighted_sum / total_weight
+
+    def aggregate_rows(self, key: str, old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor,
+                       total_weight: float, info: RoundInfo) -> torch.Tensor:
+        """New global item rows from the per-row weighted sums over holders and their weights."""
+        from federation.strategies.aggregation import personalfr_rows
+
+        return personalfr_rows(old, sums, wsum, total_weight, info.row_average, info.server_lr, in_place=True)
+
+
+def personal_copies(keys: tuple[str, ...], prefix: str) -> dict[str, Param]:
+    """Personal copies of model parameters ``keys`` under ``prefix.key`` (e.g. Ditto's decoder)."""
+    return {f"{prefix}.{k}": Param("personal", k, k in ITEM_ROW_KEYS) for k in keys}
+
+
+__all__ = ["Param", "RoundInfo", "Strategy", "NoOptions", "personal_copies", "DENSE_DECODER_KEYS",
+           "ROW_DECODER_KEYS"]

@@ -1,0 +1,155 @@
+"""What a personalfr client sends, as plain arrays, and how the server checks and aggregates it.
+
+Transport-free on purpose: a Flower ClientApp puts ``encode_update``'s dict into an ArrayRecord, the
+in-process tests call the same functions. A client update holds exactly:
+    item_ids (R,) int64    ids of the decoder rows it sends: items it interacted with, nothing else
+    dec_out  (R, H1)       its trained rows of the output layer for those items
+    dec_ob   (R,)          their biases
+    dec_W1   (H1, H2)      its trained dense decoder layer
+    dec_b1   (H1,)
+    weight   ()            its aggregation weight (1, or its interaction count)
+    dec_P    (H1, F)       content-aware models only: its trained content projection (item content is
+                           public catalogue data, so the projection reveals nothing item-specific)
+No encoder parameter, rating, timestamp or optimizer state is ever part of it. Anything else in a
+message is rejected, as are wrong shapes, unknown or repeated ids, non-finite values and updates
+whose size is far outside the round's (``filter_outliers``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from federation.strategies.aggregation import accumulate_rows, personalfr_rows, weighted_average
+from recsys.models.autoencoder import AEShape
+
+KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS = "item_ids", "dec_out", "dec_ob"
+KEY_DENSE_W, KEY_DENSE_B, KEY_WEIGHT = "dec_W1", "dec_b1", "weight"
+KEY_PROJ = "dec_P"
+UPDATE_KEYS = (KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS, KEY_DENSE_W, KEY_DENSE_B, KEY_WEIGHT)
+
+
+def update_keys(shape: AEShape) -> tuple[str, ...]:
+    """The exact key set of an update for this model."""
+    return UPDATE_KEYS + ((KEY_PROJ,) if shape.content_dim else ())
+
+
+def dense_keys(shape: AEShape) -> tuple[str, ...]:
+    """Shared parameters every client sends whole (averaged over clients)."""
+    return (KEY_DENSE_W, KEY_DENSE_B) + ((KEY_PROJ,) if shape.content_dim else ())
+
+
+class RejectedUpdate(ValueError):
+    """A client message that must not be aggregated; the text says why (it is logged)."""
+
+
+def encode_update(items: np.ndarray, trained: dict[str, torch.Tensor], weight: float) -> dict[str, np.ndarray]:
+    """A client's message from its trained shared parameters (rows already restricted to ``items``)."""
+    out = {KEY_ITEM_IDS: np.asarray(items, np.int64),
+           KEY_ROWS: trained["dec_out"].detach().cpu().numpy().astype(np.float32),
+           KEY_ROW_BIAS: trained["dec_ob"].detach().cpu().numpy().astype(np.float32),
+           KEY_DENSE_W: trained["dec_W1"].detach().cpu().numpy().astype(np.float32),
+           KEY_DENSE_B: trained["dec_b1"].detach().cpu().numpy().astype(np.float32),
+           KEY_WEIGHT: np.asarray(weight, np.float32)}
+    if KEY_PROJ in trained:
+        out[KEY_PROJ] = trained[KEY_PROJ].detach().cpu().numpy().astype(np.float32)
+    return out
+
+
+def validate_update(msg: dict[str, np.ndarray], shape: AEShape) -> None:
+    """Raise RejectedUpdate naming the first problem; return None for a well-formed update."""
+    keys = update_keys(shape)
+    missing = [k for k in keys if k not in msg]
+    if missing:
+        raise RejectedUpdate(f"missing key(s): {', '.join(missing)}")
+    extra = sorted(set(msg) - set(keys))
+    if extra:
+        raise RejectedUpdate(f"unexpected key(s): {', '.join(extra)}")
+    ids = np.asarray(msg[KEY_ITEM_IDS])
+    R = len(ids) if ids.ndim == 1 else -1
+    want = {KEY_ITEM_IDS: (R,), KEY_ROWS: (R, shape.h1), KEY_ROW_BIAS: (R,), KEY_DENSE_W: (shape.h1, shape.h2),
+            KEY_DENSE_B: (shape.h1,), KEY_WEIGHT: ()}
+    if shape.content_dim:
+        want[KEY_PROJ] = (shape.h1, shape.content_dim)
+    for k, s in want.items():
+        if np.asarray(msg[k]).shape != s or R < 0:
+            raise RejectedUpdate(f"{k}: shape {np.asarray(msg[k]).shape}, expected {s}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise RejectedUpdate("item_ids must be integers")
+    if R and (ids.min() < 0 or ids.max() >= shape.n_items):
+        raise RejectedUpdate(f"unknown item id(s) outside 0..{shape.n_items - 1}")
+    if len(np.unique(ids)) != R:
+        raise RejectedUpdate("repeated item ids")
+    for k in (KEY_ROWS, KEY_ROW_BIAS, KEY_WEIGHT) + dense_keys(shape):
+        if not np.isfinite(np.asarray(msg[k], np.float64)).all():
+            raise RejectedUpdate(f"{k}: NaN or infinite values")
+    if float(msg[KEY_WEIGHT]) <= 0:
+        raise RejectedUpdate("weight must be positive")
+
+
+def validate_updates(msgs: list[dict[str, np.ndarray]], shape: AEShape) -> tuple[list[int], list[tuple[int, str]]]:
+    """(indices of well-formed messages, [(index, reason)] of the others)."""
+    ok, rejected = [], []
+    for i, m in enumerate(msgs):
+        try:
+            validate_update(m, shape)
+            ok.append(i)
+        except RejectedUpdate as e:
+            rejected.append((i, str(e)))
+    return ok, rejected
+
+
+def update_norm(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor]) -> float:
+    """L2 norm of the update's change against the global model it started from."""
+    ids = torch.as_tensor(msg[KEY_ITEM_IDS])
+    sq = 0.0
+    pairs = [(KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids]),
+             (KEY_DENSE_W, global_p["dec_W1"]), (KEY_DENSE_B, global_p["dec_b1"])]
+    if KEY_PROJ in msg and KEY_PROJ in global_p:
+        pairs.append((KEY_PROJ, global_p[KEY_PROJ]))
+    for k, ref in pairs:
+        d = torch.as_tensor(msg[k], dtype=torch.float64) - ref.double().cpu()
+        sq += float((d * d).sum())
+    return sq ** 0.5
+
+
+def filter_outliers(norms: np.ndarray, factor: float = 10.0) -> np.ndarray:
+    """Keep-mask (C,): reject updates whose norm exceeds ``factor`` x the round's median norm."""
+    norms = np.asarray(norms, np.float64)
+    if len(norms) < 3:
+        return np.ones(len(norms), bool)
+    return norms <= factor * max(np.median(norms), 1e-12)
+
+
+@dataclass
+class RoundResult:
+    accepted: int
+    rejected: list[tuple[int, str]]           # (message index, reason)
+
+
+def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np.ndarray]], shape: AEShape,
+                      row_average: str = "holders", server_lr: float = 1.0, outlier_factor: float | None = 10.0
+                      ) -> tuple[dict[str, torch.Tensor], RoundResult]:
+    """New shared decoder from the round's messages (the personalfr rule; see aggregation.py).
+    Invalid or outlying messages are skipped and reported; the round goes on with the others."""
+    ok, rejected = validate_updates(msgs, shape)
+    if outlier_factor and ok:
+        keep = filter_outliers(np.array([update_norm(msgs[i], global_p) for i in ok]), outlier_factor)
+        rejected += [(i, "update norm far above the round's median") for i, k in zip(ok, keep) if not k]
+        ok = [i for i, k in zip(ok, keep) if k]
+    new = dict(global_p)
+    if not ok:
+        return new, RoundResult(0, rejected)
+    dt = global_p["dec_W1"].dtype
+    w = torch.tensor([float(msgs[i][KEY_WEIGHT]) for i in ok], dtype=dt)
+    W = float(w.sum())
+    for k in dense_keys(shape):
+        new[k] = weighted_average(torch.stack([torch.as_tensor(msgs[i][k], dtype=dt) for i in ok]), w)
+    ids = torch.cat([torch.as_tensor(msgs[i][KEY_ITEM_IDS]) for i in ok])
+    wrow = torch.cat([w[j].repeat(len(msgs[i][KEY_ITEM_IDS])) for j, i in enumerate(ok)])
+    for k in (KEY_ROWS, KEY_ROW_BIAS):
+        rows = torch.cat([torch.as_tensor(msgs[i][k], dtype=dt) for i in ok])
+        sums, wsum = accumulate_rows(shape.n_items, ids, rows, wrow)
+        new[k] = personalfr_rows(global_p[k], sums, wsum, W, row_average, server_lr)
+    return new, RoundResult(len(ok), rejected)

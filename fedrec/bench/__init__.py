@@ -1,0 +1,1 @@
+"""Benchmarks (``fedrec bench``, ``make bench``): they measure the product packages from above."""
