@@ -12,7 +12,6 @@ What it proves for a strategy, on small data:
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

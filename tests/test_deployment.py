@@ -11,9 +11,9 @@ import torch
 
 from federation.runs.config import parse_config
 from loopback import Loopback, nodes_for
-from federation.runs.jobs import build_federation, prepare_data
+from federation.runs.jobs import build_federation
 from federation.strategies.messages import UPDATE_KEYS
-from federation.deploy.node import STATE_FILE, ClientNode, partition_users
+from federation.deploy.node import STATE_FILE, ClientNode
 from federation.deploy.server import FederatedServer
 from federation.simulation import FederatedAutoencoder, sample_clients
 from recsys.evaluation import evaluate_model

@@ -30,10 +30,10 @@ from typing import Protocol
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from federation.runs.config import JobConfig
-from federation.runs.jobs import PROTOTYPE_LOG, RUN_FORMAT, _trim_metrics, fed_settings, prototype_settings
+from federation.runs.jobs import RUN_FORMAT, fed_settings, prototype_settings
+from federation.runs.loop import read_checkpoint, run_rounds
 from federation.engine.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
 from federation.simulation import PROTOTYPES_TENSOR
 from federation.strategies.messages import aggregate_updates, validate_updates
@@ -43,7 +43,7 @@ from federation.privacy.dp import dp_aggregate, epsilon
 from federation.simulation import lr_at, sample_clients
 from federation.strategies.registry import get_strategy
 from recsys.errors import ConfigError, FedrecError, ManifestError
-from recsys.io import atomic_path, library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
+from recsys.io import library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
 from recsys.models.autoencoder import AEShape, init_params
 
 log = logging.getLogger(__name__)
@@ -230,23 +230,19 @@ class FederatedServer:
             raise ManifestError(f"{p}: {h.shape[0]} counts for {self.catalogue[0]} items")
         self.holders = h.astype(np.int64)
 
-    def _save_checkpoint(self) -> None:
-        with atomic_path(self.run_dir / "checkpoint.safetensors") as tmp:
-            t = {f"global.{k}": v.contiguous() for k, v in self.global_p.items()}
-            if self.prototypes is not None:
-                t[PROTOTYPES_TENSOR] = self.prototypes.contiguous()
-            save_file(t, str(tmp), metadata={"round": str(self.round)})
-        write_json(self.run_dir / "checkpoint.json",
-                   {"round": self.round, "sha256": sha256_file(self.run_dir / "checkpoint.safetensors")})
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What the server checkpoints: the global decoder (+ the fitted prototypes)."""
+        t = {f"global.{k}": v for k, v in self.global_p.items()}
+        if self.prototypes is not None:
+            t[PROTOTYPES_TENSOR] = self.prototypes
+        return t
 
     def _load_checkpoint(self) -> None:
-        meta_p, ck = self.run_dir / "checkpoint.json", self.run_dir / "checkpoint.safetensors"
-        if not meta_p.exists() or not ck.exists():
+        got = read_checkpoint(self.run_dir)
+        if got is None:
             return
-        meta = json.loads(meta_p.read_text())
-        if sha256_file(ck) != meta.get("sha256"):
-            raise ManifestError(f"{ck}: checksum does not match checkpoint.json (corrupt or partly written)")
-        t = load_file(str(ck))
+        t, rnd = got
+        ck = self.run_dir / "checkpoint.safetensors"
         for k in self.keys:
             if f"global.{k}" not in t or tuple(t[f"global.{k}"].shape) != tuple(self.global_p[k].shape):
                 raise ManifestError(f"{ck}: {k} shape does not match this config and catalogue")
@@ -255,60 +251,43 @@ class FederatedServer:
         if P is not None and (not self.cfg.prototypes.enabled or tuple(P.shape) != (self.cfg.prototypes.k, self.shape.h1)):
             raise ManifestError(f"{ck}: prototypes of shape {tuple(P.shape)} do not match this config")
         self.prototypes = P
-        self.round = int(meta["round"])
+        self.round = rnd
         log.info("resuming %s after round %d", self.run_dir, self.round)
 
     def decoder_arrays(self) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in self.global_p.items()}
 
     # -- rounds ------------------------------------------------------------------------------
-    def run(self, progress: bool = False) -> dict:
-        from recsys.progress import progress_bar
+    # -- the run loop's round source (federation.runs.loop) -----------------------------------
+    checkpoint_every = 1                       # every round: nodes keep state exactly once per round
 
+    @property
+    def label(self) -> str:
+        return f"{self.cfg.name} (flower)"
+
+    @property
+    def metric(self) -> str:
+        return "rmse" if self.cfg.model.mode == "explicit" else f"ndcg@{self.cfg.eval.k[0]}"
+
+    def run_round(self) -> dict:
+        return self._one_round()
+
+    def has_prototypes(self) -> bool:
+        return self.prototypes is not None
+
+    def privacy_summary(self) -> dict:
+        if self.dp is None:
+            return {}
+        return {"epsilon": epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round, self.dp.delta),
+                "delta": self.dp.delta}
+
+    def run(self, progress: bool = False) -> dict:
+        """Wait for the nodes, then the shared run loop: rounds, checkpoints, metrics, prototypes, summary."""
         self._wait_for_nodes()
         self._init_state()
-        R = self.cfg.federation.rounds
-        metrics_path = self.run_dir / "metrics.jsonl"
-        _trim_metrics(metrics_path, self.round)
-        cum_up = cum_down = 0
-        if metrics_path.exists():
-            for line in metrics_path.read_text().splitlines():
-                rec = json.loads(line)
-                cum_up, cum_down = rec.get("cum_bytes_up", 0), rec.get("cum_bytes_down", 0)
-        bar = progress_bar(total=R, initial=self.round, desc=f"{self.cfg.name} (flower)", unit="round", disable=not progress)
-        with open(metrics_path, "a", encoding="utf-8") as mf:
-            while self.round < R:
-                rec = self._one_round()
-                cum_up += rec["bytes_up"]
-                cum_down += rec["bytes_down"]
-                rec.update(cum_bytes_up=cum_up, cum_bytes_down=cum_down)
-                every = self.cfg.eval.every
-                if (every and self.round % every == 0) or self.round == R:
-                    rec.update({f"{self.cfg.eval.split}_{k}": v for k, v in self.evaluate(self.cfg.eval.split).items()})
-                self._save_checkpoint()            # the round is done once this file is renamed in place
-                mf.write(json.dumps(rec) + "\n")
-                mf.flush()
-                bar.update(1)
-        bar.close()
-        if self.cfg.prototypes.enabled:
-            if self.prototypes is None:
-                self._fit_prototypes(progress)
-                self._save_checkpoint()
-            info = json.loads((self.run_dir / PROTOTYPE_LOG).read_text())
-            cum_up, cum_down = cum_up + info["bytes_up"], cum_down + info["bytes_down"]
-        summary = {part: self.evaluate(part) for part in ("valid", "test")}
-        summary.update(rounds=self.round, bytes_up_total=cum_up, bytes_down_total=cum_down)
-        if self.cfg.prototypes.enabled:
-            summary["prototypes"] = info
-        if self.dp is not None:
-            summary["epsilon"] = epsilon(self.dp.noise_multiplier, self.cfg.federation.fraction, self.round,
-                                         self.dp.delta)
-            summary["delta"] = self.dp.delta
-        write_json(self.run_dir / "summary.json", summary)
-        man = json.loads((self.run_dir / "manifest.json").read_text())
-        man["status"] = "completed"
-        write_json(self.run_dir / "manifest.json", man)
-        return summary
+        c = self.cfg
+        return run_rounds(self.run_dir, self, c.federation.rounds, c.eval.every, c.eval.split, c.prototypes.enabled,
+                          progress)
 
     def _one_round(self) -> dict:
         rnd = self.round
@@ -365,7 +344,7 @@ class FederatedServer:
                         "(attempt %d of %d)", rnd + 1, accepted, len(users), need, attempt + 1, self.max_retries)
         raise FedrecError(f"round {rnd + 1} failed {self.max_retries + 1} times: too few clients answered")
 
-    def _fit_prototypes(self, progress: bool) -> None:
+    def fit_prototypes(self, progress: bool) -> dict:
         """The prototype rounds (federation.engine.prototypes) over every node's users; each node returns the
         stats summed over its users. A node that fails a round is left out of that round (logged)."""
         from recsys.progress import progress_bar
@@ -406,7 +385,7 @@ class FederatedServer:
         self.prototypes = fit_prototypes(stats_of, self.shape.h1, st_, self.cfg.seed).float()
         info["sizes"] = [int(v) for v in stats_of(self.prototypes).counts.tolist()]
         bar.close()
-        write_json(self.run_dir / PROTOTYPE_LOG, info)
+        return info
 
     def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
         p = self.cfg.privacy

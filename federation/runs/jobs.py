@@ -20,7 +20,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import yaml
-from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 from federation.strategies.registry import get_strategy, names
 from federation.runs.config import JobConfig, load_config, parse_config
@@ -32,7 +31,8 @@ from recsys.data import InteractionData
 from federation.privacy.dp import DPSettings, epsilon, noise_for_epsilon
 from recsys.errors import ConfigError, FedrecError, ManifestError
 from recsys.evaluation import evaluate_model
-from recsys.io import atomic_path, library_versions, load_arrays, save_arrays, sha256_file, write_json, write_text
+from federation.runs.loop import CHECKPOINT, read_checkpoint, run_rounds, save_checkpoint
+from recsys.io import library_versions, load_arrays, save_arrays, write_json, write_text
 from recsys.loaders import load_dataset
 from recsys.models.autoencoder import AEShape, holder_weights
 from recsys.splits import Split, load_split, make_split, save_split
@@ -214,25 +214,16 @@ def _read_manifest(run_dir: Path) -> dict:
 
 
 def _save_checkpoint(run_dir: Path, fed: Federation) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in fed.state_tensors().items()}
-    with atomic_path(run_dir / "checkpoint.safetensors") as tmp:
-        save_torch(tensors, str(tmp), metadata={"round": str(fed.round)})
-    write_json(run_dir / "checkpoint.json", {"round": fed.round,
-                                             "sha256": sha256_file(run_dir / "checkpoint.safetensors")})
+    save_checkpoint(run_dir, fed.state_tensors(), fed.round)
 
 
 def _load_checkpoint(run_dir: Path, fed: Federation, k_prototypes: int | None = None) -> None:
     """Load the last checkpoint into ``fed``; k_prototypes: the config's prototype count (None: off)."""
-    meta_p, ck = run_dir / "checkpoint.json", run_dir / "checkpoint.safetensors"
-    if not meta_p.exists() or not ck.exists():
+    got_ck = read_checkpoint(run_dir)
+    if got_ck is None:
         return
-    meta = json.loads(meta_p.read_text())
-    if sha256_file(ck) != meta.get("sha256"):
-        raise ManifestError(f"{ck}: checksum does not match checkpoint.json (corrupt or partly written)")
-    try:
-        tensors = load_torch(str(ck))
-    except Exception:  # noqa: BLE001
-        raise ManifestError(f"{ck}: unreadable checkpoint") from None
+    tensors, rnd = got_ck
+    ck = run_dir / CHECKPOINT
     expected = {k: tuple(v.shape) for k, v in fed.state_tensors().items() if k != PROTOTYPES_TENSOR}
     got = {k: tuple(v.shape) for k, v in tensors.items() if k != PROTOTYPES_TENSOR}
     affine = {f"client.{ENC_SCALE}", f"client.{ENC_SHIFT}"}
@@ -241,22 +232,7 @@ def _load_checkpoint(run_dir: Path, fed: Federation, k_prototypes: int | None = 
     P = tensors.get(PROTOTYPES_TENSOR)
     if expected != got or (P is not None and tuple(P.shape) != (k_prototypes, fed.shape.h1)):
         raise ManifestError(f"{ck}: checkpoint shapes do not match this config and data")
-    fed.load_state_tensors(tensors, int(meta["round"]))
-
-
-def _trim_metrics(path: Path, upto_round: int) -> None:
-    """Keep only metric lines of rounds <= upto_round (a resumed run re-runs the later ones)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break                                     # a line cut by a kill: drop it and what follows
-        if rec.get("round", 0) <= upto_round:
-            keep.append(line)
-    write_text(path, "".join(ln + "\n" for ln in keep))
+    fed.load_state_tensors(tensors, rnd)
 
 
 def prepare_data(cfg: JobConfig) -> tuple[InteractionData, Split]:
@@ -306,76 +282,54 @@ def train(config_path: str | Path, run_dir: str | Path | None = None, device: st
     if resume:
         _load_checkpoint(run_dir, fed, cfg.prototypes.k if cfg.prototypes.enabled else None)
         log.info("resuming %s after round %d", run_dir, fed.round)
-    metrics_path = run_dir / "metrics.jsonl"
-    _trim_metrics(metrics_path, fed.round)
     run = Run(run_dir, cfg, data, split, fed)
-    _train_loop(run, metrics_path, progress, stop_after)
+    _train_loop(run, progress, stop_after)
     return run_dir
 
 
-def _train_loop(run: Run, metrics_path: Path, progress: bool, stop_after: int | None) -> None:
-    from recsys.progress import progress_bar
+class InProcessSource:
+    """The in-process engine as the run loop's round source (federation.runs.loop)."""
 
-    cfg, fed = run.cfg, run.fed
-    R = cfg.federation.rounds
-    bar = progress_bar(total=R, initial=fed.round, desc=cfg.name, unit="round", disable=not progress, dynamic_ncols=True)
-    done_here = 0
-    metric_name = "rmse" if cfg.model.mode == "explicit" else f"ndcg@{cfg.eval.k[0]}"
-    cum_up = cum_fedavg = 0
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            rec = json.loads(line)
-            cum_up, cum_fedavg = rec.get("cum_bytes_up", 0), rec.get("cum_fedavg_bytes", 0)
-    with open(metrics_path, "a", encoding="utf-8") as mf:
-        while fed.round < R:
-            st = fed.run_round()
-            rec = st.as_dict()
-            cum_up += st.bytes_up
-            cum_fedavg += st.fedavg_bytes
-            rec.update(cum_bytes_up=cum_up, cum_fedavg_bytes=cum_fedavg)
-            last = fed.round == R
-            if (cfg.eval.every and fed.round % cfg.eval.every == 0) or last:
-                m = evaluate_model(run.model(), run.data, run.split, cfg.eval.split, cfg.model.mode, cfg.eval.k)
-                rec.update({f"{cfg.eval.split}_{k}": v for k, v in m.items()})
-                bar.set_postfix(loss=f"{st.loss:.4f}", **{metric_name: f"{m[metric_name]:.4f}"}, refresh=False)
-            else:
-                bar.set_postfix(loss=f"{st.loss:.4f}", refresh=False)      # shown by the update below
-            if fed.round % cfg.output.checkpoint_every == 0 or last:
-                _save_checkpoint(run.dir, fed)
-            mf.write(json.dumps(rec) + "\n")
-            mf.flush()
-            bar.update(1)
-            done_here += 1
-            if stop_after is not None and done_here >= stop_after and not last:
-                bar.close()
-                return
-    bar.close()
-    proto_info = None
-    if cfg.prototypes.enabled:
-        # A resumed run whose checkpoint holds them keeps them; without their log it refits (the fit
-        # is seeded, so the prototypes come out the same).
-        if fed.prototypes is None or not (run.dir / PROTOTYPE_LOG).exists():
-            _fit_prototypes(run, progress)
-            _save_checkpoint(run.dir, fed)
-        proto_info = json.loads((run.dir / PROTOTYPE_LOG).read_text())
-        cum_up += proto_info["bytes_up"]
-    summary = {split: evaluate_model(run.model(), run.data, run.split, split, cfg.model.mode, cfg.eval.k)
-               for split in ("valid", "test")}
-    summary["rounds"] = fed.round
-    if proto_info is not None:
-        summary["prototypes"] = proto_info
-    if fed.cfg.dp is not None:
-        summary.update(epsilon=epsilon(fed.cfg.dp.noise_multiplier, cfg.federation.fraction, fed.round,
-                                       fed.cfg.dp.delta), delta=fed.cfg.dp.delta)
-    summary["bytes_up_total"] = cum_up
-    summary["fedavg_bytes_total"] = cum_fedavg
-    write_json(run.dir / "summary.json", summary)
-    m = _read_manifest(run.dir)
-    m["status"] = "completed"
-    write_json(run.dir / "manifest.json", m)
+    checkpoint_every: int
+
+    def __init__(self, run: Run):
+        self.run, self.fed, self.cfg = run, run.fed, run.cfg
+        self.label = run.cfg.name
+        self.checkpoint_every = run.cfg.output.checkpoint_every
+        self.metric = "rmse" if run.cfg.model.mode == "explicit" else f"ndcg@{run.cfg.eval.k[0]}"
+
+    @property
+    def round(self) -> int:
+        return self.fed.round
+
+    def run_round(self) -> dict:
+        return self.fed.run_round().as_dict()
+
+    def evaluate(self, part: str) -> dict[str, float]:
+        c = self.cfg
+        return evaluate_model(self.run.model(), self.run.data, self.run.split, part, c.model.mode, c.eval.k)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.fed.state_tensors()
+
+    def has_prototypes(self) -> bool:
+        return self.fed.prototypes is not None
+
+    def fit_prototypes(self, progress: bool) -> dict:
+        return _fit_prototypes(self.run, progress)
+
+    def privacy_summary(self) -> dict:
+        dp = self.fed.cfg.dp
+        if dp is None:
+            return {}
+        return {"epsilon": epsilon(dp.noise_multiplier, self.cfg.federation.fraction, self.fed.round, dp.delta),
+                "delta": dp.delta}
 
 
-PROTOTYPE_LOG = "prototypes.json"          # the prototype rounds of a run: sizes, spread, bytes
+def _train_loop(run: Run, progress: bool, stop_after: int | None) -> None:
+    c = run.cfg
+    run_rounds(run.dir, InProcessSource(run), c.federation.rounds, c.eval.every, c.eval.split, c.prototypes.enabled,
+               progress, stop_after)
 
 
 def _fit_prototypes(run: Run, progress: bool) -> dict:
@@ -403,7 +357,6 @@ def _fit_prototypes(run: Run, progress: bool) -> dict:
     bar.close()
     sizes = fed.prototype_stats(C).counts
     info["sizes"] = [int(v) for v in sizes.cpu().tolist()]
-    write_json(run.dir / PROTOTYPE_LOG, info)
     log.info("prototypes: %d over %d clients in %d rounds, %.1f MB up", st_.k, info["clients"], info["rounds"],
              info["bytes_up"] / 1e6)
     return info

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numba as nb
-import numpy as np
 
 M = 2_147_483_647                                # recsys.models.autoencoder._M
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import numba as nb
-import numpy as np
 
 # parallel: clients (or items) per thread; cache: compiled once per install (kernels._warm_cache);
 # reassoc lets the dot products vectorize, contract allows fused multiply-add.
