@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -125,10 +127,16 @@ def client_train(msg: Message, context: Context) -> Message:
     rnd = int(conf["round"])
     if os.environ.get("FEDREC_FAULT_EXIT_AT_ROUND") == str(rnd + 1):
         os._exit(17)                                              # testing hook: die mid-round
+    t0 = time.perf_counter()
+    age = time.time() - psutil.Process().create_time()            # process start and imports before this message
     node = _node(context)
+    t1 = time.perf_counter()
     clip = float(conf["dp-clip"]) or None
     rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
                      _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content))
+    log.info("train round %d: ClientApp process up %.2f s before the message, node (data, split, state) "
+             "loaded in %.2f s, %d users trained in %.2f s", rnd + 1, age, t1 - t0, rep.num_users,
+             time.perf_counter() - t1)
     if os.environ.get("FEDREC_FAULT_NAN_AT_ROUND") == str(rnd + 1):
         for m in rep.updates.values():                            # testing hook: a broken client
             m["dec_W1"] = np.full_like(m["dec_W1"], np.nan)

@@ -110,21 +110,32 @@ class LocalRun:
             loss = loss_fn(self, {**self.values, **leaves}, s)                            # (B,)
             grads = dict(zip(keys, torch.autograd.grad(loss.sum(), [leaves[k] for k in keys], allow_unused=True)))
             grads = {k: g for k, g in grads.items() if g is not None}     # as torch.optim: no grad, no step
+            seen: set[int] = set()
+            for k, g in grads.items():          # updated in place below: each its own dense memory
+                if g._base is not None or not g.is_contiguous() or g.data_ptr() in seen:
+                    grads[k] = g = g.clone(memory_format=torch.contiguous_format)
+                seen.add(g.data_ptr())
             if cfg.clip_norm:
                 sq = torch.zeros(B, dtype=loss.dtype, device=loss.device)
                 for k, g in grads.items():
-                    sq = sq + self._per_client(k, g.reshape(g.shape[0], -1).pow(2).sum(1))
+                    sq = sq + self._per_client(k, torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) ** 2)
                 coef = (cfg.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)                 # (B,)
-            for k, g in grads.items():
+            for k, g in grads.items():          # in place: g is this step's own tensor, values[k] no graph's
                 v = self.values[k]
                 if cfg.clip_norm:
-                    g = g * self._expand(k, coef, g)
+                    g.mul_(self._expand(k, coef, g))
                 if cfg.weight_decay:
-                    g = g + cfg.weight_decay * v
+                    g.add_(v, alpha=cfg.weight_decay)
                 if cfg.momentum:
-                    bufs[k] = g.clone() if k not in bufs else bufs[k].mul_(cfg.momentum).add_(g)
-                    g = g + cfg.momentum * bufs[k] if cfg.nesterov else bufs[k]
-                self.values[k] = v - self.lr * g
+                    if k not in bufs:
+                        bufs[k] = g.clone()
+                    else:
+                        bufs[k].mul_(cfg.momentum).add_(g)
+                    if cfg.nesterov:
+                        g.add_(bufs[k], alpha=cfg.momentum)
+                    else:
+                        g = bufs[k]
+                v.add_(g, alpha=-self.lr)
             total = loss.detach() if total is None else total + loss.detach()
         return total / max(1, steps)
 
