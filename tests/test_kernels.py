@@ -115,7 +115,7 @@ def test_dropout_masks_are_the_models_bit_for_bit(p):
 def test_vector_exp_is_within_two_ulp_and_float64_is_numpys():
     import numba as nb
     import numpy as np
-    from federation.engine.kernels._exp import exp
+    exp = kernels.numba_modules()._exp.exp
 
     @nb.njit
     def apply(x, out):

@@ -4,6 +4,7 @@ Every figure is measured when the command runs."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ def bench_deployment(data_dir: Path, node_counts=(3, 20), rounds: int = 2) -> tu
         st = fed.run_round()
         t_in.append(st.seconds)
         up_in.append(st.bytes_up)
-    rows.append(["in-process engine", "-", float(np.mean(t_in)), int(np.mean(up_in)), "-", "-"])
+    rows.append(["in-process engine", "-", float(np.mean(t_in)), int(np.mean(up_in)), "-", "-", "-", "-", "-"])
     for n in node_counts:
         with tempfile.TemporaryDirectory(prefix="fedrec-bench-flower-") as tmp:
             tmp = Path(tmp)
@@ -58,9 +59,10 @@ def bench_deployment(data_dir: Path, node_counts=(3, 20), rounds: int = 2) -> tu
             if r.returncode != 0:
                 raise RuntimeError(f"flower benchmark with {n} nodes failed; see {tmp / 'logs'}")
             recs = [json.loads(x) for x in (tmp / "run/metrics.jsonl").read_text().splitlines()]
+            up, load, trained = _train_message_times(tmp / "logs")
             rows.append([f"Flower, {n} SuperNodes", n, float(np.mean([x["seconds"] for x in recs])),
                          int(np.mean([x["bytes_up"] for x in recs])), int(np.mean([x["bytes_down"] for x in recs])),
-                         round(wall, 1)])
+                         round(wall, 1), up, load, trained])
     # bytes per client per round: partial compression vs full-model FedAvg (ml-100k, measured histories)
     n_per = np.diff(fed.train.indptr)
     users = n_per[n_per > 0]
@@ -68,6 +70,21 @@ def bench_deployment(data_dir: Path, node_counts=(3, 20), rounds: int = 2) -> tu
     comm = [["personalfr (rows of own items + dense decoder)", int(np.median(per)), int(np.mean(per)), int(np.max(per))],
             ["full-model FedAvg", fedavg_bytes(fed.shape), fedavg_bytes(fed.shape), fedavg_bytes(fed.shape)]]
     return rows, comm
+
+
+_TRAIN_LINE = re.compile(r"ClientApp process up ([0-9.]+) s before the message, node \(data, split, state\) "
+                         r"loaded in ([0-9.]+) s, \d+ users trained in ([0-9.]+) s")
+
+
+def _train_message_times(logs: Path) -> tuple[float, float, float]:
+    """Medians over every train message in the SuperNode logs (federation.deploy.flower_app.client_train):
+    seconds from the ClientApp process start to the message (process start, imports, FAB), loading the
+    node (data, split, state), and training its users."""
+    found = [tuple(map(float, m.groups())) for f in sorted(logs.glob("supernode-*.log"))
+             for m in _TRAIN_LINE.finditer(f.read_text(errors="replace"))]
+    if not found:
+        return float("nan"), float("nan"), float("nan")
+    return tuple(round(float(np.median(c)), 2) for c in zip(*found))
 
 
 def bench_privacy(data_dir: Path, epsilons=(8.0, 2.0), clip: float = 1.0) -> list:

@@ -341,7 +341,8 @@ def bench_deployment_section(data_dir: Path, quick: bool) -> str:
     rows, comm = bench_deployment(data_dir, (3,) if quick else (3, 20))
     md = _table("Seconds and bytes per round: Flower on 127.0.0.1 vs the in-process engine (configs/ml100k-explicit.yaml, "
                 "283 sampled clients per round, 2 rounds)",
-                ["engine", "SuperNodes", "s / round", "bytes up / round", "bytes down / round", "wall s (incl. start)"],
+                ["engine", "SuperNodes", "s / round", "bytes up / round", "bytes down / round", "wall s (incl. start)",
+                 "train message: process start + imports s", "loading the node s", "training s"],
                 rows)
     md += "\n" + _table("Bytes one client sends per round (ml-100k, hidden 256/128)",
                         ["message", "median", "mean", "max"], comm)

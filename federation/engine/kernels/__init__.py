@@ -78,15 +78,55 @@ def kernel_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _stamp_path() -> Path:
-    """Where the 'cache is warm' stamp lives: numba's own cache directory for these kernels."""
-    from federation.engine.kernels import _products
+def kernel_home() -> Path:
+    """The content-addressed directory the kernels are imported from and cached in:
+    $FEDREC_KERNEL_CACHE (default ~/.cache/fedrec/kernels) / <kernel_fingerprint()>. Every copy of these
+    sources with the same bytes — the repository, an installed package, the copy a Flower SuperNode
+    unpacks for each run — shares one numba cache there, because numba keys its cache by the source
+    file's path and modification time."""
+    import os
 
+    base = os.environ.get("FEDREC_KERNEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedrec" / "kernels"
+    return Path(base) / kernel_fingerprint()
+
+
+@functools.cache
+def numba_modules() -> SimpleNamespace:
+    """The kernel modules (_exp, _products, _row_sums, _local_steps, _masks), imported from
+    ``kernel_home()`` (written there once, atomically); from this package where that cannot be written."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    import tempfile
+
+    names = [f[:-3] for f in _KERNEL_FILES]
     try:
-        d = Path(_products.bmv._cache._cache_path)
-    except AttributeError:                                  # numba without this layout: beside the sources
-        d = Path(__file__).parent / "__pycache__"
-    return d / f"fedrec-kernels-{kernel_fingerprint()}.warm"
+        home = kernel_home()
+        if not (home / "__init__.py").exists():     # each file written whole (tmp + rename), __init__ last
+            home.mkdir(parents=True, exist_ok=True)
+            for f in (*_KERNEL_FILES, "__init__.py"):
+                fd, tmp = tempfile.mkstemp(prefix=f".{f}.", dir=home)
+                with os.fdopen(fd, "wb") as out:
+                    out.write((Path(__file__).parent / f).read_bytes() if f != "__init__.py"
+                              else b'"""fedrec engine kernels (a content-addressed copy)."""\n')
+                os.replace(tmp, home / f)
+        pkg = f"_fedrec_kernels_{home.name}"
+        if pkg not in sys.modules:
+            spec = importlib.util.spec_from_file_location(pkg, home / "__init__.py",
+                                                          submodule_search_locations=[str(home)])
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[pkg] = mod
+            spec.loader.exec_module(mod)
+    except OSError as e:
+        log.warning("kernel cache directory not writable (%s): kernels compile in each process", e)
+        pkg = __name__
+    return SimpleNamespace(**{n: importlib.import_module(f"{pkg}.{n}") for n in names})
+
+
+def _stamp_path() -> Path:
+    """The 'cache is warm' stamp, beside the cached kernels."""
+    return kernel_home() / "warm.stamp"
 
 
 def _warm_cache() -> None:
@@ -122,7 +162,8 @@ def _kernels() -> SimpleNamespace | None:
         log.info("numba not installed: per-client products use torch.bmm")
         return None
     _warm_cache()
-    from federation.engine.kernels import _local_steps, _masks, _products, _row_sums
+    m = numba_modules()
+    _local_steps, _masks, _products, _row_sums = m._local_steps, m._masks, m._products, m._row_sums
 
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
     return SimpleNamespace(bmv=_products.bmv, bmtv=_products.bmtv, update_rows=_products.update_rows,

@@ -9,8 +9,8 @@ import functools
 import numba as nb
 import numpy as np
 
-from federation.engine.kernels._exp import exp as _exp
-from federation.engine.kernels._products import _update_row
+from ._exp import exp as _exp
+from ._products import _update_row
 
 # parallel: clients (or items) per thread; cache: compiled once per install (kernels._warm_cache);
 # reassoc lets the dot products vectorize, contract allows fused multiply-add.

@@ -23,8 +23,8 @@ def main() -> int:
     from federation.simulation import Federation, FedSettings
     from recsys.models.autoencoder import AEShape
 
+    kernels.numba_modules()                          # the content-addressed copy of the sources
     stamp = kernels._stamp_path()
-    stamp.parent.mkdir(parents=True, exist_ok=True)
     with open(stamp.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)             # one warm-up at a time; a second one finds the stamp
         if stamp.exists():
