@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from federation.runs.config import parse_config
+from federation.deploy.flower_app import decode_train_reply
 from loopback import Loopback, nodes_for
 from federation.runs.jobs import build_federation
 from federation.strategies.messages import UPDATE_KEYS
@@ -115,7 +116,8 @@ def test_prototype_deployment_equals_the_in_process_prototypes(synth, tmp_path):
 
 
 def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
-    """Every record a node sends: one update per sampled user with exactly UPDATE_KEYS, rows only of
+    """Every record a node sends: one packed record whose per-user slices are one update per sampled
+    user with exactly UPDATE_KEYS, rows only of
     items that user interacted with, no encoder parameter, no ratings; plus two totals."""
     cfg = _cfg(synth)
     nodes, data, split = _nodes(cfg, tmp_path)
@@ -125,12 +127,11 @@ def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
     enc = {k: n.fed.store.full(k).numpy() for n in nodes.values() for k in n.fed.store.keys}
     assert t.sent
     for node_id, content in t.sent:
-        names = set(content.keys())
-        assert "totals" in names and set(content["totals"].keys()) == {"num-users", "loss-sum"}
-        for name in names - {"totals"}:
-            u = int(name.split(".")[1])
+        assert set(content.keys()) == {"updates", "totals"}
+        assert set(content["totals"].keys()) == {"num-users", "loss-sum"}
+        assert set(content["updates"].keys()) == {"users", "offsets", *UPDATE_KEYS}     # nothing else, packed
+        for u, rec in decode_train_reply(content).updates.items():
             assert u in nodes[node_id].users                                     # its own users only
-            rec = {k: content[name][k].numpy() for k in content[name].keys()}
             assert set(rec) == set(UPDATE_KEYS)
             own = train.indices[train.indptr[u]:train.indptr[u + 1]]
             assert sorted(rec["item_ids"].tolist()) == sorted(own.tolist())
@@ -174,9 +175,7 @@ def test_content_deployment_equals_the_engine_and_sends_only_the_projection_more
     assert json.loads((tmp_path / "run/manifest.json").read_text())["content"] == nodes[100].hello()[HELLO_CONTENT]
     train = split.matrix(data, "train")
     for _, content in t.sent:
-        for name in set(content.keys()) - {"totals"}:
-            u = int(name.split(".")[1])
-            rec = {k: content[name][k].numpy() for k in content[name].keys()}
+        for u, rec in decode_train_reply(content).updates.items():
             assert set(rec) == set(update_keys(sim.shape)) == set(UPDATE_KEYS) | {KEY_PROJ}
             assert rec[KEY_PROJ].shape == (16, 385)
             assert sorted(rec["item_ids"].tolist()) == sorted(train[u].indices.tolist())
@@ -412,3 +411,34 @@ def test_flower_cli_bad_input_is_one_line(tmp_path):
         r = subprocess.run([*fedrec, *args], capture_output=True, text=True, timeout=120)
         lines = [ln for ln in r.stderr.strip().splitlines() if ln]
         assert r.returncode == 2 and len(lines) == 1 and want in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_packed_train_reply_round_trips_and_a_broken_one_is_refused():
+    """train_reply_content packs the users' updates into one record; decode_train_reply gives each user's
+    update back exactly; offsets that do not fit the rows, or an extra record, make it undecodable."""
+    from flwr.app import Array, ArrayRecord
+    from federation.deploy.flower_app import train_reply_content
+    from federation.deploy.node import TrainReply
+    rng = np.random.default_rng(0)
+
+    def upd(n):
+        return {"item_ids": rng.choice(50, n, replace=False).astype(np.int64),
+                "dec_out": rng.normal(size=(n, 4)).astype(np.float32), "dec_ob": rng.normal(size=n).astype(np.float32),
+                "dec_W1": rng.normal(size=(4, 3)).astype(np.float32), "dec_b1": rng.normal(size=4).astype(np.float32),
+                "weight": np.asarray(1.0 + n, np.float32)}
+    sent = {7: upd(3), 2: upd(5), 9: upd(1)}
+    c = train_reply_content(TrainReply(sent, 3, 1.5))
+    got = decode_train_reply(c)
+    assert got.num_users == 3 and got.loss_sum == 1.5 and set(got.updates) == set(sent)
+    for u, m in sent.items():
+        assert set(got.updates[u]) == set(m)
+        for k in m:
+            assert got.updates[u][k].shape == m[k].shape and np.array_equal(got.updates[u][k], m[k])
+    bad = train_reply_content(TrainReply(sent, 3, 1.5))
+    bad["updates"]["offsets"] = Array(np.array([0, 5, 6, 8], np.int64))        # 8 rows claimed, 9 sent
+    with pytest.raises(ValueError, match="inconsistent"):
+        decode_train_reply(bad)
+    extra = train_reply_content(TrainReply(sent, 3, 1.5))
+    extra["update.7"] = ArrayRecord({"dec_W1": Array(np.zeros((4, 3), np.float32))})
+    with pytest.raises(ValueError, match="unexpected record 'update.7'"):
+        decode_train_reply(extra)

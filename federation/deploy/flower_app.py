@@ -20,7 +20,8 @@ Wire format (record names; all arrays numpy):
                                                  "info" {n_items, catalogue, config, content}
   server -> node  "train":    "decoder" {dec_W1, dec_b1, dec_out, dec_ob[, dec_P]}, "users" {ids},
                               "config" {round, lr, dp-clip}[, "holders" {counts}]
-  node -> server  "train":    "update.<user>" {federation.strategies.messages.UPDATE_KEYS} per trained user,
+  node -> server  "train":    "updates" {users, offsets, then federation.strategies.messages.UPDATE_KEYS
+                              concatenated over the trained users: rows by offsets, the rest stacked},
                               "totals" {num-users, loss-sum}
   server -> node  "evaluate": "decoder", "config" {part}[, "holders"][, "prototypes" {centroids}];
                   node -> server: "eval" {sum, count}
@@ -45,7 +46,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from federation.strategies.messages import KEY_WEIGHT
+from federation.strategies.messages import KEY_ITEM_IDS, KEY_ROW_BIAS, KEY_ROWS, KEY_WEIGHT
 from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT,
                              HELLO_HOLDERS, HELLO_N_ITEMS, HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
 from federation.deploy.server import FederatedServer, TrainRequest
@@ -57,7 +58,9 @@ ACTION_PROTOTYPES = "prototypes"
 MSG_PROTOTYPES = f"{MSG_QUERY}.{ACTION_PROTOTYPES}"
 REC_PROTOTYPES, PROTO_CENTROIDS, REC_STATS = "prototypes", "centroids", "stats"
 REC_DECODER, REC_USERS, REC_CONFIG, REC_HELLO, REC_INFO = "decoder", "users", "config", "hello", "info"
-REC_TOTALS, REC_EVAL, UPDATE_PREFIX = "totals", "eval", "update."
+REC_TOTALS, REC_EVAL, REC_UPDATES = "totals", "eval", "updates"
+PACK_USERS, PACK_OFFSETS = "users", "offsets"     # packed updates: user ids (U,), row offsets (U + 1,)
+ROW_KEYS = (KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS)  # per item row; the other update keys are one per user
 REC_HOLDERS, HOLDER_COUNTS = "holders", "counts"
 
 
@@ -144,8 +147,23 @@ def client_train(msg: Message, context: Context) -> Message:
 
 
 def train_reply_content(rep: TrainReply) -> RecordDict:
-    """Everything a node sends after training: one update record per user plus two totals."""
-    content = RecordDict({f"{UPDATE_PREFIX}{u}": _arrays(m) for u, m in rep.updates.items()})
+    """Everything a node sends after training: its users' updates packed into one record (each key's
+    arrays concatenated over users in ``users`` order, item rows delimited by ``offsets``) plus two
+    totals. One record of a dozen arrays instead of one record per user: Flower moves each array as
+    its own object, and ~6 arrays per user made the reply's transfer the bulk of a deployed round."""
+    users = sorted(rep.updates)
+    content = RecordDict()
+    if users:
+        ms = [rep.updates[u] for u in users]
+        rows = np.array([len(m[KEY_ITEM_IDS]) for m in ms], np.int64)
+        packed = {PACK_USERS: np.asarray(users, np.int64),
+                  PACK_OFFSETS: np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)}
+        for k in ms[0]:
+            if k in ROW_KEYS:
+                packed[k] = np.concatenate([m[k] for m in ms])
+            else:
+                packed[k] = np.stack([np.asarray(m[k]) for m in ms])
+        content[REC_UPDATES] = _arrays(packed)
     content[REC_TOTALS] = MetricRecord({TOTAL_USERS: rep.num_users, TOTAL_LOSS: rep.loss_sum})
     return content
 
@@ -242,18 +260,25 @@ class GridTransport:
 
 
 def decode_train_reply(c: RecordDict) -> TrainReply:
-    """A node's train reply back into arrays. A record that is neither an update nor the totals makes
-    the whole reply undecodable: that node's contribution to the round is dropped and logged."""
+    """A node's train reply back into one update per user (federation.strategies.messages). A record
+    other than the updates and the totals, or packed arrays that do not fit together, make the whole
+    reply undecodable: that node's contribution to the round is dropped and logged."""
+    extra = set(c.keys()) - {REC_UPDATES, REC_TOTALS}
+    if extra:
+        raise ValueError(f"unexpected record {sorted(extra)[0]!r}")
     updates: dict[int, dict[str, np.ndarray]] = {}
-    for name in c.keys():
-        if name == REC_TOTALS:
-            continue
-        if not name.startswith(UPDATE_PREFIX):
-            raise ValueError(f"unexpected record {name!r}")
-        m = _numpy(c[name])
-        if KEY_WEIGHT in m and np.size(m[KEY_WEIGHT]) == 1:
-            m[KEY_WEIGHT] = np.asarray(m[KEY_WEIGHT]).reshape(())     # Flower's Array has no 0-d shape
-        updates[int(name[len(UPDATE_PREFIX):])] = m
+    if REC_UPDATES in c.keys():
+        p = _numpy(c[REC_UPDATES])
+        users, off = p.pop(PACK_USERS), p.pop(PACK_OFFSETS)
+        n = len(users)
+        if (off.shape != (n + 1,) or off[0] != 0 or np.any(np.diff(off) < 0)
+                or any(len(v) != (off[-1] if k in ROW_KEYS else n) for k, v in p.items())):
+            raise ValueError("packed updates of inconsistent sizes")
+        for j, u in enumerate(users.tolist()):
+            m = {k: (v[off[j]:off[j + 1]] if k in ROW_KEYS else v[j]) for k, v in p.items()}
+            if KEY_WEIGHT in m:
+                m[KEY_WEIGHT] = np.asarray(m[KEY_WEIGHT]).reshape(())
+            updates[int(u)] = m
     t = c[REC_TOTALS]
     return TrainReply(updates, int(t[TOTAL_USERS]), float(t[TOTAL_LOSS]))
 
