@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from federation.strategies.comm import client_bytes, fedavg_bytes
 from federation.runs.config import parse_config
 from federation.runs.jobs import build_federation, prepare_data
 from federation.simulation import FederatedAutoencoder
+from recsys.errors import FedrecError
 from recsys.evaluation import evaluate_model
 
 
@@ -56,8 +58,11 @@ def bench_deployment(data_dir: Path, node_counts=(3, 20), rounds: int = 2) -> tu
                 r = lf.run({"job-config": str(tmp / "cfg.yaml"), "run-dir": str(tmp / "run"), "min-nodes": n,
                             "wait-s": 600, "round-timeout": 900}, timeout=3600)
             wall = time.perf_counter() - t0
-            if r.returncode != 0:
-                raise RuntimeError(f"flower benchmark with {n} nodes failed; see {tmp / 'logs'}")
+            if r.returncode != 0 or not (tmp / "run/metrics.jsonl").exists():
+                keep = Path(tempfile.mkdtemp(prefix=f"fedrec-bench-flower-{n}-logs-"))
+                shutil.copytree(tmp / "logs", keep / "logs", dirs_exist_ok=True)
+                raise FedrecError(f"flower benchmark with {n} nodes finished without metrics (rc {r.returncode}); "
+                                  f"logs kept in {keep / 'logs'}")
             recs = [json.loads(x) for x in (tmp / "run/metrics.jsonl").read_text().splitlines()]
             up, load, trained = _train_message_times(tmp / "logs")
             rows.append([f"Flower, {n} SuperNodes", n, float(np.mean([x["seconds"] for x in recs])),
