@@ -25,7 +25,7 @@ from federation.engine.local_sgd import SGDConfig, decay_factor
 from federation.engine import prototypes as proto
 from federation.privacy.dp import DPSettings, dp_aggregate, epsilon
 from federation.engine.state import ClientStore, Cohort, make_cohorts
-from federation.strategies.registry import get_strategy
+from federation.strategies.registry import get_strategy, message_strategies
 from recsys.errors import FedrecError
 from recsys.models.autoencoder import (CONTENT_KEY, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
                                       init_params, input_values, item_rows)
@@ -224,7 +224,7 @@ class Federation:
     def _require_messages(self) -> None:
         if not self.strategy.sends_messages:
             raise FedrecError(f"strategy {self.strategy.name!r} has no per-client messages of own-item rows "
-                              "(deployment and DP need one: personalfr, fedprox, ditto)")
+                              f"(deployment and DP need one: {', '.join(message_strategies())})")
 
     def client_messages(self, users: np.ndarray, lr: float | None = None
                         ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, float]]:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 import yaml
 
-from federation.strategies.registry import get_strategy, names
+from federation.strategies.registry import get_strategy, message_strategies
 from federation.runs.config import JobConfig, load_config, parse_config
 from federation.engine.local_sgd import SGDConfig
 from federation.engine.prototypes import PrototypeSettings, rounds_needed
@@ -75,7 +75,7 @@ def dp_settings(cfg: JobConfig) -> DPSettings | None:
     if not strategy.sends_messages:
         raise ConfigError(f"privacy.dp: differential privacy clips per-client messages of own-item rows; strategy "
                           f"{strategy.name!r} sends none (use one of: "
-                          f"{', '.join(n for n in names() if get_strategy(n).sends_messages)})")
+                          f"{', '.join(message_strategies())})")
     if (p.noise_multiplier is None) == (p.target_epsilon is None):
         raise ConfigError("privacy: give exactly one of noise_multiplier and target_epsilon")
     if cfg.content.enabled and cfg.content.holder_weight > 0:

@@ -26,8 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from recsys.errors import ConfigError
-from recsys.models.autoencoder import (ALL_KEYS, CONTENT_KEY, DENSE_DECODER_KEYS, ENCODER_KEYS, ITEM_ROW_KEYS,
-                                      ROW_DECODER_KEYS, AEShape)
+from recsys.models.autoencoder import ALL_KEYS, CONTENT_KEY, ENCODER_KEYS, ITEM_ROW_KEYS, AEShape
 
 if TYPE_CHECKING:       # the engine imports strategies, not the other way round (type hints only)
     from federation.engine.generic import LocalRun
@@ -158,6 +157,3 @@ def personal_copies(keys: tuple[str, ...], prefix: str) -> dict[str, Param]:
     """Personal copies of model parameters ``keys`` under ``prefix.key`` (e.g. Ditto's decoder)."""
     return {f"{prefix}.{k}": Param("personal", k, k in ITEM_ROW_KEYS) for k in keys}
 
-
-__all__ = ["Param", "RoundInfo", "Strategy", "NoOptions", "personal_copies", "DENSE_DECODER_KEYS",
-           "ROW_DECODER_KEYS"]

@@ -13,8 +13,9 @@ from recsys.errors import ConfigError
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (PersonalFR, FedAvg, Local, FedProx, Ditto)}
 
 
-def names() -> tuple[str, ...]:
-    return tuple(STRATEGIES)
+def message_strategies() -> tuple[str, ...]:
+    """Names of the strategies whose clients send own-item messages (what DP and Flower work on)."""
+    return tuple(n for n, cls in STRATEGIES.items() if cls().sends_messages)
 
 
 def get_strategy(name: str, options: dict | None = None) -> Strategy:
