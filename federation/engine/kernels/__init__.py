@@ -59,6 +59,7 @@ def _dense(P: torch.Tensor | Rows) -> torch.Tensor:
 _KERNEL_FILES = ("_exp.py", "_products.py", "_row_sums.py", "_local_steps.py", "_masks.py")
 
 
+@functools.cache
 def kernel_fingerprint() -> str:
     """Hash of the kernel sources, numba's version and this CPU: what the on-disk cache depends on."""
     import hashlib
