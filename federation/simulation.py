@@ -24,6 +24,8 @@ from federation.strategies.comm import clients_bytes, fedavg_bytes
 from federation.engine.local_sgd import SGDConfig, decay_factor
 from federation.engine import prototypes as proto
 from federation.privacy.dp import DPSettings, dp_aggregate, epsilon
+from federation.privacy import secagg as sa
+from federation.privacy.secagg import SecAggSettings
 from federation.engine.state import ClientStore, Cohort, make_cohorts
 from federation.strategies.registry import get_strategy, message_strategies
 from recsys.errors import FedrecError
@@ -53,6 +55,7 @@ class FedSettings:
     max_cohort_clients: int = 1024
     max_cohort_entries: int = 262_144   # padded (client, entry) pairs per cohort: bounds memory
     dp: DPSettings | None = None        # user-level DP of the decoder (federation.privacy.dp)
+    secagg: SecAggSettings | None = None  # secure aggregation of the messages (federation.privacy.secagg)
 
 
 @dataclass
@@ -184,6 +187,12 @@ class Federation:
             self.global_p.update(dp_aggregate(self.global_p, [msgs[int(u)] for u in users], self.cfg.dp,
                                               expected, self.cfg.server_lr, rnd))
             losses.append(torch.tensor([lossd[int(u)] for u in users], dtype=self.dtype))
+        elif self.cfg.secagg is not None:
+            # Secure aggregation: the same ring sums the two aggregators' shares add up to, computed in the
+            # clear without per-client cryptography (federation.privacy.secagg.plain_ring_sums).
+            rows, dense, loss_c = self.secure_round_sums(users, lr)
+            self.apply_revealed(sa.reveal(rows, dense, len(users), self.cfg.secagg), lr)
+            losses.append(loss_c)
         else:
             cohorts = (self.cohorts(users) if engine != "reference"
                        else [self.cohorts(np.array([u]))[0] for u in users])
@@ -194,10 +203,12 @@ class Federation:
         loss = float(torch.cat(losses).mean())
         if not math.isfinite(loss):
             raise FedrecError(f"round {rnd + 1}: training diverged (non-finite loss); lower optimizer.lr")
-        if self.strategy.federated and self.cfg.dp is None:
+        if self.strategy.federated and self.cfg.dp is None and self.cfg.secagg is None:
             self._apply(agg, lr)
         self.round += 1
         up, down = clients_bytes(self.strategy, self.shape, self.n_per_user[users])
+        if self.cfg.secagg is not None:
+            up = int(sa.upload_bytes(self.n_per_user[users], self.secure_layout(), self.cfg.secagg).sum())
         dt = time.perf_counter() - t0
         eps = (epsilon(self.cfg.dp.noise_multiplier, self.cfg.fraction, self.round, self.cfg.dp.delta)
                if self.cfg.dp is not None else None)
@@ -220,6 +231,61 @@ class Federation:
             trained[CONTENT_KEY] = v[CONTENT_KEY][0]
         w = float(self.weights(c.users)[0])
         return encode_update(c.items.cpu().numpy(), trained, w)
+
+    # -- secure aggregation ------------------------------------------------------------------
+    def secure_layout(self) -> sa.Layout:
+        from federation.strategies.comm import dense_decoder_params
+
+        return sa.Layout(self.shape.n_items, self.shape.h1, dense_decoder_params(self.shape))
+
+    def message_deltas(self, msg: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A message as secure aggregation sums it (federation.strategies.messages.update_deltas)."""
+        from federation.strategies.messages import update_deltas
+
+        return update_deltas(msg, self.global_p, self.shape)
+
+    def secure_ring_sums(self, msgs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The ring sums (rows (N, H1 + 2), dense (D,) uint32) the two aggregators' shares of ``msgs`` add up to."""
+        parts = [self.message_deltas(m) for m in msgs]
+        lay = self.secure_layout()
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, lay.h1 + 1))
+        dense = np.stack([p[2] for p in parts]) if parts else np.zeros((0, lay.dense))
+        return sa.plain_ring_sums(self.shape.n_items, ids, rows, dense, self.cfg.secagg)
+
+    def secure_round_sums(self, users: np.ndarray, lr: float) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Train ``users`` (personal state kept) and return the ring sums of their messages (as
+        ``secure_ring_sums`` of ``client_messages``, bit for bit) and their losses (B,), batched per cohort."""
+        from federation.privacy.fixedpoint import quantize_torch, to_ring
+        from federation.strategies.messages import dense_keys
+
+        self._require_messages()
+        s = self.cfg.secagg
+        g = self.global_p
+        lay = self.secure_layout()
+        rows = torch.zeros(self.shape.n_items, lay.row_dim, dtype=torch.int64, device=self.device)
+        dense = torch.zeros(lay.dense, dtype=torch.int64, device=self.device)
+        losses = []
+        for c in self.cohorts(np.asarray(users, dtype=np.int64)):
+            res = self.train_cohort(c, lr, self.round)
+            self._keep_personal(c, res)
+            r = res.value("dec_out").double() - g["dec_out"][c.items].double()                # (T, H1)
+            b = res.value("dec_ob").double() - g["dec_ob"][c.items].double()                  # (T,)
+            q = quantize_torch(torch.cat([r, b[:, None]], 1), s.frac_bits, s.max_clients)    # (T, H1 + 1)
+            rows[:, :-1].index_add_(0, c.items, q)
+            rows[:, -1].index_add_(0, c.items, torch.ones_like(c.items, dtype=torch.int64))
+            parts = [(res.value(k).double() - g[k].double()).reshape(len(c.users), -1) for k in dense_keys(self.shape)]
+            dense += quantize_torch(torch.cat(parts, 1), s.frac_bits, s.max_clients).sum(0)
+            losses.append(res.loss)
+        return to_ring(rows.cpu().numpy()), to_ring(dense.cpu().numpy()), torch.cat(losses)
+
+    def apply_revealed(self, rev: sa.Revealed, lr: float) -> None:
+        """Update the global decoder from a round's revealed sums (messages.apply_revealed)."""
+        from federation.strategies.messages import apply_revealed
+
+        info = RoundInfo(lr, decay_factor(lr, self.cfg.local_epochs, self.cfg.sgd), self.cfg.row_average,
+                         self.cfg.server_lr)
+        self.global_p.update(apply_revealed(self.strategy, self.shape, self.global_p, rev, info))
 
     def _require_messages(self) -> None:
         if not self.strategy.sends_messages:

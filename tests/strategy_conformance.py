@@ -111,6 +111,50 @@ class StrategyConformance:
                             cos = torch.nn.functional.cosine_similarity(row.double(), vv.double(), dim=0)
                             assert abs(float(cos)) < 0.999, f"message of user {u} carries personal {k}"
 
+    # -- secure aggregation --------------------------------------------------------------------
+    def test_secure_aggregation_reveals_the_plain_sums_bit_for_bit(self, tiny_data):
+        import dataclasses
+
+        import numpy as np
+
+        from federation.privacy import channel, secagg as sa
+
+        s = self.strat
+        if not s.sends_messages:
+            return
+        st = sa.SecAggSettings(frac_bits=24, max_clients=16, min_clients=1, pad_min=4)
+        make = _fed(tiny_data, self.strategy, self.options, "explicit", torch.float32)
+        fast, msg, plain = make(), make(), make()
+        for f in (fast, msg):
+            f.cfg = dataclasses.replace(f.cfg, secagg=st)
+        users = fast.sample(0)
+        rows, dense, _ = fast.secure_round_sums(users, fast.lr_at(0))       # the engine's batched path
+        msgs, _ = msg.client_messages(users, msg.lr_at(0))                  # what the clients send
+        want = msg.secure_ring_sums([msgs[int(u)] for u in users])
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(dense, want[1])
+        # ... and what the real protocol (DPF keys, sealed, two aggregators) reveals for those messages.
+        lay = msg.secure_layout()
+        keys = [channel.new_private_key() for _ in range(2)]
+        aggs = [sa.Aggregator(p, keys[p], lay, st, "conf") for p in (0, 1)]
+        for a in aggs:
+            a.open_round(0, users)
+        pubs = tuple(channel.public_bytes(k) for k in keys)
+        for u in users:
+            plain_ = sa.client_payloads(*msg.message_deltas(msgs[int(u)]), lay, st)
+            for p, blob in enumerate(sa.seal_payloads(pubs, "conf", 0, int(u), plain_)):
+                aggs[p].receive(int(u), blob)
+        got = sa.combine(aggs[0].share(users), aggs[1].share(users))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        # A secure round updates the decoder as a plain round does, up to the fixed-point resolution.
+        fast2 = make()
+        fast2.cfg = dataclasses.replace(fast2.cfg, secagg=st)
+        fast2.run_round()
+        plain.run_round()
+        for k in s.shared:
+            torch.testing.assert_close(fast2.global_p[k], plain.global_p[k], atol=1e-5, rtol=0)
+
     # -- resume --------------------------------------------------------------------------------
     def test_a_resumed_run_equals_the_uninterrupted_run_bit_for_bit(self, tiny_data):
         make = _fed(tiny_data, self.strategy, self.options, "implicit", torch.float32)

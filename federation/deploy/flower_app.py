@@ -46,10 +46,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from federation.strategies.messages import KEY_ITEM_IDS, KEY_ROW_BIAS, KEY_ROWS, KEY_WEIGHT
+from federation.strategies.messages import KEY_ITEM_IDS, KEY_ROW_BIAS, KEY_ROWS, KEY_WEIGHT, RejectedUpdate
 from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT,
-                             HELLO_HOLDERS, HELLO_N_ITEMS, HELLO_USERS, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
-from federation.deploy.server import FederatedServer, TrainRequest
+                             HELLO_HOLDERS, HELLO_N_ITEMS, HELLO_USERS, SEALED_A, SEALED_B, TOTAL_LOSS, TOTAL_USERS, ClientNode, TrainReply, partition_users)
+from federation.deploy.server import FederatedServer, SecAggRequest, TrainRequest
 
 log = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -62,6 +62,7 @@ REC_TOTALS, REC_EVAL, REC_UPDATES = "totals", "eval", "updates"
 PACK_USERS, PACK_OFFSETS = "users", "offsets"     # packed updates: user ids (U,), row offsets (U + 1,)
 ROW_KEYS = (KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS)  # per item row; the other update keys are one per user
 REC_HOLDERS, HOLDER_COUNTS = "holders", "counts"
+REC_SECAGG, SECAGG_RUN, SECAGG_PUBLIC = "secagg", "run", "public"   # run id bytes (L,), public keys (2, 32)
 
 
 def _arrays(d: dict[str, np.ndarray]) -> ArrayRecord:
@@ -136,7 +137,7 @@ def client_train(msg: Message, context: Context) -> Message:
     t1 = time.perf_counter()
     clip = float(conf["dp-clip"]) or None
     rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
-                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content))
+                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content), _secagg(msg.content))
     log.info("train round %d: ClientApp process up %.2f s before the message, node (data, split, state) "
              "loaded in %.2f s, %d users trained in %.2f s", rnd + 1, age, t1 - t0, rep.num_users,
              time.perf_counter() - t1)
@@ -144,6 +145,23 @@ def client_train(msg: Message, context: Context) -> Message:
         for m in rep.updates.values():                            # testing hook: a broken client
             m["dec_W1"] = np.full_like(m["dec_W1"], np.nan)
     return Message(train_reply_content(rep), reply_to=msg)
+
+
+def _secagg(c: RecordDict) -> SecAggRequest | None:
+    if REC_SECAGG not in c.keys():
+        return None
+    r = _numpy(c[REC_SECAGG])
+    pub = r[SECAGG_PUBLIC]
+    if pub.shape != (2, 32) or pub.dtype != np.uint8:
+        raise RejectedUpdate(f"secure aggregation public keys of shape {pub.shape}, expected (2, 32) bytes")
+    return SecAggRequest(r[SECAGG_RUN].tobytes().decode(), (pub[0].tobytes(), pub[1].tobytes()))
+
+
+def _with_secagg(c: RecordDict, req: SecAggRequest | None) -> RecordDict:
+    if req is not None:
+        c[REC_SECAGG] = _arrays({SECAGG_RUN: np.frombuffer(req.run_id.encode(), np.uint8),
+                                 SECAGG_PUBLIC: np.stack([np.frombuffer(p, np.uint8) for p in req.public])})
+    return c
 
 
 def train_reply_content(rep: TrainReply) -> RecordDict:
@@ -155,9 +173,17 @@ def train_reply_content(rep: TrainReply) -> RecordDict:
     content = RecordDict()
     if users:
         ms = [rep.updates[u] for u in users]
-        rows = np.array([len(m[KEY_ITEM_IDS]) for m in ms], np.int64)
+        sealed = set(ms[0]) == {SEALED_A, SEALED_B}     # secure aggregation: byte strings of per-user length
+        rows = np.array([0 if sealed else len(m[KEY_ITEM_IDS]) for m in ms], np.int64)
         packed = {PACK_USERS: np.asarray(users, np.int64),
                   PACK_OFFSETS: np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)}
+        if sealed:
+            for k in (SEALED_A, SEALED_B):
+                packed[k] = np.concatenate([m[k] for m in ms])
+                packed[k + "_offsets"] = np.concatenate([[0], np.cumsum([len(m[k]) for m in ms])]).astype(np.int64)
+            content[REC_UPDATES] = _arrays(packed)
+            content[REC_TOTALS] = MetricRecord({TOTAL_USERS: rep.num_users, TOTAL_LOSS: rep.loss_sum})
+            return content
         for k in ms[0]:
             if k in ROW_KEYS:
                 packed[k] = np.concatenate([m[k] for m in ms])
@@ -231,10 +257,11 @@ class GridTransport:
         return self._exchange({n: RecordDict() for n in nodes}, MSG_QUERY, dec)
 
     def train(self, requests: dict[int, TrainRequest]) -> dict:
-        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(r.decoder), REC_USERS: _arrays({"ids": r.users}),
-                                                 REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
-                                                                           "dp-clip": float(r.dp_clip or 0.0)})}),
-                                     r.holders)
+        contents = {n: _with_secagg(_with_holders(RecordDict({REC_DECODER: _arrays(r.decoder),
+                                                              REC_USERS: _arrays({"ids": r.users}),
+                                                              REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
+                                                                                        "dp-clip": float(r.dp_clip or 0.0)})}),
+                                                  r.holders), r.secagg)
                     for n, r in requests.items()}
         return self._exchange(contents, MSG_TRAIN, decode_train_reply)
 
@@ -271,6 +298,9 @@ def decode_train_reply(c: RecordDict) -> TrainReply:
         p = _numpy(c[REC_UPDATES])
         users, off = p.pop(PACK_USERS), p.pop(PACK_OFFSETS)
         n = len(users)
+        if SEALED_A in p:
+            return TrainReply(_unpack_sealed(p, users), int(c[REC_TOTALS][TOTAL_USERS]),
+                              float(c[REC_TOTALS][TOTAL_LOSS]))
         if (off.shape != (n + 1,) or off[0] != 0 or np.any(np.diff(off) < 0)
                 or any(len(v) != (off[-1] if k in ROW_KEYS else n) for k, v in p.items())):
             raise ValueError("packed updates of inconsistent sizes")
@@ -281,6 +311,20 @@ def decode_train_reply(c: RecordDict) -> TrainReply:
             updates[int(u)] = m
     t = c[REC_TOTALS]
     return TrainReply(updates, int(t[TOTAL_USERS]), float(t[TOTAL_LOSS]))
+
+
+def _unpack_sealed(p: dict[str, np.ndarray], users: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+    if set(p) != {SEALED_A, SEALED_B, SEALED_A + "_offsets", SEALED_B + "_offsets"}:
+        raise ValueError("packed sealed shares with unexpected arrays")
+    out: dict[int, dict[str, np.ndarray]] = {int(u): {} for u in users.tolist()}
+    for k in (SEALED_A, SEALED_B):
+        v, off = p[k], p[k + "_offsets"]
+        if v.dtype != np.uint8 or off.shape != (len(users) + 1,) or off[0] != 0 or np.any(np.diff(off) < 0) \
+                or off[-1] != len(v):
+            raise ValueError("packed sealed shares of inconsistent sizes")
+        for j, u in enumerate(users.tolist()):
+            out[int(u)][k] = v[off[j]:off[j + 1]]
+    return out
 
 
 server_app = ServerApp()

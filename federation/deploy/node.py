@@ -87,6 +87,9 @@ def config_fingerprint(cfg: JobConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+SEALED_A, SEALED_B = "sealed_a", "sealed_b"   # secure aggregation: a user's shares sealed to A and to B
+
+
 @dataclass
 class TrainReply:
     updates: dict[int, dict[str, np.ndarray]]   # user -> federation.strategies.messages update
@@ -157,7 +160,7 @@ class ClientNode:
 
     # -- train -------------------------------------------------------------------------------
     def train(self, rnd: int, lr: float, users: np.ndarray, decoder: dict[str, np.ndarray],
-              dp_clip: float | None = None, holders: np.ndarray | None = None) -> TrainReply:
+              dp_clip: float | None = None, holders: np.ndarray | None = None, secagg=None) -> TrainReply:
         """Train ``users`` (a subset of this node's users) for round ``rnd`` (0-based) from the
         server's ``decoder`` (and holder counts (N,), holder-weighted jobs); persist their new
         personal state; return their messages."""
@@ -180,11 +183,32 @@ class ClientNode:
         msgs, losses = self.fed.client_messages(users, lr)
         if dp_clip is not None:
             msgs = {u: clip_update(m, self.fed.global_p, dp_clip)[0] for u, m in msgs.items()}
+        if secagg is not None:
+            msgs = self._sealed(msgs, rnd, secagg)
+        elif self.fed.cfg.secagg is not None:
+            raise RejectedUpdate("this node's job config has secure aggregation on; the server asked for plain "
+                                 "updates")
         if rnd > self.trained_round and (self.state_dir / STATE_FILE).exists():
             os.replace(self.state_dir / STATE_FILE, self.state_dir / PREV_FILE)
         self.trained_round = max(rnd, self.trained_round)
         self._save_state()
         return TrainReply(msgs, len(users), float(sum(losses.values())))
+
+    def _sealed(self, msgs: dict[int, dict[str, np.ndarray]], rnd: int, req) -> dict[int, dict[str, np.ndarray]]:
+        """Each user's message as secure-aggregation shares (federation.privacy.secagg), sealed to the two
+        aggregators: nothing of the plain message leaves the node."""
+        from federation.privacy import secagg as sa
+
+        st = self.fed.cfg.secagg
+        if st is None:
+            raise RejectedUpdate("server asks for secure aggregation, but this node's job config has it off")
+        lay = self.fed.secure_layout()
+        out = {}
+        for u, m in msgs.items():
+            plain = sa.client_payloads(*self.fed.message_deltas(m), lay, st)
+            a, b = sa.seal_payloads(tuple(req.public), req.run_id, rnd, int(u), plain)
+            out[u] = {SEALED_A: np.frombuffer(a, np.uint8), SEALED_B: np.frombuffer(b, np.uint8)}
+        return out
 
     # -- prototypes --------------------------------------------------------------------------
     def _checked_prototypes(self, centroids: np.ndarray | None) -> torch.Tensor | None:

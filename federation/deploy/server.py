@@ -36,9 +36,13 @@ from federation.runs.jobs import RUN_FORMAT, fed_settings, prototype_settings
 from federation.runs.loop import read_checkpoint, run_rounds
 from federation.engine.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
 from federation.simulation import PROTOTYPES_TENSOR
-from federation.strategies.messages import aggregate_updates, validate_updates
+from federation.strategies.messages import aggregate_updates, apply_revealed, validate_updates
+from federation.strategies.base import RoundInfo
+from federation.engine.local_sgd import decay_factor
+from federation.privacy import channel, secagg
 from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_HOLDERS,
-                             HELLO_N_ITEMS, HELLO_USERS, TrainReply, config_fingerprint, content_dim_of, decoder_keys)
+                             HELLO_N_ITEMS, HELLO_USERS, SEALED_A, SEALED_B, TrainReply, config_fingerprint,
+                             content_dim_of, decoder_keys)
 from federation.privacy.dp import dp_aggregate, epsilon
 from federation.simulation import lr_at, sample_clients
 from federation.strategies.registry import get_strategy
@@ -58,6 +62,13 @@ class TrainRequest:
     decoder: dict[str, np.ndarray]    # node.decoder_keys: the decoder (+ content projection)
     dp_clip: float | None
     holders: np.ndarray | None = None  # (N,) int64 federation holder counts (holder-weighted content only)
+    secagg: "SecAggRequest | None" = None  # secure aggregation: where to seal the shares
+
+
+@dataclass
+class SecAggRequest:
+    run_id: str                       # binds every sealed share to this run (with round, user, aggregator)
+    public: tuple[bytes, bytes]       # the two aggregators' X25519 public keys (32 bytes each)
 
 
 class Transport(Protocol):
@@ -94,6 +105,8 @@ class FederatedServer:
                               "per-client messages of own-item rows; this strategy sends none "
                               "(run it in process with `fedrec train`)")
         self.dp = self.settings.dp
+        self.secagg = self.settings.secagg
+        self.aggregators: list | None = None     # the two secure-aggregation aggregators (see _init_secagg)
         self.owner: dict[int, int] = {}          # user -> node id currently hosting it
         self.known: set[int] = set()             # nodes that said hello and were accepted
         self.catalogue: tuple[int, str] | None = None
@@ -285,6 +298,8 @@ class FederatedServer:
         """Wait for the nodes, then the shared run loop: rounds, checkpoints, metrics, prototypes, summary."""
         self._wait_for_nodes()
         self._init_state()
+        if self.secagg is not None:
+            self._init_secagg()
         c = self.cfg
         return run_rounds(self.run_dir, self, c.federation.rounds, c.eval.every, c.eval.split, c.prototypes.enabled,
                           progress)
@@ -303,8 +318,13 @@ class FederatedServer:
             by_node: dict[int, list[int]] = {}
             for u in users.tolist():
                 by_node.setdefault(self.owner[u], []).append(u)
+            sec = None
+            if self.secagg is not None:
+                for a in self.aggregators:
+                    a.open_round(rnd, users)
+                sec = SecAggRequest(self.run_id, tuple(channel.public_bytes(a.private_key) for a in self.aggregators))
             reqs = {n: TrainRequest(rnd, lr, np.array(us, np.int64), dec, self.dp.clip if self.dp else None,
-                                    self.holders)
+                                    self.holders, sec)
                     for n, us in by_node.items()}
             replies = self.t.train(reqs)
             msgs, loss_sum, n_loss, failed, up = [], 0.0, 0, [], 0
@@ -317,12 +337,15 @@ class FederatedServer:
                 for u, m in rep.updates.items():
                     up += payload_bytes(m)
                     if u in asked:
-                        msgs.append(m)
+                        msgs.append((u, m) if self.secagg is not None else m)
                     else:
                         log.warning("round %d: node %s sent an update for user %s it was not asked for; "
                                     "ignored", rnd + 1, node, u)
                 loss_sum, n_loss = loss_sum + rep.loss_sum, n_loss + rep.num_users
-            new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd)
+            if self.secagg is not None:
+                new, accepted, rejected = self._secure_aggregate(msgs, rnd, lr)
+            else:
+                new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd)
             for _, why in rejected:
                 log.warning("round %d: update rejected: %s", rnd + 1, why)
             need = max(1, int(np.ceil(self.min_fraction * len(users))))
@@ -386,6 +409,45 @@ class FederatedServer:
         info["sizes"] = [int(v) for v in stats_of(self.prototypes).counts.tolist()]
         bar.close()
         return info
+
+    def _init_secagg(self) -> None:
+        """The two aggregators, each with a fresh X25519 key pair for this server process. In this release
+        both run inside the server process (so whoever runs the server could read both shares); the
+        protocol is the one two separate parties would run: see docs/privacy.md."""
+        from federation.strategies.comm import dense_decoder_params
+
+        lay = secagg.Layout(self.shape.n_items, self.shape.h1, dense_decoder_params(self.shape))
+        self.run_id = f"{self.cfg.name}:{config_fingerprint(self.cfg)}"
+        self.aggregators = [secagg.Aggregator(p, channel.new_private_key(), lay, self.secagg, self.run_id)
+                            for p in (0, 1)]
+
+    def _secure_aggregate(self, msgs: list[tuple[int, dict]], rnd: int, lr: float):
+        """Each aggregator opens and checks its sealed shares; both sum the clients both accepted; the
+        server adds the two sums and applies what ``secagg.reveal`` reveals. Refused (nothing revealed,
+        decoder unchanged) below min_clients."""
+        rejected = []
+        for i, (u, m) in enumerate(msgs):
+            if set(m) != {SEALED_A, SEALED_B}:
+                rejected.append((i, f"user {u}: not a sealed secure-aggregation message"))
+                continue
+            for a, k in zip(self.aggregators, (SEALED_A, SEALED_B)):
+                try:
+                    a.receive(u, np.asarray(m[k], np.uint8).tobytes())
+                except secagg.RejectedShare as e:
+                    rejected.append((i, f"aggregator {'AB'[a.party]}: {e}"))
+        both = self.aggregators[0].accepted() & self.aggregators[1].accepted()
+        try:
+            rows, dense = secagg.combine(*(a.share(both) for a in self.aggregators))
+            rev = secagg.reveal(rows, dense, len(both), self.secagg)
+        except secagg.RoundRefused as e:
+            rejected.append((-1, str(e)))
+            return dict(self.global_p), 0, rejected
+        if rev.withheld:
+            log.info("round %d: %d item rows sent by fewer than %d clients withheld", rnd + 1, rev.withheld,
+                     self.secagg.min_clients)
+        s = self.settings
+        info = RoundInfo(lr, decay_factor(lr, s.local_epochs, s.sgd), s.row_average, s.server_lr)
+        return apply_revealed(self.strategy, self.shape, self.global_p, rev, info), len(both), rejected
 
     def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
         p = self.cfg.privacy

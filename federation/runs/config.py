@@ -96,6 +96,12 @@ class PrivacyCfg(_Strict):
     target_epsilon: float | None = Field(None, gt=0)
     delta: float = Field(1e-4, gt=0, lt=1)             # use < 1/number of users
     outlier_factor: float | None = Field(10.0, gt=1)   # reject updates > factor x the round's median norm
+    # Secure aggregation with two non-colluding aggregators (federation/privacy/secagg.py): the server
+    # learns per-round sums over >= min_clients clients, never one client's item ids or values.
+    secure_aggregation: bool = False
+    min_clients: int = Field(5, ge=1)                  # a row / a round is revealed only over this many clients
+    frac_bits: int = Field(16, ge=8, le=24)            # fixed-point resolution 2^-frac_bits
+    pad_min: int = Field(16, ge=1)                     # rows are padded to a power of two >= this
 
 
 class PrototypeCfg(_Strict):

@@ -29,6 +29,7 @@ from federation.simulation import PROTOTYPES_TENSOR, FederatedAutoencoder, Feder
 from federation.engine.state import ENC_SCALE, ENC_SHIFT
 from recsys.data import InteractionData
 from federation.privacy.dp import DPSettings, epsilon, noise_for_epsilon
+from federation.privacy.secagg import SecAggSettings
 from recsys.errors import ConfigError, FedrecError, ManifestError
 from recsys.evaluation import evaluate_model
 from federation.runs.loop import CHECKPOINT, read_checkpoint, run_rounds, save_checkpoint
@@ -96,7 +97,28 @@ def fed_settings(cfg: JobConfig) -> FedSettings:
         row_average=cfg.federation.row_average, server_lr=cfg.federation.server_lr, schedule=o.schedule,
         min_lr=o.min_lr, sgd=SGDConfig(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm), seed=cfg.seed,
         max_cohort_clients=cfg.engine.max_cohort_clients, max_cohort_entries=cfg.engine.max_cohort_entries,
-        dp=dp_settings(cfg))
+        dp=dp_settings(cfg), secagg=secagg_settings(cfg))
+
+
+def secagg_settings(cfg: JobConfig) -> SecAggSettings | None:
+    """The run's secure-aggregation settings (None when off); one clear error where it cannot apply."""
+    p = cfg.privacy
+    if not p.secure_aggregation:
+        return None
+    strategy = get_strategy(cfg.federation.strategy, cfg.federation.options)
+    if not strategy.sends_messages:
+        raise ConfigError(f"privacy.secure_aggregation: strategy {strategy.name!r} sends no per-client messages "
+                          f"of own-item rows (use one of: {', '.join(message_strategies())})")
+    if cfg.federation.weighting != "uniform":
+        raise ConfigError("privacy.secure_aggregation needs federation.weighting: uniform (a client's weight "
+                          "would reveal its activity)")
+    if cfg.content.enabled and cfg.content.holder_weight > 0:
+        raise ConfigError("privacy.secure_aggregation with content.holder_weight: holder counts are exact "
+                          "per-item counts of every user; set content.holder_weight: 0")
+    if p.dp:
+        raise ConfigError("privacy.secure_aggregation together with privacy.dp is not supported yet: "
+                          "turn one of them off")
+    return SecAggSettings(frac_bits=p.frac_bits, min_clients=p.min_clients, pad_min=p.pad_min)
 
 
 def content_spec(cfg: JobConfig):

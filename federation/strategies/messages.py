@@ -153,3 +153,41 @@ def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np
         sums, wsum = accumulate_rows(shape.n_items, ids, rows, wrow)
         new[k] = personalfr_rows(global_p[k], sums, wsum, W, row_average, server_lr)
     return new, RoundResult(len(ok), rejected)
+
+
+# -- secure aggregation (federation.privacy.secagg): what a message contributes, and the revealed sums --
+def update_deltas(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor], shape: AEShape
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A message as secure aggregation sums it: item ids (R,), [row, bias] deltas (R, H1 + 1) and the
+    flattened dense delta (D,) (dense_keys order), all against the decoder ``global_p`` it started from."""
+    g = {k: v.detach().double().cpu().numpy() for k, v in global_p.items() if k in dense_keys(shape)}
+    ids = np.asarray(msg[KEY_ITEM_IDS], np.int64)
+    ti = torch.as_tensor(ids)
+    rows = np.concatenate([np.asarray(msg[KEY_ROWS], np.float64) - global_p[KEY_ROWS][ti].double().cpu().numpy(),
+                           (np.asarray(msg[KEY_ROW_BIAS], np.float64)
+                            - global_p[KEY_ROW_BIAS][ti].double().cpu().numpy())[:, None]], 1)
+    dense = np.concatenate([(np.asarray(msg[k], np.float64) - g[k]).ravel() for k in dense_keys(shape)])
+    return ids, rows, dense
+
+
+def apply_revealed(strategy, shape: AEShape, global_p: dict[str, torch.Tensor], rev, info) -> dict[str, torch.Tensor]:
+    """New shared decoder from a secure round's revealed sums (federation.privacy.secagg.Revealed),
+    through the strategy's own hooks: with uniform weights a row's weight sum is its count and the total
+    weight the number of clients, and a sum of values is the sum of deltas plus count x the old value."""
+    new = dict(global_p)
+    W = float(rev.clients)
+    off = 0
+    for k in dense_keys(shape):
+        g = global_p[k]
+        n = g.numel()
+        delta = torch.as_tensor(rev.dense_sum[off:off + n].reshape(tuple(g.shape)), dtype=g.dtype, device=g.device)
+        new[k] = strategy.aggregate_dense(k, g, delta + W * g, W)
+        off += n
+    g = global_p[KEY_ROWS]
+    cnt = torch.as_tensor(rev.counts, dtype=g.dtype, device=g.device)                   # (N,)
+    sums = torch.as_tensor(rev.row_sums, dtype=g.dtype, device=g.device)                 # (N, H1 + 1)
+    for k, part in ((KEY_ROWS, sums[:, :-1]), (KEY_ROW_BIAS, sums[:, -1])):
+        g = global_p[k]
+        held = part + (cnt.view(-1, 1) if g.dim() == 2 else cnt) * g
+        new[k] = strategy.aggregate_rows(k, g, held, cnt.clone(), W, info)
+    return new
