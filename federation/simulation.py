@@ -180,19 +180,24 @@ class Federation:
         lr = self.lr_at(rnd)
         agg = _Aggregate()
         losses = []
-        if self.cfg.dp is not None:
+        if self.cfg.secagg is not None:
+            # Secure aggregation: the same ring sums the two aggregators' shares add up to (noise included
+            # under DP), computed in the clear without per-client cryptography (privacy.secagg).
+            rows, dense, loss_c = self.secure_round_sums(users, lr)
+            s = self.cfg.secagg
+            if s.noise_std > 0:
+                for party in (0, 1):
+                    nr, nd = sa.aggregator_noise(party, self.secure_layout(), s, rnd)
+                    rows, dense = sa.ring_add(rows, nr), sa.ring_add(dense, nd)
+            self.apply_revealed(sa.reveal(rows, dense, len(users), s), lr)
+            losses.append(loss_c)
+        elif self.cfg.dp is not None:
             # DP needs each client's update on its own (to clip it): the message path, vectorized.
             msgs, lossd = self.client_messages(users, lr)
             expected = self.cfg.fraction * len(self.active_users)
             self.global_p.update(dp_aggregate(self.global_p, [msgs[int(u)] for u in users], self.cfg.dp,
                                               expected, self.cfg.server_lr, rnd))
             losses.append(torch.tensor([lossd[int(u)] for u in users], dtype=self.dtype))
-        elif self.cfg.secagg is not None:
-            # Secure aggregation: the same ring sums the two aggregators' shares add up to, computed in the
-            # clear without per-client cryptography (federation.privacy.secagg.plain_ring_sums).
-            rows, dense, loss_c = self.secure_round_sums(users, lr)
-            self.apply_revealed(sa.reveal(rows, dense, len(users), self.cfg.secagg), lr)
-            losses.append(loss_c)
         else:
             cohorts = (self.cohorts(users) if engine != "reference"
                        else [self.cohorts(np.array([u]))[0] for u in users])
@@ -271,11 +276,16 @@ class Federation:
             self._keep_personal(c, res)
             r = res.value("dec_out").double() - g["dec_out"][c.items].double()                # (T, H1)
             b = res.value("dec_ob").double() - g["dec_ob"][c.items].double()                  # (T,)
-            q = quantize_torch(torch.cat([r, b[:, None]], 1), s.frac_bits, s.max_clients)    # (T, H1 + 1)
-            rows[:, :-1].index_add_(0, c.items, q)
-            rows[:, -1].index_add_(0, c.items, torch.ones_like(c.items, dtype=torch.int64))
-            parts = [(res.value(k).double() - g[k].double()).reshape(len(c.users), -1) for k in dense_keys(self.shape)]
-            dense += quantize_torch(torch.cat(parts, 1), s.frac_bits, s.max_clients).sum(0)
+            rb = torch.cat([r, b[:, None]], 1)                                                 # (T, H1 + 1)
+            d = torch.cat([(res.value(k).double() - g[k].double()).reshape(len(c.users), -1)
+                           for k in dense_keys(self.shape)], 1)                               # (B, D)
+            if self.cfg.dp is not None:          # each client clips its whole update (privacy.dp.clip_update)
+                sq = (d * d).sum(1).index_add(0, c.seg, (rb * rb).sum(1))
+                f = (self.cfg.dp.clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)              # (B,)
+                rb, d = rb * f[c.seg, None], d * f[:, None]
+            rows[:, :-1].index_add_(0, c.items, quantize_torch(rb, s.frac_bits, s.max_clients))
+            rows[:, -1].index_add_(0, c.items, torch.full_like(c.items, int(s.counts), dtype=torch.int64))
+            dense += quantize_torch(d, s.frac_bits, s.max_clients).sum(0)
             losses.append(res.loss)
         return to_ring(rows.cpu().numpy()), to_ring(dense.cpu().numpy()), torch.cat(losses)
 
@@ -283,6 +293,12 @@ class Federation:
         """Update the global decoder from a round's revealed sums (messages.apply_revealed)."""
         from federation.strategies.messages import apply_revealed
 
+        if self.cfg.dp is not None:
+            from federation.strategies.messages import apply_dp_revealed
+
+            expected = self.cfg.fraction * len(self.active_users)
+            self.global_p.update(apply_dp_revealed(self.shape, self.global_p, rev, expected, self.cfg.server_lr))
+            return
         info = RoundInfo(lr, decay_factor(lr, self.cfg.local_epochs, self.cfg.sgd), self.cfg.row_average,
                          self.cfg.server_lr)
         self.global_p.update(apply_revealed(self.strategy, self.shape, self.global_p, rev, info))
@@ -445,6 +461,16 @@ class Federation:
         """The summed prototype messages of ``users`` (default: every active client) for ``centroids``."""
         users = self.active_users if users is None else np.asarray(users)
         C = centroids.to(self.device, self.dtype)
+        s = self.cfg.secagg
+        if s is not None:                    # each client's stats quantized and summed as the protocol does
+            q = None
+            for lo in range(0, len(users), chunk):
+                h3, _ = self.user_codes(users[lo:lo + chunk])
+                part = proto.secure_client_stats(h3, C, s.frac_bits, s.max_clients)
+                q = part if q is None else tuple(a + b for a, b in zip(q, part))
+            if q is None:
+                return proto.client_stats(C[:0], C)
+            return proto.reveal_stats(*q, s.frac_bits, s.min_clients, self.dtype)
         total = proto.client_stats(C[:0], C)                   # zeros: what no users send
         for lo in range(0, len(users), chunk):
             h3, _ = self.user_codes(users[lo:lo + chunk])

@@ -245,7 +245,7 @@ def prefer(run_dir: Path, user: str = typer.Option(..., help="external user id")
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, content"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, dp, content"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds")):
     """Run benchmarks and print tables; --out updates those sections of a markdown file."""

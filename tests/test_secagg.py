@@ -179,3 +179,41 @@ def test_bad_payloads_are_refused_with_a_reason():
 def test_padding_hides_the_number_of_rows():
     assert sa.padded_rows(np.array([1, 4, 16, 17, 100, 5000]), 1682, 16).tolist() == [16, 16, 16, 32, 128, 1682]
     assert sa.padded_rows(3, 5, 16) == 5
+
+
+def test_aggregator_noise_has_the_dp_std_and_spares_the_count():
+    s = sa.SecAggSettings(frac_bits=16, noise_std=0.3, noise_seed=1)
+    lay = sa.Layout(n_items=2000, h1=30, dense=5000)
+    rows, dense = sa.aggregator_noise(0, lay, s, rnd=4)
+    r = decode(rows, 16)
+    assert (r[:, -1] == 0).all()                                   # no count coordinate under DP
+    assert abs(r[:, :-1].std() - 0.3) < 0.01 and abs(decode(dense, 16).std() - 0.3) < 0.01
+    assert abs(r[:, :-1].mean()) < 0.01
+    other, _ = sa.aggregator_noise(1, lay, s, rnd=4)               # the two aggregators draw independently
+    assert abs(np.corrcoef(r[:, 0], decode(other, 16)[:, 0])[0, 1]) < 0.1
+    again, _ = sa.aggregator_noise(0, lay, s, rnd=4)
+    np.testing.assert_array_equal(again, rows)
+    assert not s.counts and sa.SecAggSettings().counts
+    # Under DP every row is revealed (noised), none withheld, and no counts are revealed.
+    rev = sa.reveal(rows, dense, 10, s)
+    assert rev.withheld == 0 and (rev.counts == 0).all()
+
+
+def test_prototype_stats_under_secure_aggregation_match_the_plain_stats():
+    import torch
+
+    from federation.engine import prototypes as proto
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.tanh(torch.randn(40, 6, generator=g, dtype=torch.float64))
+    C = codes[:3].clone()
+    plain = proto.client_stats(codes, C)
+    q = proto.secure_client_stats(codes[:25], C, 16, 1024)
+    q2 = proto.secure_client_stats(codes[25:], C, 16, 1024)         # two chunks of clients, summed
+    sec = proto.reveal_stats(*(a + b for a, b in zip(q, q2)), 16, 1, torch.float64)
+    torch.testing.assert_close(sec.counts, plain.counts)
+    torch.testing.assert_close(sec.sums, plain.sums, atol=40 * 2 ** -16, rtol=0)
+    torch.testing.assert_close(sec.sq, plain.sq, atol=6 * 40 * 2 ** -16, rtol=0)
+    small = int(plain.counts.argmin())
+    held = proto.reveal_stats(*(a + b for a, b in zip(q, q2)), 16, int(plain.counts[small]) + 1, torch.float64)
+    assert held.counts[small] == 0 and (held.sums[small] == 0).all()     # too few members: nothing revealed

@@ -100,3 +100,30 @@ def test_fewer_clients_than_the_minimum_refuse_the_round(synth, tmp_path, caplog
         FederatedServer(cfg, tmp_path / "run", Loopback(nodes), max_retries=1).run()
     assert "fewer than the minimum 1000" in caplog.text
     assert not (tmp_path / "run/checkpoint.safetensors").exists()
+
+
+def test_secure_aggregation_with_dp_clips_noises_and_equals_the_engine(synth, tmp_path):
+    """privacy.dp with secure aggregation: nodes clip, each aggregator adds its seeded noise to its share,
+    the server applies the DP rule; the in-process engine adds the same noise to the same ring sums."""
+    import dataclasses
+
+    cfg = _cfg(synth, rounds=2, dp=True, noise_multiplier=0.5, clip=0.5, min_clients=1)
+    nodes, data, split = nodes_for(cfg, tmp_path)
+    server = FederatedServer(cfg, tmp_path / "run", Loopback(nodes))
+    server.secagg = dataclasses.replace(server.secagg, noise_seed=7)
+    server.settings = dataclasses.replace(server.settings, secagg=server.secagg)
+    server.run()
+    sim = build_federation(cfg, data, split)
+    sim.cfg = dataclasses.replace(sim.cfg, secagg=dataclasses.replace(sim.cfg.secagg, noise_seed=7))
+    assert sim.cfg.secagg.noise_std == pytest.approx(0.25) and not sim.cfg.secagg.counts
+    for _ in range(cfg.federation.rounds):
+        sim.run_round()
+    ck = _load(tmp_path / "run/checkpoint.safetensors")
+    for k in ("dec_W1", "dec_out", "dec_ob"):
+        torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-4, rtol=0)
+    recs = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["epsilon"] > 0
+    # The noise reaches rows nobody touched: their change is pure noise of the right size.
+    untouched = (np.diff(sim.train.tocsc().indptr) == 0)
+    if untouched.any():
+        assert (ck["global.dec_ob"][torch.as_tensor(untouched)] != 0).any()

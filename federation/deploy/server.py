@@ -36,7 +36,7 @@ from federation.runs.jobs import RUN_FORMAT, fed_settings, prototype_settings
 from federation.runs.loop import read_checkpoint, run_rounds
 from federation.engine.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
 from federation.simulation import PROTOTYPES_TENSOR
-from federation.strategies.messages import aggregate_updates, apply_revealed, validate_updates
+from federation.strategies.messages import aggregate_updates, apply_dp_revealed, apply_revealed, validate_updates
 from federation.strategies.base import RoundInfo
 from federation.engine.local_sgd import decay_factor
 from federation.privacy import channel, secagg
@@ -343,7 +343,7 @@ class FederatedServer:
                                     "ignored", rnd + 1, node, u)
                 loss_sum, n_loss = loss_sum + rep.loss_sum, n_loss + rep.num_users
             if self.secagg is not None:
-                new, accepted, rejected = self._secure_aggregate(msgs, rnd, lr)
+                new, accepted, rejected = self._secure_aggregate(msgs, rnd, lr, len(candidates))
             else:
                 new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd)
             for _, why in rejected:
@@ -421,7 +421,7 @@ class FederatedServer:
         self.aggregators = [secagg.Aggregator(p, channel.new_private_key(), lay, self.secagg, self.run_id)
                             for p in (0, 1)]
 
-    def _secure_aggregate(self, msgs: list[tuple[int, dict]], rnd: int, lr: float):
+    def _secure_aggregate(self, msgs: list[tuple[int, dict]], rnd: int, lr: float, n_candidates: int):
         """Each aggregator opens and checks its sealed shares; both sum the clients both accepted; the
         server adds the two sums and applies what ``secagg.reveal`` reveals. Refused (nothing revealed,
         decoder unchanged) below min_clients."""
@@ -446,6 +446,9 @@ class FederatedServer:
             log.info("round %d: %d item rows sent by fewer than %d clients withheld", rnd + 1, rev.withheld,
                      self.secagg.min_clients)
         s = self.settings
+        if self.dp is not None:          # clipped on the nodes, noised by each aggregator: the DP rule
+            new = apply_dp_revealed(self.shape, self.global_p, rev, s.fraction * n_candidates, s.server_lr)
+            return new, len(both), rejected
         info = RoundInfo(lr, decay_factor(lr, s.local_epochs, s.sgd), s.row_average, s.server_lr)
         return apply_revealed(self.strategy, self.shape, self.global_p, rev, info), len(both), rejected
 

@@ -92,6 +92,41 @@ def client_stats(codes: torch.Tensor, centroids: torch.Tensor) -> PrototypeStats
     return PrototypeStats(sums, counts, sq)
 
 
+def secure_client_stats(codes: torch.Tensor, centroids: torch.Tensor, frac_bits: int, max_clients: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``client_stats`` as secure aggregation sums them (federation.privacy.secagg, the dense part): each
+    client's message quantized to fixed point on its own, then summed exactly in int64. Returns int64
+    (sums (K, H), counts (K,), sq (K,)); sq is sent as |h|^2 / H (a code's coordinates are tanh
+    outputs, so it stays inside the per-client bound) and scaled back by ``reveal_stats``."""
+    from federation.privacy.fixedpoint import quantize_torch
+
+    K, H = centroids.shape
+    lab = nearest(codes, centroids)                                                               # (B,)
+    dev = codes.device
+    sums = torch.zeros(K, H, dtype=torch.int64, device=dev).index_add_(
+        0, lab, quantize_torch(codes, frac_bits, max_clients))
+    counts = torch.zeros(K, dtype=torch.int64, device=dev).index_add_(0, lab, torch.ones_like(lab))
+    sq = torch.zeros(K, dtype=torch.int64, device=dev).index_add_(
+        0, lab, quantize_torch((codes.double() ** 2).sum(1) / H, frac_bits, max_clients))
+    return sums, counts, sq
+
+
+def reveal_stats(sums: torch.Tensor, counts: torch.Tensor, sq: torch.Tensor, frac_bits: int, min_clients: int,
+                 dtype: torch.dtype = torch.float32) -> PrototypeStats:
+    """Summed ``secure_client_stats`` (reduced mod 2^32 as the protocol reveals them) back into stats.
+    A prototype with fewer than ``min_clients`` members reveals nothing (its stats are zero, so it stays
+    where it is)."""
+    from federation.privacy.fixedpoint import decode, from_ring, to_ring
+
+    H = sums.shape[1]
+    n = torch.as_tensor(from_ring(to_ring(counts.cpu().numpy())))
+    keep = (n >= min_clients).to(torch.float64)
+    S = torch.as_tensor(decode(to_ring(sums.cpu().numpy()), frac_bits)) * keep[:, None]
+    Q = torch.as_tensor(decode(to_ring(sq.cpu().numpy()), frac_bits)) * H * keep
+    dev = sums.device
+    return PrototypeStats(S.to(dev, dtype), (n * keep).to(dev, dtype), Q.to(dev, dtype))
+
+
 def lloyd_update(centroids: torch.Tensor, stats: PrototypeStats) -> torch.Tensor:
     """(K, H): each centroid moved to the mean of its members; a centroid with none stays."""
     n = stats.counts[:, None]

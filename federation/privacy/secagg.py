@@ -17,7 +17,9 @@ What the server learns: per round, the sum over accepted clients of every row de
 delta, and how many clients sent each row; a row sent by fewer than ``min_clients`` clients in a round
 is withheld (left unchanged); a round with fewer than ``min_clients`` accepted clients is refused.
 What this does not hide: sums over many rounds, intersected with who took part in each, still leak
-(the attack benchmark measures it); differential privacy is what bounds that.
+(the attack benchmark measures it); differential privacy is what bounds that. With privacy.dp on, each
+client clips its update before encoding, rows carry no count, and each aggregator adds Gaussian noise
+to its share before it leaves (``aggregator_noise``), so the server never sees a noise-free sum.
 
 Dropped clients: a client's two payloads travel in one reply; the aggregators sum only the clients both
 accepted, so a client that dropped (or whose payload one aggregator rejected) is simply not in the sum
@@ -53,6 +55,14 @@ class SecAggSettings:
     max_clients: int = 1024      # per-value clamp so that this many clients cannot overflow the ring
     min_clients: int = 5         # a row (and a round) is revealed only over at least this many clients
     pad_min: int = 16            # smallest padded number of rows
+    noise_std: float = 0.0       # DP (privacy.dp): Gaussian noise std each aggregator adds to every coordinate
+    noise_seed: int | None = None  # None: fresh OS randomness (production); an int only for tests
+
+    @property
+    def counts(self) -> bool:
+        """Whether rows carry the count coordinate: not under DP, whose guarantee does not cover exact
+        per-item counts (the DP rule divides by the expected number of clients instead)."""
+        return self.noise_std == 0.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ def upload_bytes(r: int | np.ndarray, lay: Layout, s: SecAggSettings) -> np.ndar
 def encode_rows(row_delta: np.ndarray, s: SecAggSettings) -> np.ndarray:
     """(R, H1 + 1) float deltas [row, bias] -> (R, H1 + 2) int64 fixed-point values with the count 1."""
     q = quantize(row_delta, s.frac_bits, s.max_clients)
-    return np.concatenate([q, np.ones((len(q), 1), np.int64)], 1)
+    return np.concatenate([q, np.full((len(q), 1), int(s.counts), np.int64)], 1)
 
 
 def encode_dense(dense_delta: np.ndarray, s: SecAggSettings) -> np.ndarray:
@@ -180,7 +190,29 @@ class Aggregator:
         for u in users:
             d = _mask(self.dense[u], self.lay.dense) if self.party == 0 else self.dense[u]
             dense = ring_add(dense, d)
+        if self.settings.noise_std > 0:
+            nr, nd = aggregator_noise(self.party, self.lay, self.settings, self.round)
+            rows, dense = ring_add(rows, nr), ring_add(dense, nd)
         return rows, dense
+
+
+def aggregator_noise(party: int, lay: Layout, s: SecAggSettings, rnd: int) -> tuple[np.ndarray, np.ndarray]:
+    """The DP noise one aggregator adds to its share before it leaves: N(0, noise_std^2) on every row
+    coordinate (not the count, which is not sent under DP) and every dense coordinate, fixed-point, in
+    the ring: (rows (N, H1 + 2), dense (D,)) uint32. Each aggregator adds the full noise, so the revealed
+    sum keeps noise_std of noise even against an aggregator that knows its own draw."""
+    import secrets
+
+    import torch
+
+    seed = (s.noise_seed * 1_000_003 + rnd) * 2 + party if s.noise_seed is not None else secrets.randbits(63)
+    gen = torch.Generator().manual_seed(seed)
+    scale = float(2 ** s.frac_bits)
+    rows = torch.randn((lay.n_items, lay.row_dim - 1), generator=gen, dtype=torch.float64) * s.noise_std
+    dense = torch.randn((lay.dense,), generator=gen, dtype=torch.float64) * s.noise_std
+    q = torch.round(rows * scale).to(torch.int64).numpy()
+    q = np.concatenate([q, np.zeros((lay.n_items, 1), np.int64)], 1)
+    return to_ring(q), to_ring(torch.round(dense * scale).to(torch.int64).numpy())
 
 
 @dataclass
@@ -199,6 +231,9 @@ def reveal(rows: np.ndarray, dense: np.ndarray, clients: int, s: SecAggSettings)
     if clients < s.min_clients:
         raise RoundRefused(f"{clients} client(s) accepted, fewer than the minimum {s.min_clients}: "
                            "nothing is revealed")
+    if not s.counts:                 # DP: every row is revealed, noised; no counts, no per-row threshold
+        return Revealed(decode(rows[:, :-1], s.frac_bits), np.zeros(len(rows), np.int64),
+                        decode(dense, s.frac_bits), clients, 0)
     counts = from_ring(rows[:, -1])
     low = (counts > 0) & (counts < s.min_clients)
     counts = np.where(low, 0, counts)

@@ -67,16 +67,19 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def _require_messages(cfg: JobConfig, what: str) -> None:
+    strategy = get_strategy(cfg.federation.strategy, cfg.federation.options)
+    if not strategy.sends_messages:
+        raise ConfigError(f"{what}; strategy {strategy.name!r} sends none (use one of: "
+                          f"{', '.join(message_strategies())})")
+
+
 def dp_settings(cfg: JobConfig) -> DPSettings | None:
     """The run's DP settings, with the noise solved from target_epsilon when that is what was given."""
     p = cfg.privacy
     if not p.dp:
         return None
-    strategy = get_strategy(cfg.federation.strategy, cfg.federation.options)
-    if not strategy.sends_messages:
-        raise ConfigError(f"privacy.dp: differential privacy clips per-client messages of own-item rows; strategy "
-                          f"{strategy.name!r} sends none (use one of: "
-                          f"{', '.join(message_strategies())})")
+    _require_messages(cfg, "privacy.dp: differential privacy clips per-client messages of own-item rows")
     if (p.noise_multiplier is None) == (p.target_epsilon is None):
         raise ConfigError("privacy: give exactly one of noise_multiplier and target_epsilon")
     if cfg.content.enabled and cfg.content.holder_weight > 0:
@@ -105,20 +108,16 @@ def secagg_settings(cfg: JobConfig) -> SecAggSettings | None:
     p = cfg.privacy
     if not p.secure_aggregation:
         return None
-    strategy = get_strategy(cfg.federation.strategy, cfg.federation.options)
-    if not strategy.sends_messages:
-        raise ConfigError(f"privacy.secure_aggregation: strategy {strategy.name!r} sends no per-client messages "
-                          f"of own-item rows (use one of: {', '.join(message_strategies())})")
+    _require_messages(cfg, "privacy.secure_aggregation: secure aggregation sums per-client messages of own-item rows")
     if cfg.federation.weighting != "uniform":
         raise ConfigError("privacy.secure_aggregation needs federation.weighting: uniform (a client's weight "
                           "would reveal its activity)")
     if cfg.content.enabled and cfg.content.holder_weight > 0:
         raise ConfigError("privacy.secure_aggregation with content.holder_weight: holder counts are exact "
                           "per-item counts of every user; set content.holder_weight: 0")
-    if p.dp:
-        raise ConfigError("privacy.secure_aggregation together with privacy.dp is not supported yet: "
-                          "turn one of them off")
-    return SecAggSettings(frac_bits=p.frac_bits, min_clients=p.min_clients, pad_min=p.pad_min)
+    dp = dp_settings(cfg)
+    return SecAggSettings(frac_bits=p.frac_bits, min_clients=p.min_clients, pad_min=p.pad_min,
+                          noise_std=dp.noise_multiplier * dp.clip if dp else 0.0)
 
 
 def content_spec(cfg: JobConfig):

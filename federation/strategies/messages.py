@@ -191,3 +191,23 @@ def apply_revealed(strategy, shape: AEShape, global_p: dict[str, torch.Tensor], 
         held = part + (cnt.view(-1, 1) if g.dim() == 2 else cnt) * g
         new[k] = strategy.aggregate_rows(k, g, held, cnt.clone(), W, info)
     return new
+
+
+def apply_dp_revealed(shape: AEShape, global_p: dict[str, torch.Tensor], rev, expected_clients: float,
+                      server_lr: float = 1.0) -> dict[str, torch.Tensor]:
+    """The DP rule (federation.privacy.dp.dp_aggregate) on a secure round's revealed, clipped and noised
+    sums: new = old + server_lr * sum / expected_clients for every shared coordinate."""
+    new = dict(global_p)
+    f = server_lr / max(expected_clients, 1e-12)
+    off = 0
+    for k in dense_keys(shape):
+        g = global_p[k]
+        n = g.numel()
+        d = torch.as_tensor(rev.dense_sum[off:off + n].reshape(tuple(g.shape)), dtype=torch.float64)
+        new[k] = (g.double().cpu() + f * d).to(g.dtype).to(g.device)
+        off += n
+    sums = torch.as_tensor(rev.row_sums, dtype=torch.float64)
+    for k, part in ((KEY_ROWS, sums[:, :-1]), (KEY_ROW_BIAS, sums[:, -1])):
+        g = global_p[k]
+        new[k] = (g.double().cpu() + f * part).to(g.dtype).to(g.device)
+    return new

@@ -241,7 +241,7 @@ def bench_memory(data_dir: Path, rounds: int | None) -> str:
     return _table("Peak memory (peak RSS of the job's own process: VmHWM)", ["job", "peak RSS MiB", "wall s"], rows)
 
 
-SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "content")
+SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "dp", "content")
 
 
 def write_section(path: Path, name: str, md: str) -> None:
@@ -281,6 +281,10 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
         elif name == "deployment":
             body = bench_deployment_section(data_dir, quick)
         elif name == "privacy":
+            from fedrec.bench.privacy import privacy_section
+
+            body = privacy_section(data_dir, rounds)
+        elif name == "dp":
             body = bench_privacy_section(data_dir)
         elif name == "content":
             body = bench_content_section(data_dir, quick)
@@ -294,7 +298,7 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
 
 
 _ML100K = "MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split, seed 0"
-_DATASETS = {"speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K,
+_DATASETS = {"speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
              "dashboard": "seeded synthetic catalogue (fedrec data synth), no images",
              "content": "synthetic multimodal catalogue data/synth-mm (3,000 users x 1,000 items, 64x64 PNG "
                         "images, seed 0), cold-item split (10% of items cold); " + _ML100K,
