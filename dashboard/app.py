@@ -261,6 +261,9 @@ def page_federation(runs) -> None:
     run = _pick_run(runs, "fed_run")
     if run is None:
         return
+    info = next((r for r in runs if r.name == run.dir.name), None)
+    if info is not None and info.privacy:
+        st.info(f"Privacy — {info.privacy}. See docs/privacy.md.")
     per = _per_user(str(run.dir), _stamp(run.dir))
     metric = per.columns[-1]
     st.caption("History size per client (training interactions)")

@@ -27,6 +27,7 @@ class RunInfo:
     rounds: int | None
     final: dict
     problem: str | None = None       # why the run cannot be opened, if it cannot
+    privacy: str = ""                # one line: how the run protected its clients (privacy_line)
 
 
 def preferred_run(runs: list[RunInfo], mode: str | None) -> int:
@@ -82,15 +83,35 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
             cfg = yaml.safe_load((d / "config.yaml").read_text())
             info.mode, info.strategy = cfg["model"]["mode"], cfg["federation"]["strategy"]
             info.rounds = cfg["federation"]["rounds"]
-            if (d / "summary.json").exists():
-                s = json.loads((d / "summary.json").read_text())
+            s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+            if s:
                 info.final = {f"test_{k}": v for k, v in metric_values(s.get("test", {})).items()}
+            info.privacy = privacy_line(cfg, s)
             if not (d / "checkpoint.safetensors").exists():
                 info.problem = info.problem or "no checkpoint yet"
         except (OSError, ValueError, KeyError, TypeError) as e:
             info.problem = f"unreadable run files ({type(e).__name__}: {e})"
         out.append(info)
     return out
+
+
+def privacy_line(cfg: dict, summary: dict) -> str:
+    """How a run protected its clients, in one line (docs/privacy.md): secure aggregation or plain
+    messages, and the epsilon spent when differential privacy was on."""
+    p = cfg.get("privacy") or {}
+    if cfg.get("federation", {}).get("strategy") in ("local", "fedavg"):
+        head = ("local: nothing leaves a client" if cfg["federation"]["strategy"] == "local"
+                else "fedavg: every client sent its whole model in the clear")
+    elif p.get("secure_aggregation"):
+        head = (f"secure aggregation: the server saw only per-round sums over at least "
+                f"{p.get('min_clients', 5)} clients")
+    else:
+        head = "plain messages: the server saw each sampled client's item ids and rows"
+    if p.get("dp"):
+        eps = summary.get("epsilon")
+        head += (f" · differential privacy, epsilon {eps:.2f} at delta {summary.get('delta', p.get('delta', 1e-4)):g}"
+                 if eps is not None else " · differential privacy (epsilon when the run finishes)")
+    return head
 
 
 def read_metrics(path: Path) -> tuple[pd.DataFrame, int]:

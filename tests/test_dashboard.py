@@ -93,6 +93,7 @@ def test_training_federation_indices_pages(env):
     assert len(at.dataframe[0].value) == 10 and "rmse" in at.dataframe[0].value
     assert at.selectbox(key="fed_ref").value == "global"
     assert "clients served better by good than by global" in at.metric[0].label
+    assert any("plain messages: the server saw each sampled client's item ids" in i.value for i in at.info)
     at = _page(at, "Indices")
     assert at.dataframe[0].value["kind"].tolist() == ["content"]
 
@@ -268,3 +269,16 @@ def test_a_data_only_index_serves_every_run_on_the_same_data():
     assert index_for(ixs, "summaries", "implicit", checksum("D3")) is None
     assert index_for(ixs, "items", "implicit", checksum("D1")) is None
     assert index_for(ixs, "summaries", "implicit") is None
+
+
+def test_privacy_line_says_how_a_run_protected_its_clients():
+    from dashboard.views import privacy_line
+
+    fed = {"strategy": "personalfr"}
+    assert privacy_line({"federation": fed}, {}).startswith("plain messages")
+    sec = privacy_line({"federation": fed, "privacy": {"secure_aggregation": True, "min_clients": 3}}, {})
+    assert sec == "secure aggregation: the server saw only per-round sums over at least 3 clients"
+    dp = privacy_line({"federation": fed, "privacy": {"secure_aggregation": True, "dp": True}},
+                      {"epsilon": 7.994, "delta": 1e-4})
+    assert dp.endswith("differential privacy, epsilon 7.99 at delta 0.0001")
+    assert privacy_line({"federation": {"strategy": "local"}}, {}).startswith("local: nothing leaves")

@@ -183,3 +183,54 @@ def test_flower_with_tls_and_supernode_authentication(job, tmp_path):
     link = (tmp_path / "logs/superlink.log").read_text()
     assert "running on https://127.0.0.1" in link                       # TLS, not plain HTTP
     assert "authentication is disabled" not in link and link.count("register-node HTTP/1.1\" 200") == 2
+
+
+def test_flower_secure_aggregation_survives_a_dead_node_and_a_bad_share(job, tmp_path):
+    """privacy.secure_aggregation over a real SuperLink: SuperNodes send only sealed DPF/masked shares;
+    a ClientApp that dies in round 1 and a share that fails to verify in round 2 cost only their users,
+    nothing of theirs is revealed, and the decoder equals the in-process engine run over exactly the
+    clients that were accepted, round by round."""
+    from federation.privacy import secagg as sa
+
+    root, _ = job
+    d = yaml.safe_load((root / "cfg.yaml").read_text())
+    d["privacy"] = {"secure_aggregation": True, "min_clients": 3, "pad_min": 4}
+    (tmp_path / "sec.yaml").write_text(yaml.safe_dump(d))
+    cfg = parse_config(d)
+    fed = LocalFederation(tmp_path, 3)
+    run = tmp_path / "run"
+    try:
+        fed.start_superlink()
+        fed.start_node(0, {"FEDREC_FAULT_EXIT_AT_ROUND": "1"})
+        fed.start_node(1, {"FEDREC_FAULT_NAN_AT_ROUND": "2"})
+        fed.start_node(2)
+        r = fed.run({"job-config": str(tmp_path / "sec.yaml"), "run-dir": str(run), "min-nodes": 3, "wait-s": 90,
+                     "round-timeout": 60, "min-fraction": 0.3}, timeout=480)
+        pids = fed.all_pids()
+    finally:
+        fed.stop()
+    _assert_all_gone(pids)
+    log = (tmp_path / "logs/flwr-run.log").read_text()
+    assert r.returncode == 0, log[-3000:]
+    recs = _records(run)
+    assert [x["round"] for x in recs] == [1, 2]
+    assert recs[0]["failed_nodes"] == 1 and recs[1]["rejected"] == 1 and "does not verify" in log
+    data, split = prepare_data(cfg)
+    sim = build_federation(cfg, data, split)
+    from federation.deploy.node import partition_users
+    node_users = [set(partition_users(data.n_users, i, 3).tolist()) for i in range(3)]
+    lay = sim.secure_layout()
+    for rnd, rec in enumerate(recs):
+        users = sim.sample(rnd)
+        if rnd == 0:
+            kept = [u for u in users if u not in node_users[0]]
+            assert rec["bytes_up"] == int(sa.upload_bytes(sim.n_per_user[kept], lay, sim.cfg.secagg).sum())
+        else:
+            bad = min(u for u in users if u in node_users[1])
+            kept = [u for u in users if u != bad]
+            assert rec["bytes_up"] == int(sa.upload_bytes(sim.n_per_user[users], lay, sim.cfg.secagg).sum())
+        assert rec["participants"] == len(kept)
+        sim.run_round(users=np.array(kept))
+    ck = load_file(str(run / "checkpoint.safetensors"))
+    for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob"):
+        torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-4, rtol=0)

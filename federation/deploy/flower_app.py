@@ -31,7 +31,8 @@ Wire format (record names; all arrays numpy):
   holders: holder-weighted content only (content.holder_weight > 0): per-item counts of users holding
   each item, the node's own in hello, the federation's (summed by the server) in train/evaluate.
 Testing hooks (environment of a SuperNode): FEDREC_FAULT_EXIT_AT_ROUND=r makes its ClientApp process
-die while training round r; FEDREC_FAULT_NAN_AT_ROUND=r makes it send NaN updates in round r.
+die while training round r; FEDREC_FAULT_NAN_AT_ROUND=r makes it send NaN updates in round r (under
+secure aggregation: its lowest user id's share with a flipped byte, which does not verify).
 """
 from __future__ import annotations
 
@@ -142,7 +143,12 @@ def client_train(msg: Message, context: Context) -> Message:
              "loaded in %.2f s, %d users trained in %.2f s", rnd + 1, age, t1 - t0, rep.num_users,
              time.perf_counter() - t1)
     if os.environ.get("FEDREC_FAULT_NAN_AT_ROUND") == str(rnd + 1):
-        for m in rep.updates.values():                            # testing hook: a broken client
+        for u in sorted(rep.updates):                             # testing hook: a broken client
+            m = rep.updates[u]
+            if SEALED_B in m:                                     # secure aggregation: the first user's share
+                m[SEALED_B] = m[SEALED_B].copy()                  # does not verify
+                m[SEALED_B][-1] ^= 1
+                break
             m["dec_W1"] = np.full_like(m["dec_W1"], np.nan)
     return Message(train_reply_content(rep), reply_to=msg)
 
