@@ -8,6 +8,8 @@ Run config (pyproject.toml [tool.flwr.app.config], override with ``flwr run . NA
                  relative to the SuperLink's working directory)
   rounds         0 = the job config's rounds
   min-nodes      nodes to wait for before round 1;  wait-s: how long
+  capture-dir    "" = off; else the server keeps every round's received messages there (ids of plain
+                 messages, sizes of sealed ones): the curious operator of `fedrec bench privacy`
   round-timeout  seconds to wait for a round's replies; min-fraction: share of sampled clients whose
                  updates must arrive for the round to count (else it is retried, max-retries times)
 Node config (``flower-supernode --node-config``):
@@ -345,6 +347,7 @@ def server_main(grid: Grid, context: Context) -> None:
     server = FederatedServer(cfg, run_dir, GridTransport(grid, float(rc.get("round-timeout", 120))),
                              min_nodes=int(rc.get("min-nodes", 1)), wait_s=float(rc.get("wait-s", 120)),
                              min_fraction=float(rc.get("min-fraction", 0.5)),
-                             max_retries=int(rc.get("max-retries", 3)))
+                             max_retries=int(rc.get("max-retries", 3)),
+                             capture_dir=str(rc.get("capture-dir", "")) or None)
     summary = server.run()
     log.info("run finished: %s -> %s", {k: v for k, v in summary.items() if k in ("valid", "test")}, run_dir)

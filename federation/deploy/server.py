@@ -94,8 +94,12 @@ def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
 
 class FederatedServer:
     def __init__(self, cfg: JobConfig, run_dir: str | Path, transport: Transport, min_nodes: int = 1,
-                 wait_s: float = 120.0, min_fraction: float = 0.5, max_retries: int = 3):
+                 wait_s: float = 120.0, min_fraction: float = 0.5, max_retries: int = 3,
+                 capture_dir: str | Path | None = None):
+        """capture_dir: a curious operator's log (the attack benchmark): every round's received messages,
+        as they arrived, are kept there (``_capture``)."""
         self.cfg, self.run_dir, self.t = cfg, Path(run_dir), transport
+        self.capture_dir = Path(capture_dir) if capture_dir else None
         self.min_nodes, self.wait_s = min_nodes, wait_s
         self.min_fraction, self.max_retries = min_fraction, max_retries
         self.settings = fed_settings(cfg)
@@ -327,6 +331,8 @@ class FederatedServer:
                                     self.holders, sec)
                     for n, us in by_node.items()}
             replies = self.t.train(reqs)
+            if self.capture_dir is not None:
+                self._capture(rnd, attempt, replies)
             msgs, loss_sum, n_loss, failed, up = [], 0.0, 0, [], 0
             for node, rep in replies.items():
                 if isinstance(rep, Exception):
@@ -409,6 +415,28 @@ class FederatedServer:
         info["sizes"] = [int(v) for v in stats_of(self.prototypes).counts.tolist()]
         bar.close()
         return info
+
+    def _capture(self, rnd: int, attempt: int, replies: dict) -> None:
+        """Keep what the round's replies carried, per user: plain runs the item ids of each message,
+        secure runs the sizes of the two sealed shares (all a party without the aggregators' keys has)."""
+        from recsys.io import save_arrays
+
+        users, ids, off, sizes = [], [], [0], []
+        for rep in replies.values():
+            if isinstance(rep, Exception):
+                continue
+            for u, m in sorted(rep.updates.items()):
+                users.append(u)
+                if SEALED_A in m:
+                    sizes.append([len(m[SEALED_A]), len(m[SEALED_B])])
+                    off.append(off[-1])
+                else:
+                    ids.append(np.asarray(m["item_ids"], np.int64))
+                    off.append(off[-1] + len(ids[-1]))
+        arrays = {"users": np.asarray(users, np.int64), "offsets": np.asarray(off, np.int64),
+                  "item_ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                  "sealed_sizes": np.asarray(sizes, np.int64).reshape(-1, 2)}
+        save_arrays(self.capture_dir / f"round-{rnd + 1:05d}-{attempt + 1}.safetensors", arrays)
 
     def _init_secagg(self) -> None:
         """The two aggregators, each with a fresh X25519 key pair for this server process. In this release

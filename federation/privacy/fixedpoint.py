@@ -12,15 +12,28 @@ import numpy as np
 MASK32 = np.int64(0xFFFFFFFF)
 
 
+def bound_int(frac_bits: int, max_clients: int) -> int:
+    """Largest |fixed-point integer| one client may contribute so that max_clients of them never wrap."""
+    return (2 ** 31 - 1) // max(1, max_clients)
+
+
 def bound(frac_bits: int, max_clients: int) -> float:
-    """Largest |value| one client may contribute so that a sum over max_clients never wraps."""
-    return float((2 ** (31 - frac_bits) - 1) / max(1, max_clients))
+    """The same bound as a real value: |x| above it is clamped."""
+    return bound_int(frac_bits, max_clients) / float(2 ** frac_bits)
+
+
+_SAFE = float(2 ** 30)      # clip before the integer conversion (exact in float32 and float64)
 
 
 def quantize(x: np.ndarray, frac_bits: int, max_clients: int) -> np.ndarray:
-    """Float values -> int64 fixed-point integers round(clamp(x) * 2^f) (not yet reduced mod 2^32)."""
-    b = bound(frac_bits, max_clients)
-    return np.rint(np.clip(np.asarray(x, np.float64), -b, b) * float(2 ** frac_bits)).astype(np.int64)
+    """Float values -> int64 fixed-point integers clamp(round(x * 2^f)) (not yet reduced mod 2^32).
+    Exact and identical for float32 input in numpy and torch (``quantize_torch``): scaling by a power
+    of two is exact, rounding is half to even in both."""
+    x = np.asarray(x)
+    x = x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+    y = np.rint(np.clip(x * x.dtype.type(2 ** frac_bits), -_SAFE, _SAFE)).astype(np.int64)
+    b = bound_int(frac_bits, max_clients)
+    return np.clip(y, -b, b)
 
 
 def to_ring(q: np.ndarray) -> np.ndarray:
@@ -50,8 +63,9 @@ def ring_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def quantize_torch(x, frac_bits: int, max_clients: int):
-    """``quantize`` for a torch tensor (same rounding: half to even, in float64) -> int64 tensor."""
+    """``quantize`` for a torch tensor (float32 or float64, computed in its own dtype) -> int64 tensor."""
     import torch
 
-    b = bound(frac_bits, max_clients)
-    return torch.round(x.double().clamp(-b, b) * float(2 ** frac_bits)).to(torch.int64)
+    y = torch.round((x * float(2 ** frac_bits)).clamp_(-_SAFE, _SAFE)).to(torch.int64)
+    b = bound_int(frac_bits, max_clients)
+    return y.clamp_(-b, b)

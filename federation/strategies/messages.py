@@ -159,14 +159,15 @@ def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np
 def update_deltas(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor], shape: AEShape
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A message as secure aggregation sums it: item ids (R,), [row, bias] deltas (R, H1 + 1) and the
-    flattened dense delta (D,) (dense_keys order), all against the decoder ``global_p`` it started from."""
-    g = {k: v.detach().double().cpu().numpy() for k, v in global_p.items() if k in dense_keys(shape)}
+    flattened dense delta (D,) (dense_keys order), all float32 differences against the decoder
+    ``global_p`` it started from (float32 arithmetic, so the engine reproduces them bit for bit)."""
+    def g32(k: str) -> np.ndarray:
+        return global_p[k].detach().float().cpu().numpy()
+
     ids = np.asarray(msg[KEY_ITEM_IDS], np.int64)
-    ti = torch.as_tensor(ids)
-    rows = np.concatenate([np.asarray(msg[KEY_ROWS], np.float64) - global_p[KEY_ROWS][ti].double().cpu().numpy(),
-                           (np.asarray(msg[KEY_ROW_BIAS], np.float64)
-                            - global_p[KEY_ROW_BIAS][ti].double().cpu().numpy())[:, None]], 1)
-    dense = np.concatenate([(np.asarray(msg[k], np.float64) - g[k]).ravel() for k in dense_keys(shape)])
+    rows = np.concatenate([np.asarray(msg[KEY_ROWS], np.float32) - g32(KEY_ROWS)[ids],
+                           (np.asarray(msg[KEY_ROW_BIAS], np.float32) - g32(KEY_ROW_BIAS)[ids])[:, None]], 1)
+    dense = np.concatenate([(np.asarray(msg[k], np.float32) - g32(k)).ravel() for k in dense_keys(shape)])
     return ids, rows, dense
 
 
