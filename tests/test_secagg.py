@@ -217,3 +217,25 @@ def test_prototype_stats_under_secure_aggregation_match_the_plain_stats():
     small = int(plain.counts.argmin())
     held = proto.reveal_stats(*(a + b for a, b in zip(q, q2)), 16, int(plain.counts[small]) + 1, torch.float64)
     assert held.counts[small] == 0 and (held.sums[small] == 0).all()     # too few members: nothing revealed
+
+
+@pytest.mark.parametrize("over,msg", [
+    ({"federation": {"strategy": "fedavg"}}, "strategy 'fedavg' sends none"),
+    ({"federation": {"weighting": "interactions"}}, "needs federation.weighting: uniform"),
+    ({"content": {"enabled": True, "holder_weight": 5.0}}, "holder counts are exact"),
+])
+def test_secure_aggregation_config_that_cannot_apply_is_one_clear_error(over, msg):
+    from federation.runs.config import parse_config
+    from federation.runs.jobs import fed_settings
+    from recsys.errors import ConfigError
+
+    d = {"name": "x", "data": {"path": "data/none"}, "model": {"mode": "implicit", "hidden": [8, 4]},
+         "federation": {"strategy": "personalfr", "rounds": 1}, "privacy": {"secure_aggregation": True}}
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v}
+    with pytest.raises(ConfigError, match=msg):
+        fed_settings(parse_config(d))
+    d2 = {**d, "federation": {"strategy": "personalfr", "rounds": 1}, "content": {}, "privacy":
+          {"secure_aggregation": True, "dp": True, "noise_multiplier": 1.0, "clip": 0.5}}
+    s = fed_settings(parse_config(d2)).secagg
+    assert s.noise_std == pytest.approx(0.5) and not s.counts

@@ -8,7 +8,6 @@ The attacker keeps everything its role sees during a whole training job on ml-10
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
