@@ -249,13 +249,22 @@ class Federation:
 
         return update_deltas(msg, self.global_p, self.shape)
 
-    def secure_ring_sums(self, msgs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """The ring sums (rows (N, H1 + 2), dense (D,) uint32) the two aggregators' shares of ``msgs`` add up to."""
-        parts = [self.message_deltas(m) for m in msgs]
+    def secure_payload_parts(self, user: int, msg: dict[str, np.ndarray]
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What a client puts into its payloads this round (ids, [row, bias] deltas, dense delta): its
+        message's deltas, restricted to the rows it sends (secagg.rows_sent). Used by nodes and tests."""
+        ids, rows, dense = self.message_deltas(msg)
+        keep = sa.rows_sent(len(ids), self.cfg.secagg, self.round, int(user))
+        return ids[keep], rows[keep], dense
+
+    def secure_ring_sums(self, msgs: dict[int, dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The ring sums (rows (N, H1 + 2), dense (D,) uint32) the two aggregators' shares of the clients'
+        messages ``msgs`` (user -> message) add up to."""
+        parts = [self.secure_payload_parts(u, m) for u, m in msgs.items()]
         lay = self.secure_layout()
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, lay.h1 + 1))
-        dense = np.stack([p[2] for p in parts]) if parts else np.zeros((0, lay.dense))
+        rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, lay.h1 + 1), np.float32)
+        dense = np.stack([p[2] for p in parts]) if parts else np.zeros((0, lay.dense), np.float32)
         return sa.plain_ring_sums(self.shape.n_items, ids, rows, dense, self.cfg.secagg)
 
     def secure_round_sums(self, users: np.ndarray, lr: float) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -284,8 +293,16 @@ class Federation:
                 sq = (d * d).sum(1).index_add(0, c.seg, (rb * rb).sum(1))
                 f = (self.cfg.dp.clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)              # (B,)
                 rb, d = rb * f[c.seg, None], d * f[:, None]
-            rows[:, :-1].index_add_(0, c.items, quantize_torch(rb, s.frac_bits, s.max_clients))
-            rows[:, -1].index_add_(0, c.items, torch.full_like(c.items, int(s.counts), dtype=torch.int64))
+            items = c.items
+            if s.fixed_rows > 0:                 # each client sends at most fixed_rows of its rows (secagg.rows_sent)
+                n = np.bincount(c.seg.cpu().numpy(), minlength=len(c.users))
+                start = np.concatenate([[0], np.cumsum(n)[:-1]])
+                sel = np.concatenate([start[j] + sa.rows_sent(int(n[j]), s, self.round, int(u))
+                                      for j, u in enumerate(c.users.cpu().numpy())])
+                sel_t = torch.as_tensor(sel, device=self.device)
+                rb, items = rb[sel_t], items[sel_t]
+            rows[:, :-1].index_add_(0, items, quantize_torch(rb, s.frac_bits, s.max_clients))
+            rows[:, -1].index_add_(0, items, torch.full_like(items, int(s.counts), dtype=torch.int64))
             dense += quantize_torch(d, s.frac_bits, s.max_clients).sum(0)
             losses.append(res.loss)
         return to_ring(rows.cpu().numpy()), to_ring(dense.cpu().numpy()), torch.cat(losses)

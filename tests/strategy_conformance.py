@@ -112,7 +112,8 @@ class StrategyConformance:
                             assert abs(float(cos)) < 0.999, f"message of user {u} carries personal {k}"
 
     # -- secure aggregation --------------------------------------------------------------------
-    def test_secure_aggregation_reveals_the_plain_sums_bit_for_bit(self, tiny_data):
+    @pytest.mark.parametrize("fixed_rows", [0, 5])
+    def test_secure_aggregation_reveals_the_plain_sums_bit_for_bit(self, tiny_data, fixed_rows):
         import dataclasses
 
         import numpy as np
@@ -122,7 +123,7 @@ class StrategyConformance:
         s = self.strat
         if not s.sends_messages:
             return
-        st = sa.SecAggSettings(frac_bits=24, max_clients=16, min_clients=1, pad_min=4)
+        st = sa.SecAggSettings(frac_bits=24, max_clients=16, min_clients=1, pad_min=4, fixed_rows=fixed_rows)
         make = _fed(tiny_data, self.strategy, self.options, "explicit", torch.float32)
         fast, msg, plain = make(), make(), make()
         for f in (fast, msg):
@@ -130,7 +131,7 @@ class StrategyConformance:
         users = fast.sample(0)
         rows, dense, _ = fast.secure_round_sums(users, fast.lr_at(0))       # the engine's batched path
         msgs, _ = msg.client_messages(users, msg.lr_at(0))                  # what the clients send
-        want = msg.secure_ring_sums([msgs[int(u)] for u in users])
+        want = msg.secure_ring_sums(msgs)
         np.testing.assert_array_equal(rows, want[0])
         np.testing.assert_array_equal(dense, want[1])
         # ... and what the real protocol (DPF keys, sealed, two aggregators) reveals for those messages.
@@ -141,12 +142,15 @@ class StrategyConformance:
             a.open_round(0, users)
         pubs = tuple(channel.public_bytes(k) for k in keys)
         for u in users:
-            plain_ = sa.client_payloads(*msg.message_deltas(msgs[int(u)]), lay, st)
+            plain_ = sa.client_payloads(*msg.secure_payload_parts(int(u), msgs[int(u)]), lay, st)
             for p, blob in enumerate(sa.seal_payloads(pubs, "conf", 0, int(u), plain_)):
                 aggs[p].receive(int(u), blob)
         got = sa.combine(aggs[0].share(users), aggs[1].share(users))
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+        if fixed_rows:                       # clients over fixed_rows sent a subset: not the plain update
+            assert (np.diff(fast.train.indptr) > fixed_rows).any()
+            return
         # A secure round updates the decoder as a plain round does, up to the fixed-point resolution.
         fast2 = make()
         fast2.cfg = dataclasses.replace(fast2.cfg, secagg=st)

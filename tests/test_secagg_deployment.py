@@ -127,3 +127,22 @@ def test_secure_aggregation_with_dp_clips_noises_and_equals_the_engine(synth, tm
     untouched = (np.diff(sim.train.tocsc().indptr) == 0)
     if untouched.any():
         assert (ck["global.dec_ob"][torch.as_tensor(untouched)] != 0).any()
+
+
+def test_fixed_rows_deployment_equals_the_engine_and_every_share_has_one_size(synth, tmp_path):
+    cfg = _cfg(synth, rounds=2, fixed_rows=8)
+    nodes, data, split = nodes_for(cfg, tmp_path)
+    t = Loopback(nodes)
+    FederatedServer(cfg, tmp_path / "run", t).run()
+    sim = build_federation(cfg, data, split)
+    for _ in range(cfg.federation.rounds):
+        sim.run_round()
+    ck = _load(tmp_path / "run/checkpoint.safetensors")
+    for k in ("dec_W1", "dec_out", "dec_ob"):
+        torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-4, rtol=0)
+    sizes = set()
+    for _, content in t.sent:
+        off = content["updates"][SEALED_A + "_offsets"].numpy()
+        sizes |= set(np.diff(off).tolist())
+    assert len(sizes) == 1                          # an aggregator cannot tell heavy from light users
+    assert (np.diff(sim.train.indptr) > 8).any()    # (some users had more rows than they sent)

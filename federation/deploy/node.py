@@ -205,7 +205,7 @@ class ClientNode:
         lay = self.fed.secure_layout()
         out = {}
         for u, m in msgs.items():
-            plain = sa.client_payloads(*self.fed.message_deltas(m), lay, st)
+            plain = sa.client_payloads(*self.fed.secure_payload_parts(int(u), m), lay, st)
             a, b = sa.seal_payloads(tuple(req.public), req.run_id, rnd, int(u), plain)
             out[u] = {SEALED_A: np.frombuffer(a, np.uint8), SEALED_B: np.frombuffer(b, np.uint8)}
         return out

@@ -8,7 +8,9 @@ What a client sends, per round (all in the ring Z_2^32, values fixed-point, see 
   * to A and to B, sealed to each (``channel``), ``P`` DPF keys (``dpf``): one per item row it updates,
     carrying [row delta (H1), bias delta (1), count 1], plus P - R keys of zero at random items, where
     P is R rounded up to a power of two (at least ``pad_min``, at most the catalogue): an aggregator
-    learns P, never which items or how many of them are real;
+    learns P, never which items or how many of them are real. P still tells roughly how active the
+    client is; with ``fixed_rows`` every client sends the same P (a client with more rows sends a
+    random subset of them each round, ``rows_sent``), so P says nothing;
   * its dense update (dense decoder layer, content projection) additively shared: A gets a 16-byte seed
     and expands it with AES-CTR into a mask m, B gets (update - m). Either share alone is uniformly
     random.
@@ -55,6 +57,8 @@ class SecAggSettings:
     max_clients: int = 1024      # per-value clamp so that this many clients cannot overflow the ring
     min_clients: int = 5         # a row (and a round) is revealed only over at least this many clients
     pad_min: int = 16            # smallest padded number of rows
+    fixed_rows: int = 0          # > 0: every client sends exactly this many keys (more rows: a random subset)
+    seed: int = 0                # the job's seed: which rows a client over fixed_rows sends in a round
     noise_std: float = 0.0       # DP (privacy.dp): Gaussian noise std each aggregator adds to every coordinate
     noise_seed: int | None = None  # None: fresh OS randomness (production); an int only for tests
 
@@ -81,8 +85,11 @@ class Layout:
         return dpf.key_bytes(self.n_items, self.row_dim)
 
 
-def padded_rows(r: int | np.ndarray, n_items: int, pad_min: int) -> np.ndarray:
-    """Rows a client with r real rows sends: the next power of two >= max(r, pad_min), capped at n."""
+def padded_rows(r: int | np.ndarray, n_items: int, pad_min: int, fixed_rows: int = 0) -> np.ndarray:
+    """Keys a client with r real rows sends: the next power of two >= max(r, pad_min), capped at n;
+    with fixed_rows > 0 exactly min(fixed_rows, n) whatever r (so the count says nothing)."""
+    if fixed_rows > 0:
+        return np.full(np.shape(r), min(fixed_rows, n_items), np.int64) if np.ndim(r) else np.int64(min(fixed_rows, n_items))
     r = np.maximum(np.asarray(r, np.int64), max(1, pad_min))
     p = np.left_shift(1, np.ceil(np.log2(r)).astype(np.int64))
     return np.minimum(np.maximum(p, r), n_items)
@@ -90,8 +97,18 @@ def padded_rows(r: int | np.ndarray, n_items: int, pad_min: int) -> np.ndarray:
 
 def upload_bytes(r: int | np.ndarray, lay: Layout, s: SecAggSettings) -> np.ndarray:
     """Exact bytes one client sends (both sealed payloads) for r real rows."""
-    P = padded_rows(r, lay.n_items, s.pad_min)
+    P = padded_rows(r, lay.n_items, s.pad_min, s.fixed_rows)
     return 2 * (channel.OVERHEAD + P * lay.key_bytes) + SEED + 4 * lay.dense
+
+
+def rows_sent(r: int, s: SecAggSettings, rnd: int, user: int) -> np.ndarray:
+    """Which of a client's r rows (positions, sorted) it sends in round ``rnd``: all of them, or under
+    fixed_rows a random subset of fixed_rows drawn from (seed, round, user), the same on the device and
+    in the engine. The rows it does not send this round are updated in later rounds."""
+    if s.fixed_rows <= 0 or r <= s.fixed_rows:
+        return np.arange(r)
+    rng = np.random.default_rng([s.seed, rnd, int(user), 0x5EC])
+    return np.sort(rng.choice(r, s.fixed_rows, replace=False))
 
 
 def encode_rows(row_delta: np.ndarray, s: SecAggSettings) -> np.ndarray:
@@ -117,7 +134,7 @@ def client_payloads(ids: np.ndarray, row_delta: np.ndarray, dense_delta: np.ndar
 
     ids = np.asarray(ids, np.int64)
     R = len(ids)
-    P = int(padded_rows(R, lay.n_items, s.pad_min))
+    P = int(padded_rows(R, lay.n_items, s.pad_min, s.fixed_rows))
     if R > P or row_delta.shape != (R, lay.h1 + 1) or np.shape(dense_delta) != (lay.dense,):
         raise ValueError("client update does not fit the layout")
     betas = np.zeros((P, lay.row_dim), np.uint32)
@@ -172,7 +189,8 @@ class Aggregator:
         kb = self.lay.key_bytes
         body = len(plain) - tail
         P = body // kb if body > 0 and body % kb == 0 else -1
-        if P < 1 or int(padded_rows(P, self.lay.n_items, self.settings.pad_min)) != P:
+        st = self.settings
+        if P < 1 or int(padded_rows(P, self.lay.n_items, st.pad_min, st.fixed_rows)) != P:
             raise RejectedShare(f"user {user}: payload of {len(plain)} bytes does not fit the layout")
         self.keys[user] = np.frombuffer(plain[:body], np.uint8).reshape(P, kb)
         d = plain[body:]

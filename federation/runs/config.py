@@ -102,6 +102,7 @@ class PrivacyCfg(_Strict):
     min_clients: int = Field(5, ge=1)                  # a row / a round is revealed only over this many clients
     frac_bits: int = Field(16, ge=8, le=24)            # fixed-point resolution 2^-frac_bits
     pad_min: int = Field(16, ge=1)                     # rows are padded to a power of two >= this
+    fixed_rows: int = Field(0, ge=0)                   # > 0: every client sends exactly this many keys
 
 
 class PrototypeCfg(_Strict):

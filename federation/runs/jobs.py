@@ -117,6 +117,7 @@ def secagg_settings(cfg: JobConfig) -> SecAggSettings | None:
                           "per-item counts of every user; set content.holder_weight: 0")
     dp = dp_settings(cfg)
     return SecAggSettings(frac_bits=p.frac_bits, min_clients=p.min_clients, pad_min=p.pad_min,
+                          fixed_rows=p.fixed_rows, seed=cfg.seed,
                           noise_std=dp.noise_multiplier * dp.clip if dp else 0.0)
 
 

@@ -107,12 +107,14 @@ def aggregator_view(cfg, data, split, n_clients: int = 8) -> dict:
     msgs, _ = fed.client_messages(users, fed.lr_at(0))
     aucs = []
     for u in users:
-        plain = sa.client_payloads(*fed.message_deltas(msgs[int(u)]), lay, s)
+        ids, rows, dense = fed.message_deltas(msgs[int(u)])
+        keep = sa.rows_sent(len(ids), s, 0, int(u))
+        plain = sa.client_payloads(ids[keep], rows[keep], dense, lay, s)
         keys = np.frombuffer(plain[0][:-sa.SEED], np.uint8).reshape(-1, lay.key_bytes)
         share = from_ring(dpf.eval_full_sum(0, keys, lay.n_items, lay.row_dim)).astype(np.float64)   # (N, D)
         score = np.abs(share).sum(1)
         aucs.append(attacks.membership_auc_users(score[None], truth[int(u)][None]))
-    P = sa.padded_rows(fed.n_per_user, lay.n_items, s.pad_min)
+    P = sa.padded_rows(fed.n_per_user, lay.n_items, s.pad_min, s.fixed_rows)
     active = fed.n_per_user > 0
     sizes = np.broadcast_to(P[active, None].astype(np.float64), truth[active].shape)
     return {"key_auc": float(np.mean(aucs)), "size_linkage": attacks.size_linkage_accuracy(P[active], P[active]),
@@ -195,7 +197,9 @@ def protocol_timing(data_dir: Path, clients: int = 4) -> dict:
     t_client = t_open = 0.0
     for u in users:
         t0 = time.perf_counter()
-        sealed = sa.seal_payloads(pubs, "bench", 0, int(u), sa.client_payloads(*fed.message_deltas(msgs[int(u)]), lay, s))
+        ids, rows, dense = fed.message_deltas(msgs[int(u)])
+        keep = sa.rows_sent(len(ids), s, 0, int(u))
+        sealed = sa.seal_payloads(pubs, "bench", 0, int(u), sa.client_payloads(ids[keep], rows[keep], dense, lay, s))
         t1 = time.perf_counter()
         agg.receive(int(u), sealed[0])
         t_client, t_open = t_client + t1 - t0, t_open + time.perf_counter() - t1
@@ -204,7 +208,7 @@ def protocol_timing(data_dir: Path, clients: int = 4) -> dict:
     t_sum = time.perf_counter() - t0
     return {"client_s": t_client / len(users), "open_s": t_open / len(users), "expand_s": t_sum / len(users),
             "rows": float(np.mean(fed.n_per_user[users])),
-            "padded": float(np.mean(sa.padded_rows(fed.n_per_user[users], lay.n_items, s.pad_min)))}
+            "padded": float(np.mean(sa.padded_rows(fed.n_per_user[users], lay.n_items, s.pad_min, s.fixed_rows)))}
 
 
 def deployed_capture(n_nodes: int = 3, rounds: int = 3) -> list:
