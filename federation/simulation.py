@@ -269,43 +269,49 @@ class Federation:
 
     def secure_round_sums(self, users: np.ndarray, lr: float) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """Train ``users`` (personal state kept) and return the ring sums of their messages (as
-        ``secure_ring_sums`` of ``client_messages``, bit for bit) and their losses (B,), batched per cohort."""
-        from federation.privacy.fixedpoint import quantize_torch, to_ring
+        ``secure_ring_sums`` of ``client_messages``, bit for bit) and their losses (B,), batched per
+        cohort; the per-client fixed-point sums run in one fused pass (kernels.quantized_rows / _sum)."""
+        from federation.engine import kernels
+        from federation.privacy.fixedpoint import bound_int, to_ring
         from federation.strategies.messages import dense_keys
 
         self._require_messages()
         s = self.cfg.secagg
         g = self.global_p
         lay = self.secure_layout()
-        rows = torch.zeros(self.shape.n_items, lay.row_dim, dtype=torch.int64, device=self.device)
-        dense = torch.zeros(lay.dense, dtype=torch.int64, device=self.device)
+        bound = bound_int(s.frac_bits, s.max_clients)
+        N = self.shape.n_items
+        rows = torch.zeros(N, self.shape.h1, dtype=torch.int64)
+        bias = torch.zeros(N, 1, dtype=torch.int64)
+        counts = torch.zeros(N, dtype=torch.int64)
+        dense = {k: torch.zeros(g[k].numel(), dtype=torch.int64) for k in dense_keys(self.shape)}
         losses = []
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
             res = self.train_cohort(c, lr, self.round)
             self._keep_personal(c, res)
-            # float32 differences, as the clients compute them (messages.update_deltas)
-            r = res.value("dec_out").float() - g["dec_out"][c.items].float()                  # (T, H1)
-            b = res.value("dec_ob").float() - g["dec_ob"][c.items].float()                    # (T,)
-            rb = torch.cat([r, b[:, None]], 1)                                                 # (T, H1 + 1)
-            d = torch.cat([(res.value(k).float() - g[k].float()).reshape(len(c.users), -1)
-                           for k in dense_keys(self.shape)], 1)                               # (B, D)
+            B = len(c.users)
+            V, Vb = res.value("dec_out"), res.value("dec_ob")[:, None]                # (T, H1), (T, 1)
+            X = {k: res.value(k).reshape(B, -1) for k in dense}                        # (B, n_k)
+            items, seg = c.items, c.seg
+            f = None
             if self.cfg.dp is not None:          # each client clips its whole update (privacy.dp.clip_update)
-                sq = (d * d).sum(1).index_add(0, c.seg, (rb * rb).sum(1))
-                f = (self.cfg.dp.clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)              # (B,)
-                rb, d = rb * f[c.seg, None], d * f[:, None]
-            items = c.items
+                sq = ((V.float() - g["dec_out"][items].float()) ** 2).sum(1) + (Vb[:, 0].float() - g["dec_ob"][items].float()) ** 2
+                sq = sum(((X[k].float() - g[k].float().reshape(1, -1)) ** 2).sum(1) for k in dense).index_add(0, seg, sq)
+                f = (self.cfg.dp.clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)    # (B,)
             if s.fixed_rows > 0:                 # each client sends at most fixed_rows of its rows (secagg.rows_sent)
-                n = np.bincount(c.seg.cpu().numpy(), minlength=len(c.users))
+                n = np.bincount(seg.cpu().numpy(), minlength=B)
                 start = np.concatenate([[0], np.cumsum(n)[:-1]])
-                sel = np.concatenate([start[j] + sa.rows_sent(int(n[j]), s, self.round, int(u))
-                                      for j, u in enumerate(c.users.cpu().numpy())])
-                sel_t = torch.as_tensor(sel, device=self.device)
-                rb, items = rb[sel_t], items[sel_t]
-            rows[:, :-1].index_add_(0, items, quantize_torch(rb, s.frac_bits, s.max_clients))
-            rows[:, -1].index_add_(0, items, torch.full_like(items, int(s.counts), dtype=torch.int64))
-            dense += quantize_torch(d, s.frac_bits, s.max_clients).sum(0)
+                sel = torch.as_tensor(np.concatenate([start[j] + sa.rows_sent(int(n[j]), s, self.round, int(u))
+                                                      for j, u in enumerate(c.users.cpu().numpy())]), device=V.device)
+                V, Vb, items, seg = V[sel], Vb[sel], items[sel], seg[sel]
+            rows += kernels.quantized_rows(V, g["dec_out"], items, f, seg, s.frac_bits, bound, N).cpu()
+            bias += kernels.quantized_rows(Vb, g["dec_ob"][:, None], items, f, seg, s.frac_bits, bound, N).cpu()
+            counts += torch.bincount(items.cpu(), minlength=N) * int(s.counts)
+            for k in dense:
+                dense[k] += kernels.quantized_sum(X[k], g[k].reshape(-1), f, s.frac_bits, bound).cpu()
             losses.append(res.loss)
-        return to_ring(rows.cpu().numpy()), to_ring(dense.cpu().numpy()), torch.cat(losses)
+        ring_rows = to_ring(torch.cat([rows, bias, counts[:, None]], 1).numpy())
+        return ring_rows, to_ring(torch.cat(list(dense.values())).numpy()), torch.cat(losses)
 
     def apply_revealed(self, rev: sa.Revealed, lr: float) -> None:
         """Update the global decoder from a round's revealed sums (messages.apply_revealed)."""

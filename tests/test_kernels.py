@@ -250,3 +250,41 @@ def test_decoder_row_sums_match_the_torch_row_sums_and_the_trained_rows(tiny_dat
             torch.testing.assert_close(pair[k][1], torch.zeros(shape.n_items, dtype=dtype).index_add_(0, c.items, wt),
                                        atol=tol, rtol=0)
     assert got["dec_out"][1] is not got["dec_ob"][1]                       # callers add into them in place
+
+
+@pytest.mark.parametrize("with_f", [False, True])
+def test_quantized_sums_equal_their_torch_references_bit_for_bit(with_f):
+    """Secure aggregation's fused fixed-point sums: the integers must be identical (not close), including
+    values on rounding ties and beyond the clamp."""
+    from federation.engine import kernels
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(7, 50, generator=g) * 0.01
+    X[0, :4] = torch.tensor([1e6, -1e6, 0.5 / 2 ** 16, 1.5 / 2 ** 16])      # clamp, clamp, ties to even
+    G = torch.randn(50, generator=g) * 0.01
+    G[:4] = 0
+    f = torch.rand(7, generator=g) if with_f else None
+    want = kernels.quantized_sum_reference(X, G, f, 16, 2 ** 21 - 1)
+    got = kernels.quantized_sum(X, G, f, 16, 2 ** 21 - 1)
+    assert torch.equal(got, want) and want[0] != 0
+    V = torch.randn(40, 9, generator=g) * 0.01
+    Gr = torch.randn(12, 9, generator=g) * 0.01
+    items = torch.randint(0, 12, (40,), generator=g)
+    seg = torch.sort(torch.randint(0, 7, (40,), generator=g)).values
+    assert torch.equal(kernels.quantized_rows(V, Gr, items, f, seg, 16, 2 ** 21 - 1, 12),
+                       kernels.quantized_rows_reference(V, Gr, items, f, seg, 16, 2 ** 21 - 1, 12))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_from_factors_matches_the_reference(dtype):
+    g = torch.Generator().manual_seed(1)
+    P0 = torch.randn(30, 16, generator=g, dtype=dtype)
+    seg = torch.sort(torch.randint(0, 5, (40,), generator=g)).values
+    items = torch.randint(0, 30, (40,), generator=g)
+    KE = torch.randn(40, 3, generator=g, dtype=dtype)
+    H = torch.randn(5, 3, 16, generator=g, dtype=dtype)
+    want = kernels.rows_from_factors_reference(P0, items, seg, KE, H, 0.9)
+    got = kernels.rows_from_factors(P0, items, seg, KE, H, 0.9)
+    torch.testing.assert_close(got, want, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=0)
+    hand = 0.9 * P0[items[7]] + sum(KE[7, s] * H[seg[7], s] for s in range(3))
+    torch.testing.assert_close(got[7], hand, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=0)

@@ -115,9 +115,12 @@ class FactoredResult:
                 if key == "dec_ob":
                     return self.a_end * P0 + KE.sum(-1)
                 return torch.baddbmm(P0, KE, self.hist["h3"], beta=self.a_end)  # (B, N, H1)
-            if P0.shape[0] != c.items.shape[0] or key not in self.per_row:
-                P0 = P0.index_select(0, c.items)                                # shared start rows
+            shared = P0.shape[0] != c.items.shape[0] or key not in self.per_row
             KE = K.index_select(0, c.seg) * self.hist["e"]                      # (T, S)
+            if key == "dec_out" and shared and P0.dim() == 2:                   # no (T, S, H1) gather
+                return kernels.rows_from_factors(P0, c.items, c.seg, KE, self.hist["h3"], self.a_end)
+            if shared:
+                P0 = P0.index_select(0, c.items)                                # shared start rows
             if key == "dec_ob":
                 return self.a_end * P0 + KE.sum(-1)
             H = self.hist["h3"].index_select(0, c.seg)                          # (T, S, H1)

@@ -62,10 +62,11 @@ def ring_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             ).astype(np.uint32)
 
 
-def quantize_torch(x, frac_bits: int, max_clients: int):
-    """``quantize`` for a torch tensor (float32 or float64, computed in its own dtype) -> int64 tensor."""
+def quantize_torch(x, frac_bits: int, max_clients: int, bound: int | None = None):
+    """``quantize`` for a torch tensor (float32 or float64, computed in its own dtype) -> int64 tensor.
+    ``bound``: the integer clamp, when the caller has it (else from max_clients)."""
     import torch
 
     y = torch.round((x * float(2 ** frac_bits)).clamp_(-_SAFE, _SAFE)).to(torch.int64)
-    b = bound_int(frac_bits, max_clients)
+    b = bound_int(frac_bits, max_clients) if bound is None else bound
     return y.clamp_(-b, b)

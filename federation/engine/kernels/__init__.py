@@ -56,7 +56,7 @@ def _dense(P: torch.Tensor | Rows) -> torch.Tensor:
     return P.materialize() if isinstance(P, Rows) else P
 
 
-_KERNEL_FILES = ("_exp.py", "_products.py", "_row_sums.py", "_local_steps.py", "_masks.py")
+_KERNEL_FILES = ("_exp.py", "_products.py", "_row_sums.py", "_local_steps.py", "_masks.py", "_quantize.py")
 
 
 @functools.cache
@@ -93,7 +93,7 @@ def kernel_home() -> Path:
 
 @functools.cache
 def numba_modules() -> SimpleNamespace:
-    """The kernel modules (_exp, _products, _row_sums, _local_steps, _masks), imported from
+    """The kernel modules (_exp, _products, _row_sums, _local_steps, _masks, _quantize), imported from
     ``kernel_home()`` (written there once, atomically); from this package where that cannot be written."""
     import importlib
     import importlib.util
@@ -172,7 +172,9 @@ def _kernels() -> SimpleNamespace | None:
                            dropout_masks=_masks.dropout_masks, sampled_dots=_products.sampled_dots,
                            pattern_mm=_products.pattern_mm, add_lowrank=_products.add_lowrank,
                            local_steps_explicit=_local_steps.local_steps_explicit,
-                           local_steps_implicit=_local_steps.local_steps_implicit, num_threads=nb.get_num_threads)
+                           local_steps_implicit=_local_steps.local_steps_implicit, num_threads=nb.get_num_threads,
+                           quantized_sum=m._quantize.quantized_sum, quantized_rows=m._quantize.quantized_rows,
+                           rows_from_factors=_products.rows_from_factors)
 
 
 def available(dtype: torch.dtype, device: torch.device | str) -> bool:
@@ -480,4 +482,77 @@ def pattern_mm(pattern: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> to
     out = W.new_empty((pattern.shape[0], W.shape[1]))
     k.pattern_mm(pattern.crow_indices().numpy(), pattern.col_indices().numpy(), vals.contiguous().numpy(),
                  W.contiguous().numpy(), out.numpy())
+    return out
+
+
+# -- secure aggregation: fixed-point sums (federation.privacy.fixedpoint) -------------------------------------
+def quantized_sum_reference(X: torch.Tensor, G: torch.Tensor, f: torch.Tensor | None, frac_bits: int,
+                            bound: int) -> torch.Tensor:
+    """X (B, D) clients' values, G (D,) global, f (B,) clip factors or None -> (D,) int64:
+    sum_b quantize((X_b - G) * f_b), each client quantized on its own (float32)."""
+    from federation.privacy.fixedpoint import quantize_torch
+
+    d = X.float() - G.float()
+    if f is not None:
+        d = d * f.float()[:, None]
+    return quantize_torch(d, frac_bits, 0, bound).sum(0)
+
+
+def quantized_sum(X: torch.Tensor, G: torch.Tensor, f: torch.Tensor | None, frac_bits: int, bound: int) -> torch.Tensor:
+    """As quantized_sum_reference, in one pass (one output column per thread)."""
+    k = _usable(X, G) if X.dtype == torch.float32 else None
+    if k is None:
+        return quantized_sum_reference(X, G, f, frac_bits, bound)
+    B, D = X.shape
+    out = np.zeros(D, np.int64)
+    fa = (f.float() if f is not None else torch.ones(B)).contiguous().numpy()
+    k.quantized_sum(X.contiguous().numpy(), G.contiguous().numpy(), fa, np.float32(2 ** frac_bits),
+                    np.float32(2 ** 30), np.int64(bound), out)
+    return torch.from_numpy(out)
+
+
+def quantized_rows_reference(V: torch.Tensor, G: torch.Tensor, items: torch.Tensor, f: torch.Tensor | None,
+                             seg: torch.Tensor, frac_bits: int, bound: int, n_rows: int) -> torch.Tensor:
+    """V (T, D) entries' values for rows items (T,) of G (N, D), f (B,) clip factors by client seg (T,)
+    -> (N, D) int64: per row, the sum of its entries' quantized (V_t - G_i) * f_b."""
+    from federation.privacy.fixedpoint import quantize_torch
+
+    d = V.float() - G.float()[items]
+    if f is not None:
+        d = d * f.float()[seg, None]
+    out = torch.zeros(n_rows, V.shape[1], dtype=torch.int64, device=V.device)
+    return out.index_add_(0, items, quantize_torch(d, frac_bits, 0, bound))
+
+
+def quantized_rows(V: torch.Tensor, G: torch.Tensor, items: torch.Tensor, f: torch.Tensor | None, seg: torch.Tensor,
+                   frac_bits: int, bound: int, n_rows: int) -> torch.Tensor:
+    """As quantized_rows_reference, in one pass (one output column per thread)."""
+    k = _usable(V, G) if V.dtype == torch.float32 else None
+    if k is None:
+        return quantized_rows_reference(V, G, items, f, seg, frac_bits, bound, n_rows)
+    out = np.zeros((n_rows, V.shape[1]), np.int64)
+    B = int(seg.max()) + 1 if len(seg) else 0
+    fa = (f.float() if f is not None else torch.ones(B)).contiguous().numpy()
+    k.quantized_rows(V.contiguous().numpy(), G.contiguous().numpy(), items.contiguous().numpy(), fa,
+                     seg.contiguous().numpy(), np.float32(2 ** frac_bits), np.float32(2 ** 30), np.int64(bound), out)
+    return torch.from_numpy(out)
+
+
+def rows_from_factors_reference(P0: torch.Tensor, items: torch.Tensor, seg: torch.Tensor, KE: torch.Tensor,
+                                H: torch.Tensor, a: float) -> torch.Tensor:
+    """Trained item rows of a cohort's entries from the step factors: (T, D) = a P0[items] + sum_s
+    KE[:, s] H[seg, s]; P0 (N, D) shared start rows, KE (T, S), H (B, S, D)."""
+    return torch.baddbmm(P0.index_select(0, items).unsqueeze(1), KE.unsqueeze(1), H.index_select(0, seg),
+                         beta=a).squeeze(1)
+
+
+def rows_from_factors(P0: torch.Tensor, items: torch.Tensor, seg: torch.Tensor, KE: torch.Tensor, H: torch.Tensor,
+                      a: float) -> torch.Tensor:
+    """As rows_from_factors_reference, one entry per thread, without gathering H per entry."""
+    k = _usable(P0, KE, H)
+    if k is None or not (P0.is_contiguous() and KE.is_contiguous() and H.is_contiguous()):
+        return rows_from_factors_reference(P0, items, seg, KE, H, a)
+    out = P0.new_empty(items.shape[0], P0.shape[1])
+    k.rows_from_factors(P0.numpy(), items.contiguous().numpy(), seg.contiguous().numpy(), KE.numpy(), H.numpy(),
+                        _np_dtype(P0.dtype)(a), out.numpy())
     return out

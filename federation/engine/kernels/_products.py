@@ -85,3 +85,16 @@ def add_lowrank(out, K, U, v, c0, W, s):        # out[b] += sum_{j<s} K[b, j] (U
             w = K[b, j] * (acc + c0)
             for e in range(E):
                 out[b, e] += w * W[b, j, e]
+
+@jit
+def rows_from_factors(P0, items, seg, KE, H, a, out):   # out[t] = a P0[items[t]] + sum_s KE[t, s] H[seg[t], s]
+    T, D = out.shape                                     # P0 (N, D), KE (T, S), H (B, S, D): one entry per thread
+    S = KE.shape[1]
+    for t in nb.prange(T):
+        i, b = items[t], seg[t]
+        for j in range(D):
+            out[t, j] = a * P0[i, j]
+        for s in range(S):
+            c = KE[t, s]
+            for j in range(D):
+                out[t, j] += c * H[b, s, j]

@@ -20,6 +20,7 @@ def main() -> int:
     import torch
 
     from federation.engine import kernels
+    from federation.privacy.dp import DPSettings
     from federation.simulation import Federation, FedSettings
     from recsys.models.autoencoder import AEShape
 
@@ -45,6 +46,13 @@ def main() -> int:
                                      train, dtype=dtype, content=feats)
                     fed.run_round()
                     fed.user_scores(np.arange(4))
+        from federation.privacy.secagg import SecAggSettings           # secure aggregation's fixed-point sums
+        for dp in (None, DPSettings(1.0, 1.0, 1e-4)):
+            shape = AEShape(n_items, h1=16, h2=8, mode="implicit")
+            fed = Federation(shape, FedSettings(rounds=2, fraction=0.5, local_epochs=2, dp=dp,
+                                                secagg=SecAggSettings(min_clients=1, noise_std=0.1 if dp else 0.0)),
+                             train, dtype=torch.float32)
+            fed.run_round()
         stamp.write_text(f"warmed in {time.perf_counter() - t0:.1f} s\n")
     print(f"numba kernels compiled into the cache ({stamp.parent})")
     return 0
