@@ -24,7 +24,11 @@ from federation.strategies.messages import aggregate_updates
 from recsys.evaluation import evaluate_model
 
 
-def _cfg(data_dir: Path, mode: str, rounds: int | None, secure: bool, min_clients: int):
+VARIANTS = (("min_clients 5", {"min_clients": 5}), ("min_clients 2", {"min_clients": 2}),
+            ("min_clients 2, fixed_rows 192", {"min_clients": 2, "fixed_rows": 192}))
+
+
+def _cfg(data_dir: Path, mode: str, rounds: int | None, secure: bool, min_clients: int = 1, **privacy):
     src = Path(__file__).resolve().parents[2] / "configs" / f"ml100k-{mode}.yaml"
     d = yaml.safe_load(src.read_text())
     d["data"]["path"] = str((data_dir / "ml-100k").resolve())
@@ -32,7 +36,7 @@ def _cfg(data_dir: Path, mode: str, rounds: int | None, secure: bool, min_client
     if rounds:
         d["federation"]["rounds"] = rounds
     if secure:
-        d["privacy"] = {"secure_aggregation": True, "min_clients": min_clients}
+        d["privacy"] = {"secure_aggregation": True, "min_clients": min_clients, **privacy}
     return parse_config(d)
 
 
@@ -122,7 +126,7 @@ def aggregator_view(cfg, data, split, n_clients: int = 8) -> dict:
             "size_item_auc": attacks.membership_auc_items(sizes, truth[active])}
 
 
-def bench_privacy_attacks(data_dir: Path, rounds: int | None = None, min_clients=(5, 1)) -> tuple[list, list, dict]:
+def bench_privacy_attacks(data_dir: Path, rounds: int | None = None, variants=VARIANTS) -> tuple[list, list, dict]:
     """(membership / linkage rows, rating rows, info) for plain and secure runs of both shipped configs."""
     rows, rating_rows, info = [], [], {}
     for mode in ("implicit", "explicit"):
@@ -151,27 +155,31 @@ def bench_privacy_attacks(data_dir: Path, rounds: int | None = None, min_clients
             um, im = attacks.baseline_rmse(ratings, users_, items_, shadow)
             plain_r = attacks.rating_attack([obs.bias[users_, items_], obs.resid[users_, items_],
                                              obs.pred[users_, items_], gob[items_]], ratings, users_, shadow)
-            rating_rows.append(["plain: server", round(plain_r, 4), round(um, 4), round(im, 4)])
-        for k in min_clients:
-            cfg_s = _cfg(data_dir, mode, rounds, True, k)
+            pub = attacks.rating_attack([gob[items_]], ratings, users_, shadow)
+            rating_rows.append(["plain: server", round(plain_r, 4), round(pub, 4), round(um, 4), round(im, 4)])
+        for label, priv in variants:
+            cfg_s = _cfg(data_dir, mode, rounds, True, **priv)
             m, obs_s, fed_s, inf = run_secure(cfg_s, data, split)
             sc = obs_s.scores()
             seen_s = obs_s.rounds_in > 0
-            rows.append([mode, f"secure (min_clients {k}): server", round(attacks.membership_auc_items(sc[seen_s], truth[seen_s]), 3),
+            rows.append([mode, f"secure ({label}): server", round(attacks.membership_auc_items(sc[seen_s], truth[seen_s]), 3),
                          round(attacks.membership_auc_users(sc[seen_s], truth[seen_s]), 3),
                          round(attacks.precision_at_size(sc[seen_s], truth[seen_s]), 3), "-",
                          round(m[metric], 4), round(inf["bytes_per_client"] / 1e3, 1),
                          round(fed_s.round * len(fed_s.sample(0)) / inf["train_s"])])
-            info[f"{mode}-secure-{k}"] = inf
+            info[f"{mode}-secure-{label}"] = inf
             if fed_ratings is not None:
                 ratings, users_, items_ = fed_ratings
                 gob = fed_s.global_p["dec_ob"].double().cpu().numpy()
                 sec_r = attacks.rating_attack([obs_s.mean_bias()[users_, items_], gob[items_]], ratings, users_, shadow)
-                rating_rows.append([f"secure (min_clients {k}): server", round(sec_r, 4), round(um, 4), round(im, 4)])
-        agg = aggregator_view(_cfg(data_dir, mode, rounds, True, min_clients[0]), data, split)
-        rows.append([mode, "secure: one aggregator", round(agg["size_item_auc"], 3), round(agg["key_auc"], 3), "-",
-                     round(agg["size_linkage"], 3), "-", "-", "-"])
-        info[f"{mode}-aggregator"] = agg
+                pub = attacks.rating_attack([gob[items_]], ratings, users_, shadow)
+                rating_rows.append([f"secure ({label}): server", round(sec_r, 4), round(pub, 4), round(um, 4),
+                                    round(im, 4)])
+        for label, priv in (("power-of-two padding", {}), ("fixed_rows 192", {"fixed_rows": 192})):
+            agg = aggregator_view(_cfg(data_dir, mode, rounds, True, 2, **priv), data, split)
+            rows.append([mode, f"secure, {label}: one aggregator", round(agg["size_item_auc"], 3),
+                         round(agg["key_auc"], 3), "-", round(agg["size_linkage"], 3), "-", "-", "-"])
+            info[f"{mode}-aggregator-{label}"] = agg
     return rows, rating_rows, info
 
 
@@ -303,7 +311,8 @@ def privacy_section(data_dir: Path, rounds: int | None = None) -> str:
                   "test accuracy", "KB sent / client / round", "client updates / s (bench loop)"], rows)
     md += "\n" + _table("Rating inference (explicit job): RMSE of the ratings the attacker infers for the "
                          "70% of users it has no ratings of (least squares fitted on the 30% it has)",
-                         ["attacker", "attack RMSE", "user-mean oracle RMSE", "item-mean RMSE"], rating_rows)
+                         ["attacker", "attack RMSE", "public model only RMSE", "user-mean oracle RMSE",
+                          "item-mean RMSE"], rating_rows)
     md += "\n" + _table("Engine speed, client updates per second (40 rounds after 3 warm-up rounds)",
                          ["job", "plain", "secure aggregation", "ratio"], engine_speed(data_dir))
     md += "\n" + _table("The same attack on what a real SuperLink deployment's server received (synthetic "
