@@ -268,8 +268,10 @@ def test_shipped_configs_validate():
     root = Path(__file__).resolve().parents[1] / "configs"
     names = sorted(p.name for p in root.glob("*.yaml"))
     assert {"synth-cold.yaml", "ml100k-implicit-content.yaml"} <= set(names)
+    from federation.runs.jobs import fed_settings
+
     for p in root.glob("*.yaml"):
-        load_config(p)                                   # strict: an unknown key or bad value raises
+        fed_settings(load_config(p))                     # strict: an unknown key or bad value raises
     assert load_config(root / "synth-cold.yaml").content.enabled
 
 
