@@ -66,7 +66,7 @@ class Loopback:
         return {n: self.nodes[n].evaluate(decoder, part, holders=holders, prototypes=prototypes)
                 for n in nodes if n not in self.down}
 
-    def prototypes(self, nodes, decoder, centroids, holders=None):
+    def prototypes(self, nodes, decoder, centroids, holders=None, secagg=None):
         from federation.deploy.flower_app import _arrays, _numpy
 
         out = {}
@@ -74,7 +74,7 @@ class Loopback:
             if n in self.down:
                 out[n] = TimeoutError("no reply")
                 continue
-            stats = self.nodes[n].prototype_stats(decoder, centroids, holders)
+            stats = self.nodes[n].prototype_stats(decoder, centroids, holders, secagg)
             self.proto_sent.append((n, stats))
             out[n] = _numpy(_arrays(stats))                       # through a Flower ArrayRecord and back
         return out

@@ -146,3 +146,30 @@ def test_fixed_rows_deployment_equals_the_engine_and_every_share_has_one_size(sy
         sizes |= set(np.diff(off).tolist())
     assert len(sizes) == 1                          # an aggregator cannot tell heavy from light users
     assert (np.diff(sim.train.indptr) > 8).any()    # (some users had more rows than they sent)
+
+
+def test_prototype_code_sums_go_through_secure_aggregation(synth, tmp_path):
+    """prototypes.enabled with secure aggregation: each user's prototype stats leave its node as sealed
+    additive shares (no node-level sum, no code in the clear); the server's prototypes equal the
+    in-process engine's, which quantizes and sums the same per-user stats."""
+    from federation.engine import prototypes as P
+    from federation.runs.jobs import prototype_settings
+    from federation.simulation import PROTOTYPES_TENSOR
+
+    cfg = _cfg(synth, rounds=2, min_clients=2)
+    cfg = parse_config({**cfg.model_dump(mode="json"), "prototypes": {"enabled": True, "k": 3, "blend": 0.5, "iters": 2}})
+    nodes, data, split = nodes_for(cfg, tmp_path)
+    t = Loopback(nodes)
+    FederatedServer(cfg, tmp_path / "run", t).run()
+    sim = build_federation(cfg, data, split)
+    for _ in range(cfg.federation.rounds):
+        sim.run_round()
+    sim.fit_prototypes(prototype_settings(cfg))
+    ck = _load(tmp_path / "run/checkpoint.safetensors")
+    torch.testing.assert_close(ck[PROTOTYPES_TENSOR], sim.prototypes, atol=1e-4, rtol=0)
+    for n, m in t.proto_sent:
+        assert set(m) == {"users", SEALED_A, SEALED_B}
+        assert m[SEALED_A].dtype == np.uint8 and m[SEALED_B].shape[0] == len(nodes[n].active)
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["prototypes"]["rounds"] == P.rounds_needed(prototype_settings(cfg)) + 1
+    assert sum(summary["prototypes"]["sizes"]) <= len(sim.active_users)

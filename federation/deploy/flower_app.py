@@ -219,7 +219,7 @@ def _prototypes(c: RecordDict) -> np.ndarray | None:
 @client_app.query(ACTION_PROTOTYPES)
 def client_prototypes(msg: Message, context: Context) -> Message:
     stats = _node(context).prototype_stats(_numpy(msg.content[REC_DECODER]), _prototypes(msg.content),
-                                           _holders(msg.content))
+                                           _holders(msg.content), _secagg(msg.content))
     return Message(RecordDict({REC_STATS: _arrays(stats)}), reply_to=msg)
 
 
@@ -287,9 +287,10 @@ class GridTransport:
 
 
     def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
-                   holders: np.ndarray | None = None) -> dict:
-        contents = {n: _with_holders(RecordDict({REC_DECODER: _arrays(decoder),
-                                                 REC_PROTOTYPES: _arrays({PROTO_CENTROIDS: centroids})}), holders)
+                   holders: np.ndarray | None = None, secagg: SecAggRequest | None = None) -> dict:
+        contents = {n: _with_secagg(_with_holders(RecordDict({REC_DECODER: _arrays(decoder),
+                                                              REC_PROTOTYPES: _arrays({PROTO_CENTROIDS: centroids})}),
+                                                  holders), secagg)
                     for n in nodes}
         return self._exchange(contents, MSG_PROTOTYPES, lambda c: _numpy(c[REC_STATS]))
 

@@ -87,7 +87,13 @@ def config_fingerprint(cfg: JobConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-SEALED_A, SEALED_B = "sealed_a", "sealed_b"   # secure aggregation: a user's shares sealed to A and to B
+SEALED_A, SEALED_B = "sealed_a", "sealed_b"
+
+
+def channel_seal(public: bytes, plain: bytes, aad: bytes) -> bytes:
+    from federation.privacy import channel
+
+    return channel.seal(public, plain, aad)   # secure aggregation: a user's shares sealed to A and to B
 
 
 @dataclass
@@ -223,14 +229,37 @@ class ClientNode:
 
     @torch.no_grad()
     def prototype_stats(self, decoder: dict[str, np.ndarray], centroids: np.ndarray,
-                        holders: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                        holders: np.ndarray | None = None, secagg=None) -> dict[str, np.ndarray]:
         """One prototype round: this node's users' codes under the server's decoder, summed into
-        their nearest of ``centroids`` (K, H1) (federation.engine.prototypes.client_stats)."""
+        their nearest of ``centroids`` (K, H1) (federation.engine.prototypes.client_stats). Under
+        secure aggregation (``secagg``: a SecAggRequest whose run id carries the round's tag) each
+        user's own stats instead, as additive shares sealed to the two aggregators: users (U,),
+        sealed_a (U, 76), sealed_b (U, 60 + 4 (K H1 + 2K)) uint8; nothing is summed on the node."""
         self._set_decoder(decoder)
         self._set_holders(holders)
         if centroids is None:
             raise RejectedUpdate("server sent a prototype round without centroids")
-        return self.fed.prototype_stats(self._checked_prototypes(centroids), self.active).as_message()
+        C = self._checked_prototypes(centroids)
+        st = self.fed.cfg.secagg
+        if (secagg is None) != (st is None):
+            raise RejectedUpdate("prototype round: the server's and this node's secure-aggregation settings differ")
+        if secagg is None:
+            return self.fed.prototype_stats(C, self.active).as_message()
+        from federation.engine.prototypes import secure_client_vectors
+        from federation.privacy import secagg as sa
+
+        run_id, tag = secagg.run_id.rsplit("|", 1)
+        h3, _ = self.fed.user_codes(self.active)
+        vecs = secure_client_vectors(h3, C, st.frac_bits, st.max_clients).numpy()
+        a, b = [], []
+        for u, v in zip(self.active.tolist(), vecs):
+            sa_, sb_ = sa.dense_payloads(v)
+            a.append(channel_seal(secagg.public[0], sa_, sa.aad(run_id, tag, u, 0)))
+            b.append(channel_seal(secagg.public[1], sb_, sa.aad(run_id, tag, u, 1)))
+        U = len(a)
+        return {"users": self.active.astype(np.int64),
+                SEALED_A: np.frombuffer(b"".join(a), np.uint8).reshape(U, -1) if U else np.zeros((0, 0), np.uint8),
+                SEALED_B: np.frombuffer(b"".join(b), np.uint8).reshape(U, -1) if U else np.zeros((0, 0), np.uint8)}
 
     # -- evaluate ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -40,6 +40,7 @@ from federation.strategies.messages import aggregate_updates, apply_dp_revealed,
 from federation.strategies.base import RoundInfo
 from federation.engine.local_sgd import decay_factor
 from federation.privacy import channel, secagg
+from federation.privacy.fixedpoint import from_ring
 from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT, HELLO_HOLDERS,
                              HELLO_N_ITEMS, HELLO_USERS, SEALED_A, SEALED_B, TrainReply, config_fingerprint,
                              content_dim_of, decoder_keys)
@@ -85,7 +86,8 @@ class Transport(Protocol):
                  holders: np.ndarray | None = None, prototypes: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
 
     def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
-                   holders: np.ndarray | None = None) -> dict[int, dict | Exception]: ...
+                   holders: np.ndarray | None = None, secagg: SecAggRequest | None = None
+                   ) -> dict[int, dict | Exception]: ...
 
 
 def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
@@ -389,6 +391,8 @@ class FederatedServer:
         def stats_of(C: torch.Tensor) -> PrototypeStats:
             self._refresh_nodes()
             nodes = sorted(set(self.owner.values()))
+            if self.secagg is not None:
+                return secure_stats(C, nodes)
             reps = self.t.prototypes(nodes, dec, C.numpy(), self.holders)
             total = None
             for node, r in reps.items():
@@ -410,6 +414,54 @@ class FederatedServer:
             info["bytes_down"] += len(nodes) * (payload_bytes(dec) + C.numel() * 4)
             bar.update(1)
             return total
+
+        calls = [0]
+
+        def secure_stats(C: torch.Tensor, nodes: list[int]) -> PrototypeStats:
+            """A prototype round under secure aggregation: every user's stats as sealed additive shares,
+            opened and summed by the two aggregators; only the sum over >= min_clients users per
+            prototype is revealed (federation.engine.prototypes.reveal_stats)."""
+            from federation.engine.prototypes import reveal_stats, split_vector
+
+            K, H = C.shape
+            dim = K * H + 2 * K
+            tag = f"proto-{calls[0]}"
+            calls[0] += 1
+            users = sorted(self.owner)
+            for a in self.aggregators:
+                a.open_dense(tag, users, dim)
+            req = SecAggRequest(f"{self.run_id}|{tag}", tuple(channel.public_bytes(a.private_key) for a in self.aggregators))
+            reps = self.t.prototypes(nodes, dec, C.numpy(), self.holders, req)
+            for node, r in reps.items():
+                if isinstance(r, Exception):
+                    info["failed_nodes"] += 1
+                    log.warning("prototype round %d: node %s failed: %s", info["rounds"] + 1, node, r)
+                    continue
+                info["bytes_up"] += payload_bytes(r)
+                try:
+                    us, sa_, sb_ = np.asarray(r["users"]), np.asarray(r[SEALED_A]), np.asarray(r[SEALED_B])
+                    if len(sa_) != len(us) or len(sb_) != len(us):
+                        raise ValueError("users and sealed shares do not line up")
+                except (KeyError, ValueError) as e:
+                    info["failed_nodes"] += 1
+                    log.warning("prototype round %d: node %s sent bad shares (%s); ignored", info["rounds"] + 1, node, e)
+                    continue
+                for u, x, y in zip(us.tolist(), sa_, sb_):
+                    for agg, blob in zip(self.aggregators, (x, y)):
+                        try:
+                            agg.receive_dense(u, blob.tobytes())
+                        except secagg.RejectedShare as e:
+                            log.warning("prototype round %d: aggregator %s: %s", info["rounds"] + 1, "AB"[agg.party], e)
+            both = set(self.aggregators[0].dense_only) & set(self.aggregators[1].dense_only)
+            if len(both) < self.secagg.min_clients:
+                raise FedrecError(f"prototype round {info['rounds'] + 1}: {len(both)} users' shares accepted, fewer "
+                                  f"than the minimum {self.secagg.min_clients}; nothing revealed")
+            total = secagg.ring_add(self.aggregators[0].dense_share(both), self.aggregators[1].dense_share(both))
+            v = torch.as_tensor(from_ring(total))
+            info["rounds"] += 1
+            info["bytes_down"] += len(nodes) * (payload_bytes(dec) + C.numel() * 4)
+            bar.update(1)
+            return reveal_stats(*split_vector(v, K, H), self.secagg.frac_bits, self.secagg.min_clients)
 
         self.prototypes = fit_prototypes(stats_of, self.shape.h1, st_, self.cfg.seed).float()
         info["sizes"] = [int(v) for v in stats_of(self.prototypes).counts.tolist()]

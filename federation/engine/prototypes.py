@@ -111,6 +111,29 @@ def secure_client_stats(codes: torch.Tensor, centroids: torch.Tensor, frac_bits:
     return sums, counts, sq
 
 
+def secure_client_vectors(codes: torch.Tensor, centroids: torch.Tensor, frac_bits: int, max_clients: int
+                          ) -> torch.Tensor:
+    """Each client's own ``secure_client_stats`` message as one int64 vector (B, K*H + 2K):
+    [sums (K, H) flattened, counts (K,), sq (K,)], what a client secret-shares in a prototype round."""
+    from federation.privacy.fixedpoint import quantize_torch
+
+    K, H = centroids.shape
+    B = codes.shape[0]
+    lab = nearest(codes, centroids)                                                               # (B,)
+    out = torch.zeros(B, K * H + 2 * K, dtype=torch.int64)
+    r = torch.arange(B)
+    cols = lab[:, None].cpu() * H + torch.arange(H)[None]                                         # (B, H)
+    out[r[:, None], cols] = quantize_torch(codes, frac_bits, max_clients).cpu()
+    out[r, K * H + lab.cpu()] = 1
+    out[r, K * H + K + lab.cpu()] = quantize_torch((codes.double() ** 2).sum(1) / H, frac_bits, max_clients).cpu()
+    return out
+
+
+def split_vector(v: torch.Tensor, K: int, H: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A summed ``secure_client_vectors`` (K*H + 2K,) back into (sums (K, H), counts (K,), sq (K,))."""
+    return v[:K * H].reshape(K, H), v[K * H:K * H + K], v[K * H + K:]
+
+
 def reveal_stats(sums: torch.Tensor, counts: torch.Tensor, sq: torch.Tensor, frac_bits: int, min_clients: int,
                  dtype: torch.dtype = torch.float32) -> PrototypeStats:
     """Summed ``secure_client_stats`` (reduced mod 2^32 as the protocol reveals them) back into stats.

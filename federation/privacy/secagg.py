@@ -148,7 +148,16 @@ def client_payloads(ids: np.ndarray, row_delta: np.ndarray, dense_delta: np.ndar
     return k0.tobytes() + seed, k1.tobytes() + masked.astype("<u4").tobytes()
 
 
-def aad(run_id: str, rnd: int, user: int, party: int) -> bytes:
+def dense_payloads(q: np.ndarray) -> tuple[bytes, bytes]:
+    """Additive shares of a fixed-point vector q (D,) int64: (16-byte seed for A, masked vector for B)."""
+    import os
+
+    seed = os.urandom(SEED)
+    masked = ring_sub(to_ring(q), _mask(seed, len(q)))
+    return seed, masked.astype("<u4").tobytes()
+
+
+def aad(run_id: str, rnd: int | str, user: int, party: int) -> bytes:
     return f"fedrec-secagg|{run_id}|{rnd}|{user}|{party}".encode()
 
 
@@ -198,6 +207,33 @@ class Aggregator:
 
     def accepted(self) -> set:
         return set(self.keys)
+
+    # -- dense-only rounds (the federated prototypes' code sums) ---------------------------------------
+    def open_dense(self, tag: str, users, dim: int) -> None:
+        self.dense_tag, self.dense_dim = tag, dim
+        self.expected_dense, self.dense_only = {int(u) for u in users}, {}
+
+    def receive_dense(self, user: int, sealed: bytes) -> None:
+        user = int(user)
+        if user not in self.expected_dense:
+            raise RejectedShare(f"user {user} is not a client of {self.dense_tag}")
+        if user in self.dense_only:
+            raise RejectedShare(f"user {user} already sent its share in {self.dense_tag} (replay)")
+        try:
+            plain = channel.open_sealed(self.private_key, bytes(sealed), aad(self.run_id, self.dense_tag, user, self.party))
+        except channel.OpenError as e:
+            raise RejectedShare(f"user {user}: {e}") from None
+        want = SEED if self.party == 0 else 4 * self.dense_dim
+        if len(plain) != want:
+            raise RejectedShare(f"user {user}: payload of {len(plain)} bytes, expected {want}")
+        self.dense_only[user] = plain if self.party == 0 else np.frombuffer(plain, "<u4").astype(np.uint32)
+
+    def dense_share(self, users) -> np.ndarray:
+        out = np.zeros(self.dense_dim, np.uint32)
+        for u in sorted(int(x) for x in users):
+            d = self.dense_only[u]
+            out = ring_add(out, _mask(d, self.dense_dim) if self.party == 0 else d)
+        return out
 
     def share(self, users) -> tuple[np.ndarray, np.ndarray]:
         """(rows share (N, H1 + 2) uint32, dense share (D,) uint32) over ``users`` (each must be accepted)."""
