@@ -37,15 +37,20 @@ def _load(p):
     return load_file(str(p))
 
 
-def test_secure_deployment_equals_the_engine_and_sends_only_sealed_shares(synth, tmp_path):
-    cfg = _cfg(synth)
+def _deploy_and_simulate(cfg, tmp_path):
+    """Run ``cfg`` on three loopback nodes and the same rounds in process: (transport, nodes, engine, checkpoint)."""
     nodes, data, split = nodes_for(cfg, tmp_path)
     t = Loopback(nodes)
     FederatedServer(cfg, tmp_path / "run", t).run()
     sim = build_federation(cfg, data, split)
     for _ in range(cfg.federation.rounds):
         sim.run_round()
-    ck = _load(tmp_path / "run/checkpoint.safetensors")
+    return t, nodes, sim, _load(tmp_path / "run/checkpoint.safetensors")
+
+
+def test_secure_deployment_equals_the_engine_and_sends_only_sealed_shares(synth, tmp_path):
+    cfg = _cfg(synth)
+    t, nodes, sim, ck = _deploy_and_simulate(cfg, tmp_path)
     for k in ("dec_W1", "dec_b1", "dec_out", "dec_ob"):
         # same revealed ring sums; float training order differs between a node and the engine, which can
         # move a value across a rounding boundary of the 2^-16 grid
@@ -131,13 +136,7 @@ def test_secure_aggregation_with_dp_clips_noises_and_equals_the_engine(synth, tm
 
 def test_fixed_rows_deployment_equals_the_engine_and_every_share_has_one_size(synth, tmp_path):
     cfg = _cfg(synth, rounds=2, fixed_rows=8)
-    nodes, data, split = nodes_for(cfg, tmp_path)
-    t = Loopback(nodes)
-    FederatedServer(cfg, tmp_path / "run", t).run()
-    sim = build_federation(cfg, data, split)
-    for _ in range(cfg.federation.rounds):
-        sim.run_round()
-    ck = _load(tmp_path / "run/checkpoint.safetensors")
+    t, nodes, sim, ck = _deploy_and_simulate(cfg, tmp_path)
     for k in ("dec_W1", "dec_out", "dec_ob"):
         torch.testing.assert_close(ck[f"global.{k}"], sim.global_p[k], atol=1e-4, rtol=0)
     sizes = set()
@@ -158,14 +157,8 @@ def test_prototype_code_sums_go_through_secure_aggregation(synth, tmp_path):
 
     cfg = _cfg(synth, rounds=2, min_clients=2)
     cfg = parse_config({**cfg.model_dump(mode="json"), "prototypes": {"enabled": True, "k": 3, "blend": 0.5, "iters": 2}})
-    nodes, data, split = nodes_for(cfg, tmp_path)
-    t = Loopback(nodes)
-    FederatedServer(cfg, tmp_path / "run", t).run()
-    sim = build_federation(cfg, data, split)
-    for _ in range(cfg.federation.rounds):
-        sim.run_round()
+    t, nodes, sim, ck = _deploy_and_simulate(cfg, tmp_path)
     sim.fit_prototypes(prototype_settings(cfg))
-    ck = _load(tmp_path / "run/checkpoint.safetensors")
     torch.testing.assert_close(ck[PROTOTYPES_TENSOR], sim.prototypes, atol=1e-4, rtol=0)
     for n, m in t.proto_sent:
         assert set(m) == {"users", SEALED_A, SEALED_B}
