@@ -45,8 +45,11 @@ class _PRG:
 
     def mmo(self, which: int, blocks: np.ndarray) -> np.ndarray:
         b = np.ascontiguousarray(blocks, dtype=np.uint8)
-        out = np.frombuffer(self._enc[which].update(b.tobytes()), dtype=np.uint8).reshape(b.shape)
-        return out ^ b
+        buf = np.empty(b.size + SEED - 1, np.uint8)                      # update_into needs a block of slack
+        n = self._enc[which].update_into(memoryview(b.reshape(-1)), memoryview(buf))
+        out = buf[:n].reshape(b.shape)
+        out ^= b
+        return out
 
     def expand(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """G(s) for seeds (M, 16): (sL (M, 16), tL (M,), sR, tR); the t bits are the seeds' low bits."""
