@@ -88,12 +88,7 @@ def config_fingerprint(cfg: JobConfig) -> str:
 
 
 SEALED_A, SEALED_B = "sealed_a", "sealed_b"
-
-
-def channel_seal(public: bytes, plain: bytes, aad: bytes) -> bytes:
-    from federation.privacy import channel
-
-    return channel.seal(public, plain, aad)   # secure aggregation: a user's shares sealed to A and to B
+   # secure aggregation: a user's shares sealed to A and to B
 
 
 @dataclass
@@ -246,7 +241,7 @@ class ClientNode:
         if secagg is None:
             return self.fed.prototype_stats(C, self.active).as_message()
         from federation.engine.prototypes import secure_client_vectors
-        from federation.privacy import secagg as sa
+        from federation.privacy import channel, secagg as sa
 
         run_id, tag = secagg.run_id.rsplit("|", 1)
         h3, _ = self.fed.user_codes(self.active)
@@ -254,8 +249,8 @@ class ClientNode:
         a, b = [], []
         for u, v in zip(self.active.tolist(), vecs):
             sa_, sb_ = sa.dense_payloads(v)
-            a.append(channel_seal(secagg.public[0], sa_, sa.aad(run_id, tag, u, 0)))
-            b.append(channel_seal(secagg.public[1], sb_, sa.aad(run_id, tag, u, 1)))
+            a.append(channel.seal(secagg.public[0], sa_, sa.aad(run_id, tag, u, 0)))
+            b.append(channel.seal(secagg.public[1], sb_, sa.aad(run_id, tag, u, 1)))
         U = len(a)
         return {"users": self.active.astype(np.int64),
                 SEALED_A: np.frombuffer(b"".join(a), np.uint8).reshape(U, -1) if U else np.zeros((0, 0), np.uint8),

@@ -184,16 +184,20 @@ class Aggregator:
         self.round, self.expected = rnd, {int(u) for u in users}
         self.keys, self.dense = {}, {}
 
-    def receive(self, user: int, sealed: bytes) -> None:
-        user = int(user)
-        if user not in self.expected:
-            raise RejectedShare(f"user {user} is not a client of round {self.round + 1}")
-        if user in self.keys:
-            raise RejectedShare(f"user {user} already sent its share this round (replay)")
+    def _open(self, user: int, sealed: bytes, context: int | str, expected: set, seen: dict, what: str) -> bytes:
+        """Check that ``user`` is expected and new in ``what``, and open its payload sealed for ``context``."""
+        if user not in expected:
+            raise RejectedShare(f"user {user} is not a client of {what}")
+        if user in seen:
+            raise RejectedShare(f"user {user} already sent its share in {what} (replay)")
         try:
-            plain = channel.open_sealed(self.private_key, bytes(sealed), aad(self.run_id, self.round, user, self.party))
+            return channel.open_sealed(self.private_key, bytes(sealed), aad(self.run_id, context, user, self.party))
         except channel.OpenError as e:
             raise RejectedShare(f"user {user}: {e}") from None
+
+    def receive(self, user: int, sealed: bytes) -> None:
+        user = int(user)
+        plain = self._open(user, sealed, self.round, self.expected, self.keys, f"round {self.round + 1}")
         tail = SEED if self.party == 0 else 4 * self.lay.dense
         kb = self.lay.key_bytes
         body = len(plain) - tail
@@ -215,14 +219,7 @@ class Aggregator:
 
     def receive_dense(self, user: int, sealed: bytes) -> None:
         user = int(user)
-        if user not in self.expected_dense:
-            raise RejectedShare(f"user {user} is not a client of {self.dense_tag}")
-        if user in self.dense_only:
-            raise RejectedShare(f"user {user} already sent its share in {self.dense_tag} (replay)")
-        try:
-            plain = channel.open_sealed(self.private_key, bytes(sealed), aad(self.run_id, self.dense_tag, user, self.party))
-        except channel.OpenError as e:
-            raise RejectedShare(f"user {user}: {e}") from None
+        plain = self._open(user, sealed, self.dense_tag, self.expected_dense, self.dense_only, self.dense_tag)
         want = SEED if self.party == 0 else 4 * self.dense_dim
         if len(plain) != want:
             raise RejectedShare(f"user {user}: payload of {len(plain)} bytes, expected {want}")
