@@ -29,7 +29,7 @@ from federation.privacy.secagg import SecAggSettings
 from federation.engine.state import ClientStore, Cohort, make_cohorts
 from federation.strategies.registry import get_strategy, message_strategies
 from recsys.errors import FedrecError
-from recsys.models.autoencoder import (CONTENT_KEY, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
+from recsys.models.autoencoder import (CONTENT_KEY, ENCODER_KEYS, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
                                       init_params, input_values, item_rows)
 from recsys.models.base import Recommender
 
@@ -136,6 +136,7 @@ class Federation:
         keys = self.strategy.personal
         if not keys:
             return None
+        init = {**init, **self.strategy.personal_init(self.shape, self.cfg.seed, init["dec_W1"].dtype)}
         return ClientStore(self.train, {k: init[params[k].source] for k in keys}, keys, state_dtype, self.device,
                            row_keys=self.strategy.row_keys(self.shape))
 
@@ -520,17 +521,27 @@ class Federation:
         users = np.asarray(users, dtype=np.int64)
         uniq, inverse = np.unique(users, return_inverse=True)
         h3, parts = self.user_hidden(uniq)                                                # (U, H1)
-        out = full_scores(self.global_p, h3, self.content)                                # (U, N)
-        if "dec_out" in self.strategy.personal:
+        out = self.strategy.score(self.global_p, h3, self.personal_values(uniq), self.content)   # (U, N)
+        if "dec_out" in self.strategy.personal and "dec_out" in self.store.row_keys:
             for c, idx in parts:
                 rows = self.store.gather("dec_out", c, self.dtype)                        # (T, H1)
                 rb = self.store.gather("dec_ob", c, self.dtype)
                 out[idx[c.seg], c.items] = (rows * h3[idx][c.seg]).sum(1) + rb
         return out[torch.as_tensor(inverse, device=self.device)]
 
+    def personal_values(self, users: np.ndarray) -> dict[str, torch.Tensor]:
+        """The strategy's own per-client personal values of ``users`` (sorted, unique): key -> (B, ...)
+        (what ``Strategy.hidden`` / ``Strategy.score`` read; neither the encoder nor rows of a client's
+        own items are included)."""
+        if self.store is None:
+            return {}
+        idx = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
+        return {k: self.store.tensors[k].index_select(0, idx).to(self.dtype)
+                for k in self.strategy.personal if k not in self.store.row_keys and k not in ENCODER_KEYS}
+
     def shared_rows(self) -> bool:
         """True when every user scores items with the same (global) decoder rows."""
-        return "dec_out" not in self.strategy.personal
+        return "dec_out" not in self.strategy.personal and self.strategy.shared_item_vectors
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -575,7 +586,10 @@ class FederatedAutoencoder(Recommender):
 
     def user_vectors(self, users: np.ndarray) -> np.ndarray:
         """(B, H1+1) float32: [h3_u, 1]. user_vectors(u) @ item_vectors().T == score(u)."""
-        h3, _ = self.fed.user_hidden(users)
+        users = np.asarray(users, dtype=np.int64)
+        uniq, inverse = np.unique(users, return_inverse=True)
+        h3, _ = self.fed.user_hidden(uniq)
+        h3 = self.fed.strategy.hidden(h3, self.fed.personal_values(uniq))[torch.as_tensor(inverse, device=h3.device)]
         return torch.cat([h3, torch.ones_like(h3[:, :1])], 1).float().cpu().numpy()
 
     def item_vectors(self) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 from federation.simulation import Federation, FedSettings
 from federation.strategies.comm import client_bytes
 from federation.strategies.registry import get_strategy
+from recsys.errors import ConfigError
 from recsys.models.autoencoder import AEShape
 from recsys.splits import ratio_split
 
@@ -69,6 +70,10 @@ class StrategyConformance:
     def test_content_model_generic_path_matches_the_reference(self, tiny_data, mode):
         if not self.strat.federated:
             pytest.skip("content needs a federated strategy")
+        try:
+            self.strat.check(AEShape(tiny_data.n_items, h1=16, h2=8, content_dim=5), True)
+        except ConfigError as e:
+            pytest.skip(f"the strategy refuses content: {e}")
         content = torch.randn(tiny_data.n_items, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
         shape = AEShape(tiny_data.n_items, h1=16, h2=8, mode=mode, content_dim=5, input_tie=2.0)

@@ -65,26 +65,52 @@ class LocalRun:
     def model_loss(self, p: dict[str, torch.Tensor], step: int) -> torch.Tensor:
         """The autoencoder's per-client loss (B,) at local step ``step`` with held values ``p``
         (model keys; a strategy passes its personal copies under the model's names)."""
-        c, s = self.cohort, self.shape
-        B, seg, items, x = c.size, c.seg, c.items, c.x.to(p["enc_b1"].dtype)
+        h3, m = self.hidden(p, step)
+        return self.loss_from_hidden(p, h3, m)
+
+    def hidden(self, p: dict[str, torch.Tensor], step: int, keep: float | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's hidden layer h3 (B, H1) at local step ``step`` (that step's dropout mask; keep=1.0:
+        no dropout, the code a user scores with), and the content-projected code m = h3 dec_P (B, F)
+        of a content-aware model (else None)."""
+        c = self.cohort
+        B, seg, x = c.size, c.seg, c.x.to(p["enc_b1"].dtype)
         enc = p["enc_in"] if self.tie is None else p["enc_in"] + self.tie              # (T, H1)
         h1 = torch.tanh(segment_sum(x[:, None] * enc, seg, B) + p["enc_b1"])           # (B, H1)
         h2 = torch.tanh(_bmv(p["enc_W2"], h1) + p["enc_b2"])                           # (B, H2)
-        z = h2 * self.mask(step)
+        z = h2 * (self.mask(step) if keep is None else keep)
         h3 = torch.tanh(_bmv(p["dec_W1"], z) + p["dec_b1"])                            # (B, H1)
         m = (torch.bmm(h3.unsqueeze(1), p[CONTENT_KEY]).squeeze(1)                     # (B, F)
              if CONTENT_KEY in p else None)
+        return h3, m
+
+    def loss_from_hidden(self, p: dict[str, torch.Tensor], h3: torch.Tensor, m: torch.Tensor | None = None,
+                         scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The per-client loss (B,) of scoring with code h3 (B, H1) (and content code m (B, F)) against
+        the held rows. scale: per-score multipliers of the row part h3·row_i, (T,) for the held entries
+        and (B, N) for every item (FedLoGe's personal norms); None: 1."""
+        c, s = self.cohort, self.shape
+        B, seg, items, x = c.size, c.seg, c.items, c.x.to(h3.dtype)
         if self.rows_all:
-            y = _bmv(p["dec_out"], h3) + p["dec_ob"]                                    # (B, N)
+            y = _bmv(p["dec_out"], h3)                                                  # (B, N)
+            if scale is not None:
+                y = y * scale[1]
+            y = y + p["dec_ob"]
             if m is not None:
                 y = y + m @ self.content.T
             return client_loss(s, y, seg, items, x, B)
-        y = (p["dec_out"] * h3.index_select(0, seg)).sum(1) + p["dec_ob"]              # (T,)
+        y = (p["dec_out"] * h3.index_select(0, seg)).sum(1)                            # (T,)
+        if scale is not None:
+            y = y * scale[0]
+        y = y + p["dec_ob"]
         if m is not None:
             y = y + (m.index_select(0, seg) * self.content.index_select(0, items)).sum(1)
         frozen = None
         if s.mode == "implicit":      # the other items keep the received rows (partial compression)
-            frozen = h3 @ self.global_p["dec_out"].T + self.global_p["dec_ob"]          # (B, N)
+            frozen = h3 @ self.global_p["dec_out"].T                                    # (B, N)
+            if scale is not None:
+                frozen = frozen * scale[1]
+            frozen = frozen + self.global_p["dec_ob"]
             if m is not None:
                 frozen = frozen + m @ self.content.T
         return client_loss(s, y, seg, items, x, B, frozen)

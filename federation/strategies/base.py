@@ -109,6 +109,11 @@ class Strategy:
         out.update(self.extra_personal)
         return out
 
+    def personal_init(self, shape: AEShape, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Initial values of the strategy's own personal parameters that copy no model key (their
+        ``Param.source`` is their own name), one value every client starts from. Default: none."""
+        return {}
+
     def row_keys(self, shape: AEShape) -> tuple[str, ...]:
         """Keys indexed by item (a client's store holds its own items' rows of the personal ones)."""
         return tuple(k for k, p in self.params(shape).items() if p.item_rows)
@@ -122,6 +127,21 @@ class Strategy:
     def inference_key(self, key: str) -> str:
         """Which held parameter a user scores with in place of model parameter ``key``."""
         return key
+
+    # -- inference -----------------------------------------------------------------------------
+    shared_item_vectors: ClassVar[bool] = True   # scores are hidden(h3)·row_i + b_i with the global rows
+
+    def hidden(self, h3: torch.Tensor, personal: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The code (B, H1) a user scores the global item rows with, from its code h3 (B, H1) and its
+        personal per-client values ``personal`` (key -> (B, ...)). Default: h3 itself."""
+        return h3
+
+    def score(self, g: dict[str, torch.Tensor], h3: torch.Tensor, personal: dict[str, torch.Tensor],
+              content: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, N) of every item for users with codes h3 (B, H1) under global parameters ``g``."""
+        from recsys.models.autoencoder import full_scores
+
+        return full_scores(g, self.hidden(h3, personal), content)
 
     def check(self, shape: AEShape, content: bool) -> None:
         """Refuse an unsupported combination with one clear line (ConfigError)."""

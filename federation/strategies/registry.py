@@ -5,12 +5,17 @@ from __future__ import annotations
 from federation.strategies.base import Strategy
 from federation.strategies.ditto import Ditto
 from federation.strategies.fedavg import FedAvg
+from federation.strategies.feddpa import FedDPA
+from federation.strategies.fedloge import FedLoGe
 from federation.strategies.fedprox import FedProx
+from federation.strategies.fedrep import FedPer, FedRep
 from federation.strategies.local import Local
 from federation.strategies.personalfr import PersonalFR
+from federation.strategies.pfedgate import PFedGate
 from recsys.errors import ConfigError
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (PersonalFR, FedAvg, Local, FedProx, Ditto)}
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (PersonalFR, FedAvg, Local, FedProx, Ditto,
+                                                                FedDPA, FedLoGe, PFedGate, FedPer, FedRep)}
 
 
 def message_strategies() -> tuple[str, ...]:

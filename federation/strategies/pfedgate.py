@@ -1,0 +1,140 @@
+"""pFedGate (Chen et al., ICML 2023): a personal gating layer picks, under the client's sparsity budget,
+which blocks of the shared model it uses and how much, and is trained with the model.
+
+Adapted to the autoencoder. The shared decoder's hidden layer (H1 units) is cut into ``blocks``
+equal blocks; block k is its units' rows of the dense layer (dec_W1, dec_b1) and their columns of
+the item layer (dec_out). The personal gate reads the user's code h (B, H1):
+
+    g = sigmoid(G h + c)                       G (K, H1), c (K,) personal, never sent       (1)
+
+The budget s allows round(s·K) blocks (at least one). Each block has the same size, so the paper's
+knapsack (maximise the summed gate values of the chosen blocks under the size budget) picks the
+round(s·K) largest gates. The sparse model scales the chosen blocks by their gate and drops the rest:
+
+    m_k = g_k if k is chosen else 0;   h' = h ⊙ expand(m);   score_ui = W_i · h' + b_i           (2)
+
+which is the item layer's block columns scaled by m_k (no batch normalisation: one row per client).
+The choice is made once per round from the gate at its received value (the client's sparse model
+for the round); the gate values of the chosen blocks get gradients through (2) and train with
+everything else. Parameters of dropped blocks are not part of the client's model: they are neither
+trained nor changed (not even by weight decay), so the server's average over holders is unaffected
+by them. With s = 1 every block is kept and the gate only scales.
+
+Decoder compute per client scales with the kept fraction: the dense layer's and the item layer's
+multiply-adds are s of the full model's (``decoder_flops``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from federation.strategies.base import Param
+from federation.strategies.personalfr import PersonalFR
+from recsys.errors import ConfigError
+from recsys.models.autoencoder import AEShape
+
+GATE_W, GATE_B = "gate.W", "gate.b"
+
+
+class PFedGateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sparsity: float = Field(0.5, gt=0, le=1)     # s: the fraction of blocks a client may keep
+    blocks: int = Field(16, ge=1)                # K: blocks of the decoder's hidden units
+    gate_bias: float = 2.0                       # c's start value: gates start near sigmoid(2) = 0.88
+
+
+def kept_blocks(blocks: int, sparsity: float) -> int:
+    """round(s K), at least 1."""
+    return max(1, min(blocks, int(math.floor(sparsity * blocks + 0.5))))
+
+
+def knapsack(gates: torch.Tensor, sizes: torch.Tensor, budget: float) -> torch.Tensor:
+    """The paper's selection, for any block sizes: maximise the summed gate values under
+    Σ size ≤ budget, greedily by value per size (exact for equal sizes, where it is the top gates).
+    gates (B, K), sizes (K,) -> (B, K) 0/1 float mask."""
+    order = torch.argsort(gates / sizes, dim=1, descending=True, stable=True)           # (B, K)
+    used = torch.cumsum(sizes[order], dim=1)                                             # (B, K)
+    chosen = (used <= budget + 1e-9).to(gates.dtype)
+    chosen[:, 0] = 1.0                                                                   # at least one block
+    return torch.zeros_like(gates).scatter(1, order, chosen)
+
+
+def gate_values(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(1): h (B, H1), W (B, K, H1), b (B, K) -> g (B, K)."""
+    return torch.sigmoid(torch.bmm(W, h.unsqueeze(2)).squeeze(2) + b)
+
+
+def gated(h: torch.Tensor, g: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(2): h ⊙ expand(g ⊙ chosen), h (B, H1), g and chosen (B, K) -> (B, H1)."""
+    m = g * chosen
+    return h * m.repeat_interleave(h.shape[1] // g.shape[1], dim=1)
+
+
+class PFedGate(PersonalFR):
+    name = "pfedgate"
+    summary = "PersonalFR plus a personal gate that keeps s of the decoder's blocks (knapsack) and scales them"
+    paper = "Chen et al. 2023, Efficient Personalized Federated Learning via Sparse Model-Adaptation (pFedGate)"
+    Options = PFedGateOptions
+    closed_form = False
+    extra_personal = {GATE_W: Param("personal", GATE_W, False), GATE_B: Param("personal", GATE_B, False)}
+
+    def check(self, shape: AEShape, content: bool) -> None:
+        super().check(shape, content)
+        if content:
+            raise ConfigError("pfedgate gates the free item rows; content-aware decoders are not supported")
+        if shape.h1 % self.options.blocks:
+            raise ConfigError(f"pfedgate: blocks={self.options.blocks} must divide the decoder width {shape.h1}")
+
+    def personal_init(self, shape: AEShape, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        K = self.options.blocks
+        g = torch.Generator().manual_seed(seed + 5_151)
+        bound = 1.0 / math.sqrt(shape.h1)
+        return {GATE_W: (torch.rand(K, shape.h1, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).to(dtype),
+                GATE_B: torch.full((K,), self.options.gate_bias, dtype=dtype)}
+
+    def choose(self, h: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The round's chosen blocks (B, K) from codes h (B, H1) and the gate (W, b)."""
+        K = self.options.blocks
+        g = gate_values(h, W, b)
+        sizes = torch.ones(K, dtype=h.dtype, device=h.device)
+        return knapsack(g, sizes, float(kept_blocks(K, self.options.sparsity)))
+
+    # -- training ------------------------------------------------------------------------------
+    def local_update(self, run) -> torch.Tensor:
+        with torch.no_grad():                            # the round's sparse model, from the received gate
+            h0, _ = run.hidden(run.start, 0, keep=1.0)
+            chosen = self.choose(h0, run.start[GATE_W], run.start[GATE_B])               # (B, K)
+
+        def loss(run_, p, step):
+            h3, m = run_.hidden(p, step)
+            g = gate_values(h3, p[GATE_W], p[GATE_B])
+            return run_.loss_from_hidden(p, gated(h3, g, chosen), m)
+
+        keys = tuple(run.values)
+        out = run.sgd(keys, loss, run.steps)
+        self._restore_dropped(run, chosen)
+        return out
+
+    def _restore_dropped(self, run, chosen: torch.Tensor) -> None:
+        """Dropped blocks are not in the client's model: put their received values back (undoing weight
+        decay, their only change)."""
+        H1, K = run.shape.h1, self.options.blocks
+        units = chosen.repeat_interleave(H1 // K, dim=1).to(torch.bool)                   # (B, H1)
+        v, s = run.values, run.start
+        v["dec_W1"] = torch.where(units[:, :, None], v["dec_W1"], s["dec_W1"])
+        v["dec_b1"] = torch.where(units, v["dec_b1"], s["dec_b1"])
+        ent = units.index_select(0, run.cohort.seg) if "dec_out" in run.per_entry else units[:, None, :]
+        v["dec_out"] = torch.where(ent, v["dec_out"], s["dec_out"])
+
+    # -- inference -----------------------------------------------------------------------------
+    def hidden(self, h3: torch.Tensor, personal: dict[str, torch.Tensor]) -> torch.Tensor:
+        g = gate_values(h3, personal[GATE_W], personal[GATE_B])
+        return gated(h3, g, self.choose(h3, personal[GATE_W], personal[GATE_B]))
+
+
+def decoder_flops(shape: AEShape, sparsity: float, blocks: int, rows: int) -> int:
+    """Multiply-adds of one decoder forward for a client scoring ``rows`` items with s of the blocks kept."""
+    kept = kept_blocks(blocks, sparsity) / blocks
+    return int(kept * shape.h1 * (shape.h2 + rows))
