@@ -122,6 +122,9 @@ class Federation:
         init = init_params(shape, cfg.seed, dtype)
         self.global_p = {k: v.to(self.device) for k, v in init.items()}
         self.store = self.new_store(init, state_dtype or dtype)
+        # What the server keeps per client across rounds (FedCAC: last decoders and masks); usually empty.
+        self.server_state = self.strategy.server_state_init(shape, self.train, dtype)
+        self._plan: tuple[int, object] | None = None          # (round, the strategy's plan for it)
         self.n_per_user = np.diff(self.train.indptr)
         self.active_users = np.flatnonzero(self.n_per_user > 0)
         self.round = 0                    # rounds completed
@@ -181,6 +184,7 @@ class Federation:
         lr = self.lr_at(rnd)
         agg = _Aggregate()
         losses = []
+        self.begin_round(users, rnd)
         if self.cfg.secagg is not None:
             # Secure aggregation: the same ring sums the two aggregators' shares add up to (noise included
             # under DP), computed in the clear without per-client cryptography (privacy.secagg).
@@ -343,6 +347,8 @@ class Federation:
 
         self._require_messages()
         lr = self.lr_at(self.round) if lr is None else lr
+        if self.server_state and (self._plan is None or self._plan[0] != self.round):
+            self.begin_round(users, self.round)
         out: dict[int, dict[str, np.ndarray]] = {}
         losses: dict[int, float] = {}
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
@@ -363,6 +369,11 @@ class Federation:
                 losses[int(u)] = float(res.loss[j])
         return out, losses
 
+    def begin_round(self, users: np.ndarray, rnd: int) -> None:
+        """The strategy's server-side plan for round ``rnd`` (FedCAC: collaborators), before any training."""
+        if self.server_state:
+            self._plan = (rnd, self.strategy.begin_round(self.server_state, np.asarray(users), rnd, self.train))
+
     def train_cohort(self, c: Cohort, lr: float, rnd: int, path: str = "vectorized"):
         """Train cohort ``c`` in round ``rnd``; the one place the engine picks its path:
         vectorized: the closed-form cohort path (kernels) for closed-form strategies, else generic;
@@ -376,9 +387,17 @@ class Federation:
             return self._reference_update(c, lr, rnd)
         if path not in ("vectorized", "generic", "reference"):
             raise ValueError(f"unknown engine path {path!r} (vectorized, generic or reference)")
-        return train_generic(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
-                             self.cfg.seed, rnd, self.dtype, self.content,
-                             optimizer="torch" if path == "reference" else "batched")
+        start = None
+        if self.server_state:
+            if self._plan is None or self._plan[0] != rnd:
+                raise RuntimeError("begin_round must run before a round's training (server-side plan)")
+            start = s.client_start(self.server_state, self._plan[1], c, self.global_p, self.train, self.dtype)
+        res = train_generic(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                            self.cfg.seed, rnd, self.dtype, self.content,
+                            optimizer="torch" if path == "reference" else "batched", start=start)
+        if self.server_state:
+            s.observe(self.server_state, c, res.start, res.values)
+        return res
 
     def _keep_personal(self, c: Cohort, res) -> None:
         """Write the trained personal parameters back into the clients' state."""
@@ -550,6 +569,7 @@ class Federation:
             out[PROTOTYPES_TENSOR] = self.prototypes
         if self.store is not None:
             out.update({f"client.{k}": v for k, v in self.store.tensors.items()})
+        out.update({f"server.{k}": v for k, v in self.server_state.items()})
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], completed_round: int) -> None:
@@ -558,6 +578,8 @@ class Federation:
         if self.store is not None:
             prefix = "client."
             self.store.load({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for k in self.server_state:
+            self.server_state[k] = tensors[f"server.{k}"].to(self.server_state[k].dtype).clone()
         P = tensors.get(PROTOTYPES_TENSOR)
         self.prototypes = None if P is None else P.to(self.device, self.dtype)
         self.round = completed_round

@@ -110,6 +110,10 @@ class FederatedServer:
             raise ConfigError(f"federation.strategy {self.strategy.name!r}: the Flower deployment exchanges "
                               "per-client messages of own-item rows; this strategy sends none "
                               "(run it in process with `fedrec train`)")
+        if self.strategy.individual_updates:
+            raise ConfigError(f"federation.strategy {self.strategy.name!r}: its server sends each client a model of "
+                              "its own, which the Flower deployment does not carry yet (run it in process with "
+                              "`fedrec train`)")
         self.dp = self.settings.dp
         self.secagg = self.settings.secagg
         self.aggregators: list | None = None     # the two secure-aggregation aggregators (see _init_secagg)

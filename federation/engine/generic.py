@@ -199,6 +199,7 @@ class MaterializedResult:
     """Trained values of a cohort given explicitly: (B, ...) per client, (T, ...) per entry row."""
     values: dict[str, torch.Tensor]
     loss: torch.Tensor                      # (B,)
+    start: dict[str, torch.Tensor] = field(default_factory=dict)   # the values training started from
 
     def value(self, key: str) -> torch.Tensor:
         return self.values[key]
@@ -210,9 +211,10 @@ class MaterializedResult:
 def train_generic(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor],
                   store: ClientStore | None, sgd: SGDConfig, lr: float, steps: int, seed: int, rnd: int,
                   dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None,
-                  optimizer: str = "batched") -> MaterializedResult:
+                  optimizer: str = "batched", start: dict[str, torch.Tensor] | None = None) -> MaterializedResult:
     """Run ``strategy.local_update`` for every client of ``cohort`` (see the module docstring).
-    Personal values come from ``store``; shared ones start at the received ``global_p``."""
+    Personal values come from ``store``; shared ones start at the received ``global_p``, or at the
+    per-client values ``start`` ((B, ...) / (T, ...)) the server sent (``Strategy.client_start``)."""
     if shape.content_dropout > 0:
         raise ConfigError(f"content.row_dropout is supported by the closed-form strategies only, not {strategy.name!r}")
     B, items = cohort.size, cohort.items
@@ -230,9 +232,11 @@ def train_generic(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, 
         else:
             v = g[prm.source]
             values[k] = v.unsqueeze(0).expand(B, *v.shape).clone()                      # (B, ...)
+    for k, v in (start or {}).items():
+        values[k] = v.to(dtype).clone()
     C = None if content is None else content.to(dtype)
     tie = (shape.input_tie * item_rows(g, C, items)) if shape.input_tie else None      # a constant of the round
     keep = dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
     run = LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, rows_all, optimizer, seed, rnd)
     loss = strategy.local_update(run)
-    return MaterializedResult({k: v.detach() for k, v in run.values.items()}, loss.detach())
+    return MaterializedResult({k: v.detach() for k, v in run.values.items()}, loss.detach(), run.start)

@@ -72,6 +72,8 @@ def _require_messages(cfg: JobConfig, what: str) -> None:
     if not strategy.sends_messages:
         raise ConfigError(f"{what}; strategy {strategy.name!r} sends none (use one of: "
                           f"{', '.join(message_strategies())})")
+    if strategy.individual_updates:
+        raise ConfigError(f"{what}; strategy {strategy.name!r} needs each client's own update on the server")
 
 
 def dp_settings(cfg: JobConfig) -> DPSettings | None:

@@ -148,6 +148,27 @@ class Strategy:
         if content and not self.federated:
             raise ConfigError(f"content features need a federated strategy, not {self.name!r}")
 
+    # -- server state (strategies whose server keeps per-client state, e.g. FedCAC) ------------------
+    individual_updates: ClassVar[bool] = False   # the server needs each client's own update: no secure aggregation, no DP
+
+    def server_state_init(self, shape: AEShape, train, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Tensors the server keeps across rounds (checkpointed as ``server.KEY``). Default: none."""
+        return {}
+
+    def begin_round(self, state: dict[str, torch.Tensor], users, rnd: int, train):
+        """The server's plan for round ``rnd`` with clients ``users`` (passed to ``client_start``)."""
+        return None
+
+    def client_start(self, state: dict[str, torch.Tensor], plan, cohort, global_p: dict[str, torch.Tensor],
+                     train, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Per-client start values of shared parameters ((B, ...) / (T, ...)) in place of the global
+        ones: what the server sends each client. Default: {} (every client receives the global model)."""
+        return {}
+
+    def observe(self, state: dict[str, torch.Tensor], cohort, start: dict[str, torch.Tensor],
+                trained: dict[str, torch.Tensor]) -> None:
+        """The server sees a cohort's updates (``trained``; it sent ``start``) and updates its state."""
+
     # -- local update (the generic path) ------------------------------------------------------
     def local_loss(self, run: "LocalRun", p: dict[str, torch.Tensor], step: int) -> torch.Tensor:
         """Per-client objective (B,) of local step ``step`` with held values ``p``: the model's loss."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from federation.strategies.base import Strategy
 from federation.strategies.ditto import Ditto
 from federation.strategies.fedavg import FedAvg
+from federation.strategies.fedcac import FedCAC
 from federation.strategies.feddpa import FedDPA
 from federation.strategies.fedloge import FedLoGe
 from federation.strategies.fedprox import FedProx
@@ -15,7 +16,7 @@ from federation.strategies.pfedgate import PFedGate
 from recsys.errors import ConfigError
 
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (PersonalFR, FedAvg, Local, FedProx, Ditto,
-                                                                FedDPA, FedLoGe, PFedGate, FedPer, FedRep)}
+                                                                FedCAC, FedDPA, FedLoGe, PFedGate, FedPer, FedRep)}
 
 
 def message_strategies() -> tuple[str, ...]:
