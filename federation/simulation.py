@@ -29,7 +29,7 @@ from federation.privacy.secagg import SecAggSettings
 from federation.engine.state import ClientStore, Cohort, make_cohorts
 from federation.strategies.registry import get_strategy, message_strategies
 from recsys.errors import FedrecError
-from recsys.models.autoencoder import (CONTENT_KEY, ENCODER_KEYS, ITEM_ROW_KEYS, AEShape, decode_hidden, encode, full_scores,
+from recsys.models.autoencoder import (CONTENT_KEY, ENCODER_KEYS, ITEM_ROW_KEYS, AEShape, decode_hidden, encode,
                                       init_params, input_values, item_rows)
 from recsys.models.base import Recommender
 

@@ -217,3 +217,11 @@ class StrategyConformance:
                     continue                         # per-entry rows: checked by tests/test_deployment.py
                 torch.testing.assert_close(node.fed.store.full(k)[node.users], sim.store.full(k)[node.users],
                                            atol=1e-5, rtol=0)
+
+
+def tiny_fed(data, strategy: str, options: dict, mode: str = "implicit", dtype=torch.float64, **cfg_kw) -> Federation:
+    """A small federation for a strategy's own tests: hidden 16/8, half the clients per round, 3 local steps."""
+    train = ratio_split(data, seed=1).matrix(data, "train")
+    shape = AEShape(data.n_items, h1=16, h2=8, mode=mode)
+    kw = {"rounds": 3, "fraction": 0.5, "local_epochs": 3, "seed": 3, **cfg_kw}
+    return Federation(shape, FedSettings(strategy=strategy, options=dict(options), **kw), train, dtype=dtype)
