@@ -109,3 +109,55 @@ def tail_share(topk: np.ndarray, train: sp.csr_matrix, head_fraction: float = 0.
     head = np.zeros(len(pop), bool)
     head[np.argsort(-pop, kind="stable")[:n_head]] = True
     return float((~head[topk]).mean())
+
+
+def item_terciles(train: sp.csr_matrix) -> np.ndarray:
+    """Popularity group of each item (N,): 0 head, 1 mid, 2 tail — a third of the catalogue each, by
+    training interactions (most popular first, ties by item id)."""
+    pop = np.diff(train.tocsc().indptr)
+    order = np.argsort(-pop, kind="stable")
+    out = np.empty(len(pop), np.int64)
+    out[order] = np.minimum(np.arange(len(pop)) * 3 // max(1, len(pop)), 2)
+    return out
+
+
+def activity_quartiles(train: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+    """Activity group of each of ``users`` (n,): 0 lightest … 3 heaviest quarter by training
+    interactions (quartile edges over ``users``; a tie goes to the lower quarter)."""
+    n = np.diff(train.indptr)[np.asarray(users)]
+    edges = np.quantile(n, [0.25, 0.5, 0.75])
+    return np.searchsorted(edges, n, side="left").astype(np.int64)
+
+
+def user_recall(topk: np.ndarray, truth: sp.csr_matrix, users: np.ndarray, k: int,
+                item_mask: np.ndarray | None = None) -> np.ndarray:
+    """Recall@k per user (n,): hits among the top k over the user's relevant items, counting only items
+    with ``item_mask`` True (all when None); NaN for a user without such relevant items."""
+    T = truth[np.asarray(users)].tocsr()
+    if item_mask is not None:
+        T = T @ sp.diags(item_mask.astype(np.float64))
+        T.eliminate_zeros()
+    n_rel = np.diff(T.indptr)
+    hits = np.zeros(len(users))
+    top = topk[:, :k]
+    for r in range(len(users)):           # n x k lookups in sorted index slices
+        rel = T.indices[T.indptr[r]:T.indptr[r + 1]]
+        if len(rel):
+            hits[r] = np.isin(top[r], rel, assume_unique=False).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_rel > 0, hits / n_rel, np.nan)
+
+
+def group_recall(topk: np.ndarray, truth: sp.csr_matrix, users: np.ndarray, k: int, item_groups: np.ndarray,
+                 user_groups: np.ndarray) -> dict[str, float]:
+    """Recall@k restricted to head/mid/tail relevant items (``item_groups`` 0/1/2, the full ranking kept),
+    and overall recall@k per user-activity quarter (``user_groups`` 0..3, aligned with ``users``)."""
+    out = {}
+    for g, name in enumerate(("head", "mid", "tail")):
+        r = user_recall(topk, truth, users, k, item_groups == g)
+        out[f"recall@{k}_{name}"] = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+    r = user_recall(topk, truth, users, k)
+    for q in range(4):
+        sel = (user_groups == q) & np.isfinite(r)
+        out[f"recall@{k}_q{q + 1}"] = float(r[sel].mean()) if sel.any() else float("nan")
+    return out

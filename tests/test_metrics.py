@@ -44,3 +44,27 @@ def test_rating_metrics_and_coverage():
     train = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]]))
     # head (top 20% = 1 item) is item 0
     assert tail_share(np.array([[0, 1], [4, 0]]), train) == pytest.approx(0.5)
+
+
+def test_item_terciles_activity_quartiles_and_group_recall_by_hand():
+    import scipy.sparse as sp
+
+    from recsys.metrics import activity_quartiles, group_recall, item_terciles, user_recall
+
+    # 6 items with popularity 5, 4, 3, 2, 1, 0 -> head {0, 1}, mid {2, 3}, tail {4, 5}
+    rows = [u for i, n in enumerate([5, 4, 3, 2, 1, 0]) for u in range(n)]
+    cols = [i for i, n in enumerate([5, 4, 3, 2, 1, 0]) for _ in range(n)]
+    train = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(5, 6))
+    assert item_terciles(train).tolist() == [0, 0, 1, 1, 2, 2]
+    # users' training lengths: 5, 4, 3, 2, 1 -> quartile edges 2, 3, 4
+    assert activity_quartiles(train, np.arange(5)).tolist() == [3, 2, 1, 0, 0]
+    truth = sp.csr_matrix((np.ones(4), ([0, 0, 1, 1], [0, 4, 2, 3])), shape=(5, 6))
+    topk = np.array([[4, 1], [2, 5]])
+    users = np.array([0, 1])
+    r = user_recall(topk, truth, users, 2)
+    assert r.tolist() == [0.5, 0.5]
+    g = group_recall(topk, truth, users, 2, item_terciles(train), np.array([3, 2]))
+    assert g["recall@2_head"] == 0.0            # user 0's head item 0 missed; user 1 has no head item
+    assert g["recall@2_mid"] == 0.5             # user 1: 2 of {2, 3}... one of two
+    assert g["recall@2_tail"] == 1.0            # user 0: item 4 hit
+    assert g["recall@2_q4"] == 0.5 and g["recall@2_q3"] == 0.5 and np.isnan(g["recall@2_q1"])
