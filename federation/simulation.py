@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from federation.strategies.aggregation import accumulate_rows
-from federation.engine.generic import MaterializedResult, train_generic
+from federation.engine.generic import personal_phase, MaterializedResult, train_generic
 from federation.engine.reference import reference_client_update
 from federation.engine.cohort import FactoredResult, train_cohort
 from federation.strategies.base import RoundInfo
@@ -383,6 +383,13 @@ class Federation:
         if path == "vectorized" and s.closed_form:
             return train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
                                 self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True)
+        if path == "vectorized" and s.split_update and not self.server_state:
+            own = personal_phase(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                                 self.cfg.seed, rnd, self.dtype, self.content)
+            res = train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                               self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True)
+            res.personal = own
+            return res
         if path == "reference" and s.closed_form:
             return self._reference_update(c, lr, rnd)
         if path not in ("vectorized", "generic", "reference"):

@@ -56,6 +56,8 @@ class FactoredResult:
     written: set[str] = field(default_factory=set)   # personal keys the kernel already wrote into the store
     dtype: torch.dtype = torch.float32      # compute dtype of the values
     _item_order: tuple | None = field(default=None, repr=False)   # (entries sorted by item, CSR row starts)
+    personal: dict[str, torch.Tensor] = field(default_factory=dict)   # a strategy's own personal values, trained
+                                                                      # outside the closed form (split_update)
 
     @property
     def K(self) -> torch.Tensor:
@@ -89,7 +91,9 @@ class FactoredResult:
         for k in keys:
             if k in self.written:
                 continue
-            if k == "enc_in" and "enc_in" not in self.start:
+            if k in self.personal:
+                store.scatter(k, c, self.personal[k])
+            elif k == "enc_in" and "enc_in" not in self.start:
                 store.update_encoder_rows(c, self.a_end, self._enc_in_step_sum(K))
             elif k in self.work and self.start[k].dim() == 3:
                 U, V = self._UV(k, K)
@@ -101,6 +105,8 @@ class FactoredResult:
     def value(self, key: str) -> torch.Tensor:
         """Each client's trained value: (B, ...) for per-client shapes, (T, ...) for its item rows,
         (B, N, ...) for all rows."""
+        if key in self.personal:
+            return self.personal[key]
         c = self.cohort
         P0 = self._start(key)
         batched = key in self.per_client or key == "enc_in" or (key in ("dec_out", "dec_ob") and not self.all_rows)

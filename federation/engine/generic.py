@@ -29,7 +29,9 @@ LossFn = Callable[["LocalRun", dict[str, torch.Tensor], int], torch.Tensor]
 
 
 def _bmv(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """W (B, out, in) times v (B, in) -> (B, out)."""
+    """W (B, out, in) per client, or (out, in) shared (one GEMM), times v (B, in) -> (B, out)."""
+    if W.dim() == 2:
+        return v @ W.T
     return torch.bmm(W, v.unsqueeze(2)).squeeze(2)
 
 
@@ -53,9 +55,19 @@ class LocalRun:
     seed: int = 0
     rnd: int = 0
     start: dict[str, torch.Tensor] = field(default_factory=dict)
+    fixed: tuple[str, ...] = ()             # keys no phase trains: their start value is not copied
 
     def __post_init__(self):
-        self.start = {k: v.clone() for k, v in self.values.items()}
+        self.start = {k: (v if k in self.fixed else v.clone()) for k, v in self.values.items()}
+        self._h2_start: torch.Tensor | None = None
+
+    def start_hidden(self, step: int, keep: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``hidden(self.start, step, keep)`` without gradients; the encoder part (no dropout before it)
+        is computed once per round."""
+        with torch.no_grad():
+            if self._h2_start is None:
+                self._h2_start = self._encode(self.start)
+            return self._decode(self.start, self._h2_start, self.mask(step) if keep is None else keep)
 
     @property
     def size(self) -> int:
@@ -73,15 +85,23 @@ class LocalRun:
         """The decoder's hidden layer h3 (B, H1) at local step ``step`` (that step's dropout mask; keep=1.0:
         no dropout, the code a user scores with), and the content-projected code m = h3 dec_P (B, F)
         of a content-aware model (else None)."""
+        return self._decode(p, self._encode(p), self.mask(step) if keep is None else keep)
+
+    def _encode(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder: h2 (B, H2)."""
         c = self.cohort
         B, seg, x = c.size, c.seg, c.x.to(p["enc_b1"].dtype)
         enc = p["enc_in"] if self.tie is None else p["enc_in"] + self.tie              # (T, H1)
         h1 = torch.tanh(segment_sum(x[:, None] * enc, seg, B) + p["enc_b1"])           # (B, H1)
-        h2 = torch.tanh(_bmv(p["enc_W2"], h1) + p["enc_b2"])                           # (B, H2)
-        z = h2 * (self.mask(step) if keep is None else keep)
-        h3 = torch.tanh(_bmv(p["dec_W1"], z) + p["dec_b1"])                            # (B, H1)
-        m = (torch.bmm(h3.unsqueeze(1), p[CONTENT_KEY]).squeeze(1)                     # (B, F)
-             if CONTENT_KEY in p else None)
+        return torch.tanh(_bmv(p["enc_W2"], h1) + p["enc_b2"])                         # (B, H2)
+
+    def _decode(self, p: dict[str, torch.Tensor], h2: torch.Tensor, keep) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Dropout, the dense decoder layer and the content code: (h3 (B, H1), m (B, F) or None)."""
+        h3 = torch.tanh(_bmv(p["dec_W1"], h2 * keep) + p["dec_b1"])                     # (B, H1)
+        m = None
+        if CONTENT_KEY in p:                                                            # (B, F)
+            P = p[CONTENT_KEY]
+            m = h3 @ P if P.dim() == 2 else torch.bmm(h3.unsqueeze(1), P).squeeze(1)
         return h3, m
 
     def loss_from_hidden(self, p: dict[str, torch.Tensor], h3: torch.Tensor, m: torch.Tensor | None = None,
@@ -206,6 +226,38 @@ class MaterializedResult:
 
     def weighted_sum(self, key: str, w: torch.Tensor) -> torch.Tensor:
         return torch.tensordot(w, self.values[key], dims=([0], [0]))
+
+
+def personal_phase(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor],
+                   store: ClientStore, sgd: SGDConfig, lr: float, steps: int, seed: int, rnd: int,
+                   dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``strategy.personal_update`` alone, for a strategy whose shared update is PersonalFR's
+    (``Strategy.split_update``): its own personal parameters train against the received model, which
+    is held as it arrived (shared layers unbatched: one GEMM per step, not a copy per client). Returns
+    the trained values of the strategy's own personal keys; the engine runs the shared update on the
+    closed-form path (``Federation.train_cohort``)."""
+    if shape.content_dropout > 0:
+        raise ConfigError(f"content.row_dropout is supported by the closed-form strategies only, not {strategy.name!r}")
+    g = {k: v.to(dtype) for k, v in global_p.items()}
+    values, per_entry = {}, set()
+    for k, prm in strategy.params(shape).items():
+        if prm.role == "personal":
+            values[k] = store.gather(k, cohort, dtype)
+            if prm.item_rows:
+                per_entry.add(k)
+        elif prm.item_rows:
+            values[k] = g[prm.source].index_select(0, cohort.items)                     # (T, ...)
+            per_entry.add(k)
+        else:
+            values[k] = g[prm.source]                                                   # shared: unbatched
+    C = None if content is None else content.to(dtype)
+    tie = (shape.input_tie * item_rows(g, C, cohort.items)) if shape.input_tie else None
+    keep = dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
+    fixed = tuple(k for k in values if k not in strategy.extra_personal)
+    run = LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, False, "batched", seed, rnd,
+                   fixed=fixed)
+    strategy.personal_update(run)
+    return {k: run.values[k].detach() for k in strategy.extra_personal}
 
 
 def train_generic(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor],

@@ -174,6 +174,15 @@ class Strategy:
         """Per-client objective (B,) of local step ``step`` with held values ``p``: the model's loss."""
         return run.model_loss(p, step)
 
+    # A strategy whose local update is ``personal_update`` (its own personal parameters, against the
+    # received model) followed by PersonalFR's plain update sets ``split_update``: the engine then runs
+    # the personal phase alone (``engine.generic.personal_phase``) and the shared update on the
+    # closed-form path, at PersonalFR's speed. Both paths are held equal by the conformance suite.
+    split_update: ClassVar[bool] = False
+
+    def personal_update(self, run: "LocalRun") -> None:
+        """Train the strategy's own personal parameters (``extra_personal``) from ``run.start``."""
+
     def local_update(self, run: "LocalRun") -> torch.Tensor:
         """Train the cohort's clients; returns their mean local loss (B,). ``run.values`` holds the
         trained values afterwards."""

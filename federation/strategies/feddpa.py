@@ -13,8 +13,8 @@ rows; only 2·H1·r numbers per user, never sent.
 Local training is FedDPA-T's per round: (a) the local adapter for ``adapter_steps`` steps with the
 global one mixed in and held fixed (w = 1 in (1), every other parameter at its received/start value);
 (b) the global adapter alone, PersonalFR's update (personal encoder, shared decoder, partial
-compression), whose message is sent as usual. Afterwards the client keeps its code h_u (no dropout)
-as the representation of its training instance.
+compression), whose message is sent as usual. The client keeps its code h_u under the received
+model (no dropout) as the representation of its training instance.
 
 Instance-wise weight (the paper weighs the local adapter by how close a test instance is to the
 client's training instances): for a request with code h,
@@ -66,6 +66,7 @@ class FedDPA(PersonalFR):
     paper = "Yang et al. 2024, Dual-Personalizing Adapter for Federated Foundation Models (FedDPA)"
     Options = FedDPAOptions
     closed_form = False
+    split_update = True
 
     extra_personal = {UP: Param("personal", UP, False), DOWN: Param("personal", DOWN, False),
                       CODE: Param("personal", CODE, False)}
@@ -82,19 +83,20 @@ class FedDPA(PersonalFR):
     def adapter_loss(self, run, p: dict[str, torch.Tensor], step: int) -> torch.Tensor:
         """(a): the model's loss scored with (1) at w = 1, everything but the adapter at its start value."""
         q = {k: (p[k] if k in (UP, DOWN) else run.start[k]) for k in p}
-        with torch.no_grad():
-            h3, m = run.hidden(q, step)
+        h3, m = run.start_hidden(step)
         return run.loss_from_hidden(q, local_hidden(h3, p[UP], p[DOWN]), m)
 
-    def local_update(self, run) -> torch.Tensor:
+    def personal_update(self, run) -> None:
+        """(a), then the code of the client's training instance under the received model (no dropout)."""
         steps = run.steps if self.options.adapter_steps is None else self.options.adapter_steps
         if steps:
             run.sgd((UP, DOWN), self.adapter_loss, steps)
-        loss = super().local_update(run)                 # (b) the global adapter alone (PersonalFR)
-        with torch.no_grad():
-            h3, _ = run.hidden(run.values, 0, keep=1.0)
-            run.values[CODE] = h3.to(run.values[CODE].dtype)
-        return loss
+        h3, _ = run.start_hidden(0, keep=1.0)
+        run.values[CODE] = h3.to(run.values[CODE].dtype)
+
+    def local_update(self, run) -> torch.Tensor:
+        self.personal_update(run)
+        return super().local_update(run)                 # (b) the global adapter alone (PersonalFR)
 
     # -- inference -----------------------------------------------------------------------------
     def hidden(self, h3: torch.Tensor, personal: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -17,8 +17,8 @@ global norms,
     n_ui = exp(a_u) · |W_i| ^ γ_u                                                         (3)
 
 (a_u = 0, γ_u = 1: the global norms, PersonalFR's scores; γ_u = 0: equal norms, (1)). a_u and γ_u are
-trained each round after PersonalFR's update for ``head_steps`` steps with everything else at its
-trained value and the rows at the received global ones; they are never sent.
+trained each round for ``head_steps`` steps on the received model (backbone and rows frozen), before
+PersonalFR's update of the backbone and the global head; they are never sent.
 
 The paper's static sparse equiangular classifier (SSE-C) needs a width of at least classes − 1
 (1,681 for ml-100k's items on a 256-wide layer), so it does not carry over; the global head is
@@ -67,6 +67,7 @@ class FedLoGe(PersonalFR):
     paper = "Xiao et al. 2024, FedLoGe: Joint Local and Generic Federated Learning under Long-tailed Data"
     Options = FedLoGeOptions
     closed_form = False
+    split_update = True
     shared_item_vectors = False
     extra_personal = {LOG_SCALE: Param("personal", LOG_SCALE, False), GAMMA: Param("personal", GAMMA, False)}
 
@@ -80,24 +81,23 @@ class FedLoGe(PersonalFR):
 
     # -- training ------------------------------------------------------------------------------
     def head_loss(self, run, p: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-        """The local head's objective: the model's loss with scores (2)-(3), the code from the trained
-        backbone (detached), the rows at their received global values."""
-        q = dict(p)
-        for k in ("dec_out", "dec_ob"):
-            q[k] = run.start[k]
-        with torch.no_grad():
-            h3, m = run.hidden(q, step)
+        """The local head's objective: the model's loss with scores (2)-(3) on the received model's
+        features (the backbone frozen, no gradient into it) and the received global rows."""
+        q = {k: (p[k] if k in self.extra_personal else run.start[k]) for k in p}
+        h3, m = run.start_hidden(step)
         norms = row_norms(run.global_p["dec_out"])                                    # (N,)
         scale = personal_scale(p[LOG_SCALE][:, 0], p[GAMMA][:, 0], norms)             # (B, N)
         per_entry = scale[run.cohort.seg, run.cohort.items]                           # (T,)
         return run.loss_from_hidden(q, h3, m, scale=(per_entry, scale))
 
-    def local_update(self, run) -> torch.Tensor:
-        loss = super().local_update(run)                 # backbone + auxiliary global head (PersonalFR)
+    def personal_update(self, run) -> None:
         steps = run.steps if self.options.head_steps is None else self.options.head_steps
         if steps:
             run.sgd((LOG_SCALE, GAMMA), self.head_loss, steps)
-        return loss
+
+    def local_update(self, run) -> torch.Tensor:
+        self.personal_update(run)                        # the local head on the received backbone
+        return super().local_update(run)                 # backbone + auxiliary global head (PersonalFR)
 
     # -- inference -----------------------------------------------------------------------------
     def score(self, g: dict[str, torch.Tensor], h3: torch.Tensor, personal: dict[str, torch.Tensor],
