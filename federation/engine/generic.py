@@ -228,6 +228,41 @@ class MaterializedResult:
         return torch.tensordot(w, self.values[key], dims=([0], [0]))
 
 
+def _local_run(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor], store: ClientStore | None,
+               sgd: SGDConfig, lr: float, steps: int, seed: int, rnd: int, dtype: torch.dtype,
+               content: torch.Tensor | None, optimizer: str = "batched", start: dict[str, torch.Tensor] | None = None,
+               batched: bool = True) -> LocalRun:
+    """The cohort's held values and the round's constants as a LocalRun. batched=False: shared dense
+    parameters stay unbatched (the received model, not trained: ``personal_phase``)."""
+    if shape.content_dropout > 0:
+        raise ConfigError(f"content.row_dropout is supported by the closed-form strategies only, not {strategy.name!r}")
+    B, items = cohort.size, cohort.items
+    rows_all = batched and strategy.rows == "all"
+    g = {k: v.to(dtype) for k, v in global_p.items()}
+    values, per_entry = {}, set()
+    for k, prm in strategy.params(shape).items():
+        if prm.role == "personal":
+            values[k] = store.gather(k, cohort, dtype)
+            if prm.item_rows:
+                per_entry.add(k)
+        elif prm.item_rows and (k == "enc_in" or not rows_all):
+            values[k] = g[prm.source].index_select(0, items)                            # (T, ...)
+            per_entry.add(k)
+        elif batched:
+            v = g[prm.source]
+            values[k] = v.unsqueeze(0).expand(B, *v.shape).clone()                      # (B, ...)
+        else:
+            values[k] = g[prm.source]                                                   # shared: unbatched
+    for k, v in (start or {}).items():
+        values[k] = v.to(dtype).clone()
+    C = None if content is None else content.to(dtype)
+    tie = (shape.input_tie * item_rows(g, C, items)) if shape.input_tie else None      # a constant of the round
+    keep = dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
+    fixed = () if batched else tuple(k for k in values if k not in strategy.extra_personal)
+    return LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, rows_all, optimizer, seed, rnd,
+                    fixed=fixed)
+
+
 def personal_phase(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor],
                    store: ClientStore, sgd: SGDConfig, lr: float, steps: int, seed: int, rnd: int,
                    dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -236,26 +271,7 @@ def personal_phase(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str,
     is held as it arrived (shared layers unbatched: one GEMM per step, not a copy per client). Returns
     the trained values of the strategy's own personal keys; the engine runs the shared update on the
     closed-form path (``Federation.train_cohort``)."""
-    if shape.content_dropout > 0:
-        raise ConfigError(f"content.row_dropout is supported by the closed-form strategies only, not {strategy.name!r}")
-    g = {k: v.to(dtype) for k, v in global_p.items()}
-    values, per_entry = {}, set()
-    for k, prm in strategy.params(shape).items():
-        if prm.role == "personal":
-            values[k] = store.gather(k, cohort, dtype)
-            if prm.item_rows:
-                per_entry.add(k)
-        elif prm.item_rows:
-            values[k] = g[prm.source].index_select(0, cohort.items)                     # (T, ...)
-            per_entry.add(k)
-        else:
-            values[k] = g[prm.source]                                                   # shared: unbatched
-    C = None if content is None else content.to(dtype)
-    tie = (shape.input_tie * item_rows(g, C, cohort.items)) if shape.input_tie else None
-    keep = dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
-    fixed = tuple(k for k in values if k not in strategy.extra_personal)
-    run = LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, False, "batched", seed, rnd,
-                   fixed=fixed)
+    run = _local_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content, batched=False)
     strategy.personal_update(run)
     return {k: run.values[k].detach() for k in strategy.extra_personal}
 
@@ -267,28 +283,7 @@ def train_generic(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, 
     """Run ``strategy.local_update`` for every client of ``cohort`` (see the module docstring).
     Personal values come from ``store``; shared ones start at the received ``global_p``, or at the
     per-client values ``start`` ((B, ...) / (T, ...)) the server sent (``Strategy.client_start``)."""
-    if shape.content_dropout > 0:
-        raise ConfigError(f"content.row_dropout is supported by the closed-form strategies only, not {strategy.name!r}")
-    B, items = cohort.size, cohort.items
-    rows_all = strategy.rows == "all"
-    g = {k: v.to(dtype) for k, v in global_p.items()}
-    values, per_entry = {}, set()
-    for k, prm in strategy.params(shape).items():
-        if prm.role == "personal":
-            values[k] = store.gather(k, cohort, dtype)
-            if prm.item_rows:
-                per_entry.add(k)
-        elif prm.item_rows and (k == "enc_in" or not rows_all):
-            values[k] = g[prm.source].index_select(0, items)                            # (T, ...)
-            per_entry.add(k)
-        else:
-            v = g[prm.source]
-            values[k] = v.unsqueeze(0).expand(B, *v.shape).clone()                      # (B, ...)
-    for k, v in (start or {}).items():
-        values[k] = v.to(dtype).clone()
-    C = None if content is None else content.to(dtype)
-    tie = (shape.input_tie * item_rows(g, C, items)) if shape.input_tie else None      # a constant of the round
-    keep = dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
-    run = LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, rows_all, optimizer, seed, rnd)
+    run = _local_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content, optimizer,
+                     start)
     loss = strategy.local_update(run)
     return MaterializedResult({k: v.detach() for k, v in run.values.items()}, loss.detach(), run.start)
