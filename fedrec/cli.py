@@ -245,13 +245,24 @@ def prefer(run_dir: Path, user: str = typer.Option(..., help="external user id")
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, dp, content"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, dp, content, strategies"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
-          data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds")):
-    """Run benchmarks and print tables; --out updates those sections of a markdown file."""
+          data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds"),
+          methods: Optional[str] = typer.Option(None, help="strategies: a comma list of methods to run (default: all); "
+                                                "the table shows every method in the results cache"),
+          seeds: str = typer.Option("0,1,2", help="strategies: model seeds"),
+          cache: Optional[Path] = typer.Option(None, help="strategies: the results cache (default "
+                                               "DATA_DIR/bench/strategies.jsonl); finished runs are not rerun")):
+    """Run benchmarks and print tables; --out updates those sections of a markdown file. `strategies` keeps
+    its finished runs in a results cache and resumes from it."""
     from fedrec.bench.suite import run_bench
 
-    run_bench(what, out, data_dir, quick)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds {seeds!r}: give a comma list of integers") from None
+    run_bench(what, out, data_dir, quick, methods=methods.split(",") if methods else None, seeds=seed_list,
+              cache=cache)
 
 
 @app.command()

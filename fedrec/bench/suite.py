@@ -241,7 +241,7 @@ def bench_memory(data_dir: Path, rounds: int | None) -> str:
     return _table("Peak memory (peak RSS of the job's own process: VmHWM)", ["job", "peak RSS MiB", "wall s"], rows)
 
 
-SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "dp", "content")
+SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "dp", "content", "strategies")
 
 
 def write_section(path: Path, name: str, md: str) -> None:
@@ -259,7 +259,8 @@ def write_section(path: Path, name: str, md: str) -> None:
     write_text(path, text)
 
 
-def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
+def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods: list[str] | None = None,
+              seeds: tuple[int, ...] = (0, 1, 2), cache: Path | None = None) -> None:
     from recsys.fetch import fetch_ml100k
 
     names = SECTIONS if what == "all" else tuple(w.strip() for w in what.split(","))
@@ -270,6 +271,8 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
     rounds = 100 if quick else None
     for name in names:
         cmd = f"fedrec bench {name}" + (" --quick" if quick else "") + (f" --out {out}" if out else "")
+        if name == "strategies" and cache:
+            cmd += f" --cache {cache}"
         if name == "speed":
             body = bench_speed(data_dir)
         elif name == "accuracy":
@@ -288,6 +291,11 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
             body = bench_privacy_section(data_dir)
         elif name == "content":
             body = bench_content_section(data_dir, quick)
+        elif name == "strategies":
+            from fedrec.bench.strategies import run_strategies, table
+
+            cache = cache or data_dir / "bench" / ("strategies-quick.jsonl" if quick else "strategies.jsonl")
+            body = table(run_strategies(data_dir, cache, rounds, methods, seeds))
         else:
             body = bench_dashboard_section(quick)
         md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
@@ -298,7 +306,9 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool) -> None:
 
 
 _ML100K = "MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split, seed 0"
-_DATASETS = {"speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
+_DATASETS = {"strategies": "MovieLens-100K (RecBole atomic files): per-user random 80/10/10 split (seed 0) and "
+                            "per-user leave-last-out by timestamp",
+             "speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
              "dashboard": "seeded synthetic catalogue (fedrec data synth), no images",
              "content": "synthetic multimodal catalogue data/synth-mm (3,000 users x 1,000 items, 64x64 PNG "
                         "images, seed 0), cold-item split (10% of items cold); " + _ML100K,
