@@ -273,19 +273,29 @@ def page_federation(runs) -> None:
     worst = per.sort_values(metric, ascending=(metric != "rmse")).head(10)
     st.subheader("Served worst")
     st.dataframe(worst, hide_index=True)
-    st.subheader("Personalization gain per client")
+    st.subheader("Per-client comparison with another run")
     others = views.comparable_runs(runs, run)
     if not others:
-        st.info("Train a global-model run on the same data and split to compare (e.g. the same config with "
-                "`federation.strategy: fedavg`); it will be listed here.")
+        st.info("Train another run on the same data and split to compare (e.g. the same config with another "
+                "`federation.strategy`, or `fedavg` for a global model); it will be listed here.")
         return
-    ref = st.selectbox("Global model to compare with", [r.name for r in others], key="fed_ref")
+    ref = st.selectbox("Compare with", [r.name for r in others], key="fed_ref")
     info = next(r for r in others if r.name == ref)
     gain = views.personalization_gain(per, _per_user(str(info.path), _stamp(info.path)))
-    better = float((gain["gain"] > 0).mean())
+    better, worse = float((gain["gain"] > 0).mean()), float((gain["gain"] < 0).mean())
     st.metric(f"clients served better by {run.dir.name} than by {ref}", f"{better:.0%}",
-              f"mean gain {gain['gain'].mean():+.4f} {metric}")
-    st.bar_chart(np.histogram(gain["gain"], bins=20)[0])
+              f"mean gain {gain['gain'].mean():+.4f} {metric}; worse for {worse:.0%}")
+    st.caption(f"Gain per client ({metric}, positive: {run.dir.name} is better), histogram over 20 bins")
+    hist, edges = np.histogram(gain["gain"], bins=20)
+    st.bar_chart(pd.DataFrame({"clients": hist}, index=[f"{e:+.3f}" for e in edges[:-1]]))
+    st.caption("Who gains: by history size")
+    st.dataframe(views.gain_by_activity(gain), hide_index=True)
+    winners, losers = views.biggest_changes(gain)
+    left, right = st.columns(2)
+    left.caption("Gain most")
+    left.dataframe(winners, hide_index=True)
+    right.caption("Lose most")
+    right.dataframe(losers, hide_index=True)
 
 
 def page_indices(idx_root: Path) -> None:

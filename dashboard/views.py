@@ -239,8 +239,8 @@ def index_for(indices: list[dict], kind: str, run: str, dataset_checksum=None) -
 
 
 def personalization_gain(personal: pd.DataFrame, global_: pd.DataFrame) -> pd.DataFrame:
-    """Per-client gain of the personal model over a global one on the same split, in the metric's
-    "better" direction (positive = the personal model serves this client better)."""
+    """Per-client gain of one run over another on the same split, in the metric's "better" direction
+    (positive = the first run serves this client better)."""
     metric = personal.columns[-1]
     if global_.columns[-1] != metric:
         raise ValueError(f"runs measure different metrics ({metric} vs {global_.columns[-1]})")
@@ -248,6 +248,27 @@ def personalization_gain(personal: pd.DataFrame, global_: pd.DataFrame) -> pd.Da
     sign = -1.0 if metric == "rmse" else 1.0
     m["gain"] = sign * (m[metric] - m[f"{metric}_global"])
     return m
+
+
+def gain_by_activity(gain: pd.DataFrame) -> pd.DataFrame:
+    """Who gains: the per-client gains grouped by history-size quarter (lightest first): clients,
+    history range, mean gain, share served better / worse."""
+    q = pd.qcut(gain["history"].rank(method="first"), 4, labels=["lightest 25%", "2nd 25%", "3rd 25%", "heaviest 25%"])
+    g = gain.groupby(q, observed=True)
+    return pd.DataFrame({
+        "clients": g.size(),
+        "history": g["history"].agg(lambda h: f"{h.min()}-{h.max()}"),
+        "mean gain": g["gain"].mean().round(4),
+        "better": g["gain"].agg(lambda x: f"{(x > 0).mean():.0%}"),
+        "worse": g["gain"].agg(lambda x: f"{(x < 0).mean():.0%}"),
+    }).reset_index(names="activity")
+
+
+def biggest_changes(gain: pd.DataFrame, n: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The n clients who gain most and the n who lose most (user, history, both runs' metric, gain)."""
+    winners = gain[gain["gain"] > 0].nlargest(n, "gain")
+    losers = gain[gain["gain"] < 0].nsmallest(n, "gain")
+    return winners.reset_index(drop=True), losers.reset_index(drop=True)
 
 
 def comparable_runs(runs: list[RunInfo], run) -> list[RunInfo]:

@@ -79,6 +79,22 @@ def test_search_page_query_changes_results(env):
     assert a and b and a != b
 
 
+def test_gain_by_activity_and_biggest_changes_by_hand():
+    import pandas as pd
+
+    from dashboard import views
+
+    gain = pd.DataFrame({"user": list("abcdefgh"), "history": [1, 2, 3, 4, 5, 6, 7, 8],
+                         "gain": [0.1, -0.2, 0.0, 0.3, -0.1, 0.2, 0.05, -0.05]})
+    t = views.gain_by_activity(gain)
+    assert t["clients"].tolist() == [2, 2, 2, 2]
+    assert t["history"].tolist() == ["1-2", "3-4", "5-6", "7-8"]
+    assert t["mean gain"].tolist() == [-0.05, 0.15, 0.05, 0.0]
+    assert t["better"].tolist() == ["50%", "50%", "50%", "50%"] and t["worse"].tolist()[1] == "0%"
+    up, down = views.biggest_changes(gain, n=2)
+    assert up["user"].tolist() == ["d", "f"] and down["user"].tolist() == ["b", "e"]
+
+
 def test_training_federation_indices_pages(env):
     at = _page(_app(), "Training")
     table = at.dataframe[0].value
@@ -93,6 +109,12 @@ def test_training_federation_indices_pages(env):
     assert len(at.dataframe[0].value) == 10 and "rmse" in at.dataframe[0].value
     assert at.selectbox(key="fed_ref").value == "global"
     assert "clients served better by good than by global" in at.metric[0].label
+    by_activity = at.dataframe[1].value
+    assert by_activity["clients"].sum() > 10
+    assert list(by_activity["activity"]) == ["lightest 25%", "2nd 25%", "3rd 25%", "heaviest 25%"]
+    gains, losses = at.dataframe[2].value, at.dataframe[3].value
+    assert (gains["gain"] > 0).all() and (losses["gain"] < 0).all()
+    assert list(gains["gain"]) == sorted(gains["gain"], reverse=True)
     assert any("plain messages: the server saw each sampled client's item ids" in i.value for i in at.info)
     at = _page(at, "Indices")
     assert at.dataframe[0].value["kind"].tolist() == ["content"]
