@@ -35,6 +35,19 @@ def test_sensitivity_and_critical_mask_by_hand():
     assert m.tolist() == [[True, False], [True, False]]
 
 
+def test_batched_masks_equal_the_per_tensor_rule():
+    g = torch.Generator().manual_seed(0)
+    c = torch.rand(6, 5, 4, generator=g)
+    c[1] = 0.0                                   # all zero
+    c[2] = 0.0
+    c[2, 0, 0] = 0.3                             # t <= 1e-10 -> smallest nonzero
+    c[3, :, :2] = 0.0
+    for tau in (0.0, 0.1, 0.5, 0.9, 1.0):
+        got = fedcac.critical_masks(c, tau)
+        for b in range(6):
+            assert torch.equal(got[b], fedcac.critical_mask(c[b], tau)), (tau, b)
+
+
 def test_overlaps_threshold_and_collaborators_by_hand():
     """servercac.get_customized_global_models: o_ij = 1 - sum|m_i - m_j| / (2 sum m_i);
     threshold = mean + (r + 1)/beta (max - mean) over the pairs i != j."""

@@ -70,6 +70,19 @@ def critical_mask(c: torch.Tensor, tau: float) -> torch.Tensor:
     return c >= t
 
 
+def critical_masks(c: torch.Tensor, tau: float) -> torch.Tensor:
+    """(2) for a batch of tensors of one shape: c (B, ...) -> (B, ...) bool, row b equal to
+    ``critical_mask(c[b], tau)``."""
+    flat = c.reshape(c.shape[0], -1)
+    nz = int(tau * flat.shape[1])
+    if nz == 0:
+        return torch.zeros_like(c, dtype=torch.bool)
+    t = torch.topk(flat, nz, dim=1).values[:, -1]                                        # (B,)
+    nonzero = torch.where(flat > 1e-20, flat, torch.full_like(flat, float("inf"))).min(1).values
+    t = torch.where((t <= 1e-10) & torch.isfinite(nonzero), nonzero, t)
+    return (flat >= t[:, None]).reshape(c.shape)
+
+
 def overlaps(dots: torch.Tensor, sizes_i: torch.Tensor, sizes_j: torch.Tensor) -> torch.Tensor:
     """(3) from mask inner products: Σ|m_i − m_j| = |m_i| + |m_j| − 2 m_i·m_j for 0/1 masks.
     dots (B, U) = m_i·m_j, sizes_i (B,) = |m_i|, sizes_j (U,) -> (B, U); 0 where |m_i| = 0."""
@@ -152,17 +165,16 @@ class FedCAC(PersonalFR):
         if rnd == 0 or not bool(trained.any()):
             return None
         H = state[DENSE].shape[1]
-        R = state[ROWS].shape[1]
         users_t = torch.as_tensor(np.asarray(users, dtype=np.int64))
         dm_all = unpack(state[DMASK], H)                                                  # (U, Pd)
         dm_sel = dm_all.index_select(0, users_t)                                          # (B, Pd)
         dots = dm_sel @ dm_all.T                                                          # (B, U)
         indptr = np.asarray(train.indptr)
-        rm_all = unpack(state[RMASK], R)                                                  # (nnz, R)
+        row_bits = torch.from_numpy(_POPCOUNT[state[RMASK].numpy()].sum(1).astype(np.float32))   # (nnz,)
         size_all = dm_all.sum(1) + torch.zeros(len(trained)).index_add_(
-            0, torch.as_tensor(np.repeat(np.arange(len(trained)), np.diff(indptr))), rm_all.sum(1))
-        # rows part of m_i·m_j: per item, the round's holders' masks times every holder's masks
-        dots += _row_dots(users, train, rm_all)
+            0, torch.as_tensor(np.repeat(np.arange(len(trained)), np.diff(indptr))), row_bits)
+        # rows part of m_i·m_j: the round's entries against every holder of the same item
+        dots += _row_dots(users, train, state[RMASK])
         sizes_i = size_all.index_select(0, users_t)
         o = overlaps(dots, sizes_i, size_all)                                             # (B, U)
         sel_trained = trained.index_select(0, users_t)
@@ -205,17 +217,17 @@ class FedCAC(PersonalFR):
         sent ``start`` and received ``trained``)."""
         tau = self.options.tau
         users, seg, pos = cohort.users.cpu(), cohort.seg.cpu(), cohort.pos.cpu()
-        dmasks, rmasks = [], torch.zeros(len(seg), state[ROWS].shape[1], dtype=torch.bool)
-        for b in range(cohort.size):
-            parts = []
-            for k in ("dec_W1", "dec_b1"):
-                parts.append(critical_mask(sensitivity(start[k][b], trained[k][b]), tau).reshape(-1))
-            dmasks.append(torch.cat(parts))
-            ent = (seg == b).nonzero().squeeze(1)
+        B = cohort.size
+        dmask = torch.cat([critical_masks(sensitivity(start[k], trained[k]), tau).reshape(B, -1).cpu()
+                           for k in ("dec_W1", "dec_b1")], 1)                                  # (B, Pd)
+        rmasks = torch.zeros(len(seg), state[ROWS].shape[1], dtype=torch.bool)
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(seg.numpy(), minlength=B))])   # seg is contiguous
+        for b in range(B):
+            ent = slice(int(bounds[b]), int(bounds[b + 1]))
             mo = critical_mask(sensitivity(start["dec_out"][ent], trained["dec_out"][ent]), tau)   # (n_u, H1)
             mb = critical_mask(sensitivity(start["dec_ob"][ent], trained["dec_ob"][ent]), tau)     # (n_u,)
             rmasks[ent] = torch.cat([mo, mb[:, None]], 1).cpu()
-        state[DMASK][users] = pack(torch.stack(dmasks))
+        state[DMASK][users] = pack(dmask)
         state[RMASK][pos] = pack(rmasks)
         state[DENSE][users] = self._flat_dense(trained).cpu().to(state[DENSE].dtype)
         state[ROWS][pos] = self._flat_rows(trained).cpu().to(state[ROWS].dtype)
@@ -233,41 +245,46 @@ def _item_holders(train) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return indptr, order, entry_user[order]
 
 
-def _row_dots(users: np.ndarray, train, rm_all: torch.Tensor) -> torch.Tensor:
-    """Σ over common items of m_i,t · m_j,t for the round's users i (B) and every user j: (B, U)."""
-    users = np.asarray(users, dtype=np.int64)
-    B, U = len(users), train.shape[0]
-    out = torch.zeros(B, U, dtype=rm_all.dtype)
-    where = {int(u): k for k, u in enumerate(users)}
+def _holder_pairs(items: np.ndarray, train) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For entries with item ids ``items`` (T,): every (entry k, holder entry e', holder user) pair of the
+    same item, as arrays (k (P,), e' (P,) in CSR order, owner (P,))."""
     indptr, ent, owner = _item_holders(train)
-    sel_mask = np.zeros(U, dtype=bool)
-    sel_mask[users] = True
-    for t in np.flatnonzero(np.diff(indptr)):
-        lo, hi = indptr[t], indptr[t + 1]
-        e, o = ent[lo:hi], owner[lo:hi]
-        s = sel_mask[o]
-        if not s.any():
-            continue
-        M = rm_all[torch.as_tensor(e)]                                                    # (h_t, R)
-        d = M[torch.as_tensor(np.flatnonzero(s))] @ M.T                                   # (s_t, h_t)
-        rows = torch.as_tensor([where[int(u)] for u in o[s]])
-        out.index_put_((rows[:, None].expand(-1, len(o)), torch.as_tensor(o)[None, :].expand(len(rows), -1)),
-                       d, accumulate=True)
-    return out
+    lens = indptr[items + 1] - indptr[items]                                              # holders per entry
+    k = np.repeat(np.arange(len(items)), lens)
+    at = np.repeat(indptr[items], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+    return k, ent[at], owner[at]
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def _row_dots(users: np.ndarray, train, rmask_packed: torch.Tensor) -> torch.Tensor:
+    """Σ over common items of m_i,t · m_j,t for the round's users i (B) and every user j: (B, U), from
+    the bit-packed row masks (popcount of the AND of every pair of same-item entries)."""
+    users = np.asarray(users, dtype=np.int64)
+    U = train.shape[0]
+    csr = train.tocsr()
+    sel = np.concatenate([np.arange(csr.indptr[u], csr.indptr[u + 1]) for u in users]) if len(users) else np.zeros(0, np.int64)
+    seg = np.repeat(np.arange(len(users)), np.diff(csr.indptr)[users])
+    k, e2, owner = _holder_pairs(csr.indices[sel], csr)
+    packed = rmask_packed.numpy()
+    out = np.zeros(len(users) * U, dtype=np.int64)
+    for lo in range(0, len(k), 1 << 20):                   # pairs in chunks: (chunk, bytes) temporaries
+        kk = k[lo:lo + (1 << 20)]
+        bits = _POPCOUNT[packed[sel[kk]] & packed[e2[lo:lo + (1 << 20)]]].sum(1)
+        np.add.at(out, seg[kk] * U + owner[lo:lo + (1 << 20)], bits)
+    return torch.from_numpy(out.reshape(len(users), U)).to(torch.float32)
 
 
 def _row_means(cohort, collab: torch.Tensor, train, rows_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(5) for item rows: for each of the cohort's entries (client i, item t), the mean of the stored rows
     of item t over i's collaborators that hold it, and their number: (T, R), (T,). One sparse product:
     Q (T, nnz) holds 1 where entry e' is item t's row of a collaborator of i."""
-    indptr, ent, owner = _item_holders(train)
     items, seg = cohort.items.cpu().numpy(), cohort.seg.cpu().numpy()
     T = len(items)
-    lens = indptr[items + 1] - indptr[items]                                              # holders per entry
-    k = np.repeat(np.arange(T), lens)
-    at = np.repeat(indptr[items], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
-    w = collab.numpy()[seg[k], owner[at]]
-    Q = sp.csr_matrix((w[w].astype(np.float64), (k[w], ent[at][w])), shape=(T, rows_all.shape[0]))
+    k, e2, owner = _holder_pairs(items, train)
+    w = collab.numpy()[seg[k], owner]
+    Q = sp.csr_matrix((w[w].astype(np.float64), (k[w], e2[w])), shape=(T, rows_all.shape[0]))
     n = np.asarray(Q.sum(1)).ravel()
     sums = Q @ rows_all.numpy().astype(np.float64)                                        # (T, R)
     out = sums / np.maximum(n, 1)[:, None]
