@@ -109,11 +109,14 @@ def strategies():
     from rich.table import Table
 
     from federation.strategies.registry import STRATEGIES
+    from recsys.models.autoencoder import ALL_KEYS, AEShape
 
     table = Table("strategy", "what it does", "sends", "options (default)", "paper")
     for name, cls in STRATEGIES.items():
         s = cls()
-        sends = "nothing" if not s.federated else ("own items' rows + dense" if s.sends_messages else "whole model")
+        keys = s.message_keys(AEShape(4, h1=2, h2=2))
+        sends = ("nothing" if not keys else "own items' rows + dense" if s.sends_messages
+                 else "whole model" if set(keys) == set(ALL_KEYS) else " + ".join(keys))
         opts = ", ".join(f"{k}={v}" for k, v in s.options.model_dump().items()) or "-"
         table.add_row(name, cls.summary, sends, opts, cls.paper)
     Console().print(table)
