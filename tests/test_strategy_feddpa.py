@@ -4,7 +4,7 @@ from strategy_conformance import StrategyConformance, tiny_fed
 
 class TestFedDPA(StrategyConformance):
     strategy = "feddpa"
-    options: dict = {}
+    options: dict = {"adapter_lr": 0.5}
 
 
 import numpy as np
@@ -54,3 +54,11 @@ def test_scores_use_the_adapter_weighted_by_the_stored_code(tiny_data):
     torch.testing.assert_close(fed.user_scores(u), expect)
     fed.store.tensors[feddpa.CODE][u] = -fed.store.tensors[feddpa.CODE][u]   # a drifted request: w = 0
     torch.testing.assert_close(fed.user_scores(u), h3 @ fed.global_p["dec_out"].T + fed.global_p["dec_ob"])
+
+
+def test_adapter_lr_zero_keeps_the_adapter(tiny_data):
+    fed = tiny_fed(tiny_data, "feddpa", {"rank": 2, "adapter_lr": 0.0}, "implicit")
+    before = fed.store.tensors[feddpa.DOWN].clone()
+    fed.run_round()
+    assert fed.store.tensors[feddpa.UP].abs().max() == 0
+    torch.testing.assert_close(fed.store.tensors[feddpa.DOWN], before, atol=0, rtol=0)

@@ -143,11 +143,12 @@ class LocalRun:
                                   self.shape.dropout)[0].to(self.keep.dtype)
 
     # -- the optimizer -----------------------------------------------------------------------
-    def sgd(self, keys: tuple[str, ...], loss_fn: LossFn, steps: int) -> torch.Tensor:
+    def sgd(self, keys: tuple[str, ...], loss_fn: LossFn, steps: int, lr: float | None = None) -> torch.Tensor:
         """``steps`` SGD steps on ``loss_fn(run, p, step)`` (B,) over ``values[keys]`` (the other held
-        values are constants). Returns the mean loss per client (B,)."""
+        values are constants), at the round's learning rate or ``lr``. Returns the mean loss per client (B,)."""
+        lr = self.lr if lr is None else lr
         if self.optimizer == "torch":
-            return self._torch_sgd(keys, loss_fn, steps)
+            return self._torch_sgd(keys, loss_fn, steps, lr)
         cfg, B = self.sgd_cfg, self.size
         bufs: dict[str, torch.Tensor] = {}
         total = None
@@ -181,7 +182,7 @@ class LocalRun:
                         g.add_(bufs[k], alpha=cfg.momentum)
                     else:
                         g = bufs[k]
-                v.add_(g, alpha=-self.lr)
+                v.add_(g, alpha=-lr)
             total = loss.detach() if total is None else total + loss.detach()
         return total / max(1, steps)
 
@@ -193,12 +194,12 @@ class LocalRun:
         v = per_client.index_select(0, self.cohort.seg) if key in self.per_entry else per_client
         return v.view(-1, *([1] * (like.dim() - 1)))
 
-    def _torch_sgd(self, keys: tuple[str, ...], loss_fn: LossFn, steps: int) -> torch.Tensor:
+    def _torch_sgd(self, keys: tuple[str, ...], loss_fn: LossFn, steps: int, lr: float) -> torch.Tensor:
         if self.size != 1:
             raise ValueError("the torch-optimizer reference trains one client at a time")
         cfg = self.sgd_cfg
         params = {k: nn.Parameter(self.values[k].detach().clone()) for k in keys}
-        opt = torch.optim.SGD(list(params.values()), lr=self.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                               weight_decay=cfg.weight_decay)
         total = None
         for s in range(steps):

@@ -43,6 +43,7 @@ class FedDPAOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rank: int = Field(4, ge=1)                       # r of the local adapter
     adapter_steps: int | None = Field(None, ge=0)    # local-adapter steps per round (default: local_epochs)
+    adapter_lr: float | None = Field(None, ge=0)     # its learning rate, as a factor of the round's (default 1)
 
 
 def local_hidden(h3: torch.Tensor, up: torch.Tensor, down: torch.Tensor, w: torch.Tensor | float = 1.0
@@ -90,7 +91,8 @@ class FedDPA(PersonalFR):
         """(a), then the code of the client's training instance under the received model (no dropout)."""
         steps = run.steps if self.options.adapter_steps is None else self.options.adapter_steps
         if steps:
-            run.sgd((UP, DOWN), self.adapter_loss, steps)
+            f = 1.0 if self.options.adapter_lr is None else self.options.adapter_lr
+            run.sgd((UP, DOWN), self.adapter_loss, steps, lr=f * run.lr)
         h3, _ = run.start_hidden(0, keep=1.0)
         run.values[CODE] = h3.to(run.values[CODE].dtype)
 

@@ -42,7 +42,9 @@ class Method:
 SEARCH: dict[str, list[Method]] = {
     "personalfr": [Method("personalfr", "personalfr")],
     "fedcac": [Method("fedcac", "fedcac", {"tau": 0.5, "beta": 170}), Method("fedcac", "fedcac", {"tau": 0.3, "beta": 50})],
-    "feddpa": [Method("feddpa", "feddpa", {"rank": 4}), Method("feddpa", "feddpa", {"rank": 16})],
+    "feddpa": [Method("feddpa", "feddpa", {"rank": 4}), Method("feddpa", "feddpa", {"rank": 16}),
+               Method("feddpa", "feddpa", {"rank": 4, "adapter_lr": 0.1}),
+               Method("feddpa", "feddpa", {"rank": 4, "adapter_lr": 0.01})],
     "fedloge": [Method("fedloge", "fedloge", {}), Method("fedloge", "fedloge", {"head_steps": 20})],
     "pfedgate s=1": [Method("pfedgate s=1", "pfedgate", {"sparsity": 1.0})],
     "pfedgate s=0.5": [Method("pfedgate s=0.5", "pfedgate", {"sparsity": 0.5})],
