@@ -12,11 +12,13 @@ What it proves for a strategy, on small data:
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from federation.simulation import Federation, FedSettings
 from federation.strategies.comm import client_bytes
+from federation.strategies.messages import expand_update
 from federation.strategies.registry import get_strategy
 from recsys.errors import ConfigError
 from recsys.models.autoencoder import AEShape
@@ -98,8 +100,13 @@ class StrategyConformance:
         fed.run_round()
         users = fed.sample(fed.round)
         msgs, _ = fed.client_messages(users)
+        full = msgs
+        msgs = {u: s.compress(m, fed.global_p) for u, m in msgs.items()}     # what a deployed client sends
+        for u, m in msgs.items():                                          # the server restores the update
+            back = expand_update(m, fed.global_p, fed.shape)
+            assert set(back) == set(full[u]) and all(np.array_equal(back[k], full[u][k]) for k in back)
         personal = {k: fed.store.full(k) for k in fed.store.keys}          # after the round: what the client keeps
-        allowed = set(s.message_keys(fed.shape)) | {"item_ids", "weight"}
+        allowed = set(s.message_keys(fed.shape)) | {"item_ids", "weight"} | set(s.extra_message_keys)
         for u, m in msgs.items():
             assert set(m) == allowed, set(m) ^ allowed
             assert not set(m) & set(s.personal)

@@ -60,3 +60,27 @@ def test_scores_gate_the_code(tiny_data):
 def test_blocks_must_divide_the_width():
     with pytest.raises(ConfigError, match="divide"):
         pfedgate.PFedGate({"blocks": 5}).check(AEShape(10, h1=16, h2=8), False)
+
+
+def test_a_deployed_client_sends_only_its_kept_blocks(tiny_data):
+    from federation.strategies.comm import client_bytes
+    from federation.strategies.messages import RejectedUpdate, expand_update
+
+    fed = tiny_fed(tiny_data, "pfedgate", {"sparsity": 0.25, "blocks": 4}, "explicit", dtype=torch.float32)
+    users = fed.sample(0)
+    full, _ = fed.client_messages(users)
+    s = fed.strategy
+    for u in users:
+        m = s.compress(full[int(u)], fed.global_p)
+        assert m["blocks"].tolist().count(1) == 1 and m["dec_W1"].shape == (4, 8) and m["dec_out"].shape[1] == 4
+        assert sum(v.nbytes for v in m.values()) == client_bytes(s, fed.shape, int(fed.n_per_user[u]))[0]
+        back = expand_update(m, fed.global_p, fed.shape)
+        for k in full[int(u)]:
+            np.testing.assert_array_equal(back[k], full[int(u)][k])
+    dense = pfedgate.PFedGate({"sparsity": 1.0, "blocks": 4})
+    assert client_bytes(s, fed.shape, 10)[0] < client_bytes(dense, fed.shape, 10)[0]
+    bad = dict(m, blocks=np.array([1, 0, 2, 0], np.uint8))
+    with pytest.raises(RejectedUpdate, match="blocks"):
+        expand_update(bad, fed.global_p, fed.shape)
+    with pytest.raises(RejectedUpdate, match="dec_W1"):
+        expand_update(dict(m, blocks=np.array([1, 1, 0, 0], np.uint8)), fed.global_p, fed.shape)

@@ -189,6 +189,8 @@ class ClientNode:
         elif self.fed.cfg.secagg is not None:
             raise RejectedUpdate("this node's job config has secure aggregation on; the server asked for plain "
                                  "updates")
+        else:                         # the strategy's compressed message (e.g. pFedGate: its kept blocks only)
+            msgs = {u: self.fed.strategy.compress(m, self.fed.global_p) for u, m in msgs.items()}
         if rnd > self.trained_round and (self.state_dir / STATE_FILE).exists():
             os.replace(self.state_dir / STATE_FILE, self.state_dir / PREV_FILE)
         self.trained_round = max(rnd, self.trained_round)

@@ -36,7 +36,8 @@ from federation.runs.jobs import RUN_FORMAT, fed_settings, prototype_settings
 from federation.runs.loop import read_checkpoint, run_rounds
 from federation.engine.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
 from federation.simulation import PROTOTYPES_TENSOR
-from federation.strategies.messages import aggregate_updates, apply_dp_revealed, apply_revealed, validate_updates
+from federation.strategies.messages import (RejectedUpdate, aggregate_updates, apply_dp_revealed, apply_revealed,
+                                             expand_update, validate_updates)
 from federation.strategies.base import RoundInfo
 from federation.engine.local_sgd import decay_factor
 from federation.privacy import channel, secagg
@@ -538,15 +539,22 @@ class FederatedServer:
 
     def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
         p = self.cfg.privacy
+        full, bad = [], []
+        for i, m in enumerate(msgs):         # block-sparse messages (pFedGate) back to full updates
+            try:
+                full.append(expand_update(m, self.global_p, self.shape))
+            except RejectedUpdate as e:
+                bad.append((i, str(e)))
+        msgs = full
         if self.dp is None:
             new, res = aggregate_updates(self.global_p, msgs, self.shape, self.cfg.federation.row_average,
                                          self.cfg.federation.server_lr, p.outlier_factor)
-            return new, res.accepted, res.rejected
+            return new, res.accepted, bad + res.rejected
         # DP: malformed messages are still rejected; norms are bounded by clipping, not by outlier tests.
         ok, rejected = validate_updates(msgs, self.shape)
         expected = self.cfg.federation.fraction * n_candidates
         new = dp_aggregate(self.global_p, [msgs[i] for i in ok], self.dp, expected, self.cfg.federation.server_lr, rnd)
-        return new, len(ok), rejected
+        return new, len(ok), bad + rejected
 
     def evaluate(self, part: str) -> dict[str, float]:
         """Federated evaluation: every node scores its own users; only sums come back."""

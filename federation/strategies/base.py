@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -123,6 +124,18 @@ class Strategy:
         ps = self.params(shape)
         return (tuple(k for k, p in ps.items() if p.role == "rows")
                 + tuple(k for k, p in ps.items() if p.role == "dense"))
+
+    extra_message_keys: ClassVar[tuple[str, ...]] = ()   # keys a compressed message adds (``compress``)
+
+    def compress(self, msg: dict[str, np.ndarray], received: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The message a deployed client sends for its full update ``msg`` (plain aggregation only; the
+        server restores it with ``federation.strategies.messages.expand_update``). Default: as is."""
+        return msg
+
+    def message_bytes(self, shape: AEShape, n_rows):
+        """Bytes of one client's compressed message with ``n_rows`` own rows (int or int array), or None
+        when ``compress`` keeps the message as is (``comm.client_bytes`` counts it from the roles)."""
+        return None
 
     def inference_key(self, key: str) -> str:
         """Which held parameter a user scores with in place of model parameter ``key``."""

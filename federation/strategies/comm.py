@@ -52,6 +52,9 @@ def client_bytes(strategy, s: AEShape, n_rows: int) -> tuple[int, int]:
         else:
             up += full
     if strategy.sends_messages:
+        sparse = strategy.message_bytes(s, n_rows)
+        if sparse is not None:                 # the strategy's compressed message (e.g. pFedGate's kept blocks)
+            return sparse, down * FLOAT_BYTES
         return (up + 1) * FLOAT_BYTES + n_rows * ID_BYTES, down * FLOAT_BYTES
     return up * FLOAT_BYTES, down * FLOAT_BYTES
 

@@ -44,6 +44,49 @@ class RejectedUpdate(ValueError):
     """A client message that must not be aggregated; the text says why (it is logged)."""
 
 
+KEY_BLOCKS = "blocks"     # block-sparse messages (pFedGate): which blocks of the hidden units are sent
+
+
+def compress_blocks(msg: dict[str, np.ndarray], kept: np.ndarray) -> dict[str, np.ndarray]:
+    """A block-sparse message: kept (K,) bool over equal blocks of the H1 hidden units; only their rows of
+    dec_W1 / dec_b1 and their columns of dec_out are sent, plus ``blocks`` (K,) uint8. The other units
+    are the received values (the server fills them in: ``expand_update``)."""
+    H1 = np.asarray(msg[KEY_DENSE_W]).shape[0]
+    units = np.repeat(np.asarray(kept, bool), H1 // len(kept))
+    out = dict(msg)
+    out[KEY_DENSE_W] = np.ascontiguousarray(msg[KEY_DENSE_W][units])
+    out[KEY_DENSE_B] = np.ascontiguousarray(msg[KEY_DENSE_B][units])
+    out[KEY_ROWS] = np.ascontiguousarray(msg[KEY_ROWS][:, units])
+    out[KEY_BLOCKS] = np.asarray(kept, np.uint8)
+    return out
+
+
+def expand_update(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor], shape: AEShape) -> dict[str, np.ndarray]:
+    """A full update from a block-sparse one (the units not sent are the global values the client
+    received); other messages are returned as they are. RejectedUpdate for a malformed block mask."""
+    if KEY_BLOCKS not in msg:
+        return msg
+    kept = np.asarray(msg[KEY_BLOCKS])
+    K = kept.shape[0] if kept.ndim == 1 else 0
+    if K == 0 or shape.h1 % K or not np.isin(kept, (0, 1)).all():
+        raise RejectedUpdate(f"{KEY_BLOCKS}: expected 0/1 flags for blocks dividing {shape.h1} units")
+    units = np.repeat(kept.astype(bool), shape.h1 // K)
+    k = int(units.sum())
+    ids = np.asarray(msg.get(KEY_ITEM_IDS, np.zeros(0, np.int64)))
+    want = {KEY_DENSE_W: (k, shape.h2), KEY_DENSE_B: (k,), KEY_ROWS: (len(ids), k)}
+    for key, s in want.items():
+        if np.asarray(msg.get(key)).shape != s:
+            raise RejectedUpdate(f"{key}: shape {np.asarray(msg.get(key)).shape}, expected {s} for the sent blocks")
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (len(ids) and (ids.min() < 0 or ids.max() >= shape.n_items)):
+        raise RejectedUpdate("item_ids: not valid item ids")
+    g = {key: global_p[key].detach().float().cpu().numpy() for key in (KEY_DENSE_W, KEY_DENSE_B, KEY_ROWS)}
+    out = {key: v for key, v in msg.items() if key != KEY_BLOCKS}
+    W, b, R = g[KEY_DENSE_W].copy(), g[KEY_DENSE_B].copy(), g[KEY_ROWS][ids].copy()
+    W[units], b[units], R[:, units] = msg[KEY_DENSE_W], msg[KEY_DENSE_B], msg[KEY_ROWS]
+    out[KEY_DENSE_W], out[KEY_DENSE_B], out[KEY_ROWS] = W, b, R
+    return out
+
+
 def encode_update(items: np.ndarray, trained: dict[str, torch.Tensor], weight: float) -> dict[str, np.ndarray]:
     """A client's message from its trained shared parameters (rows already restricted to ``items``)."""
     out = {KEY_ITEM_IDS: np.asarray(items, np.int64),

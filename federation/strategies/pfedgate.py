@@ -14,6 +14,7 @@ round(s·K) largest gates. The sparse model scales the chosen blocks by their ga
     m_k = g_k if k is chosen else 0;   h' = h ⊙ expand(m);   score_ui = W_i · h' + b_i           (2)
 
 which is the item layer's block columns scaled by m_k (no batch normalisation: one row per client).
+A deployed client sends only its kept blocks (``compress``; the bytes column of the benchmark).
 The choice is made once per round from the gate at its received value (the client's sparse model
 for the round); the gate values of the chosen blocks get gradients through (2) and train with
 everything else. Parameters of dropped blocks are not part of the client's model: they are neither
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from federation.strategies.base import Param
+from federation.strategies.messages import compress_blocks
 from federation.strategies.personalfr import PersonalFR
 from recsys.errors import ConfigError
 from recsys.models.autoencoder import AEShape
@@ -127,6 +130,29 @@ class PFedGate(PersonalFR):
         v["dec_b1"] = torch.where(units, v["dec_b1"], s["dec_b1"])
         ent = units.index_select(0, run.cohort.seg) if "dec_out" in run.per_entry else units[:, None, :]
         v["dec_out"] = torch.where(ent, v["dec_out"], s["dec_out"])
+
+    # -- the message ----------------------------------------------------------------------------
+    extra_message_keys = ("blocks",)
+
+    def compress(self, msg: dict[str, np.ndarray], received: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Only the blocks the client kept: a dropped block is exactly the received model (it was not
+        part of the client's model), so its rows of dec_W1 / dec_b1 and columns of dec_out are left out
+        and the block flags (K bytes) say which were sent. What the server learns beyond PersonalFR's
+        message: which blocks each client kept."""
+        K, H1 = self.options.blocks, msg["dec_W1"].shape[0]
+        g = {k: received[k].detach().float().cpu().numpy() for k in ("dec_W1", "dec_b1", "dec_out")}
+        ids = np.asarray(msg["item_ids"])
+        same = ((msg["dec_W1"] == g["dec_W1"]).all(1) & (msg["dec_b1"] == g["dec_b1"])
+                & (msg["dec_out"] == g["dec_out"][ids]).all(0))                            # (H1,)
+        kept = ~same.reshape(K, H1 // K).all(1)
+        if not kept.any():                              # nothing moved (e.g. lr 0): send one block
+            kept[0] = True
+        return compress_blocks(msg, kept)
+
+    def message_bytes(self, shape: AEShape, n_rows):
+        k = kept_blocks(self.options.blocks, self.options.sparsity) * (shape.h1 // self.options.blocks)
+        floats = n_rows * (k + 1) + k * shape.h2 + k + 1                                  # rows + biases, dense, weight
+        return floats * 4 + n_rows * 8 + self.options.blocks
 
     # -- inference -----------------------------------------------------------------------------
     def hidden(self, h3: torch.Tensor, personal: dict[str, torch.Tensor]) -> torch.Tensor:
