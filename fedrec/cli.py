@@ -255,7 +255,8 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
                                                 "the table shows every method in the results cache"),
           seeds: str = typer.Option("0,1,2", help="strategies: model seeds"),
           cache: Optional[Path] = typer.Option(None, help="strategies: the results cache (default "
-                                               "DATA_DIR/bench/strategies.jsonl); finished runs are not rerun")):
+                                               "DATA_DIR/bench/strategies.jsonl); finished runs are not rerun"),
+          table_only: bool = typer.Option(False, help="strategies: only render the table from the cache")):
     """Run benchmarks and print tables; --out updates those sections of a markdown file. `strategies` keeps
     its finished runs in a results cache and resumes from it."""
     from fedrec.bench.suite import run_bench
@@ -265,7 +266,7 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
     except ValueError:
         raise ValueError(f"--seeds {seeds!r}: give a comma list of integers") from None
     run_bench(what, out, data_dir, quick, methods=methods.split(",") if methods else None, seeds=seed_list,
-              cache=cache)
+              cache=cache, table_only=table_only)
 
 
 @app.command()

@@ -212,9 +212,9 @@ def table(recs: list[dict]) -> str:
                 opts = ", ".join(f"{k} {v}" for k, v in best["options"].items()) or "defaults"
                 t = [r["test"] for r in cell]
                 speed = np.median([r["updates_per_s"] for r in cell])
-                common = [f"{speed:,.0f}", round(np.mean([r["kb_up"] for r in cell]), 1),
-                          round(np.mean([r["kb_down"] for r in cell]), 1), round(cell[0]["server_mb"], 1),
-                          round(cell[0]["client_personal_kb"], 1)]
+                common = [f"{speed:,.0f}", f"{np.mean([r['kb_up'] for r in cell]):,.1f}",
+                          f"{np.mean([r['kb_down'] for r in cell]):,.1f}", f"{cell[0]['server_mb']:,.1f}",
+                          f"{cell[0]['client_personal_kb']:,.1f}"]
                 if mode == "implicit":
                     rows.append([fam, opts, _ms([x["ndcg@10"] for x in t]), _ms([x["recall@20"] for x in t]),
                                  *[_ms([x[f"recall@20_{g}"] for x in t], 3) for g in ("head", "mid", "tail")],

@@ -260,7 +260,7 @@ def write_section(path: Path, name: str, md: str) -> None:
 
 
 def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods: list[str] | None = None,
-              seeds: tuple[int, ...] = (0, 1, 2), cache: Path | None = None) -> None:
+              seeds: tuple[int, ...] = (0, 1, 2), cache: Path | None = None, table_only: bool = False) -> None:
     from recsys.fetch import fetch_ml100k
 
     names = SECTIONS if what == "all" else tuple(w.strip() for w in what.split(","))
@@ -295,7 +295,12 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             from fedrec.bench.strategies import run_strategies, table
 
             cache = cache or data_dir / "bench" / ("strategies-quick.jsonl" if quick else "strategies.jsonl")
-            body = table(run_strategies(data_dir, cache, rounds, methods, seeds))
+            if table_only:
+                from fedrec.bench.strategies import _load
+
+                body = table(_load(cache))
+            else:
+                body = table(run_strategies(data_dir, cache, rounds, methods, seeds))
         else:
             body = bench_dashboard_section(quick)
         md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
