@@ -60,6 +60,9 @@ def test_bad_inputs_exit_2(tmp_path, synth):
     bad.write_text("user_id,item_id,rating\n1,2,x\n")
     assert "not a finite number" in _one_error_line(run("data", "info", str(bad), "--format", "csv"))
     assert "cuda" in _one_error_line(run("train", str(_config(tmp_path, synth)), "--device", "tpu"))
+    assert "unknown method 'fedbogus'" in _one_error_line(run("bench", "strategies", "--methods", "fedbogus",
+                                                              "--data-dir", str(tmp_path)))
+    assert "--seeds" in _one_error_line(run("bench", "strategies", "--seeds", "0,x", "--data-dir", str(tmp_path)))
 
 
 @pytest.mark.e2e

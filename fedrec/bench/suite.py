@@ -267,6 +267,12 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
     bad = [n for n in names if n not in SECTIONS]
     if bad:
         raise ValueError(f"unknown benchmark {bad[0]!r} (all, {', '.join(SECTIONS)})")
+    if methods:
+        from fedrec.bench.strategies import SEARCH
+
+        unknown = [m for m in methods if m not in SEARCH]
+        if unknown:
+            raise ValueError(f"--methods: unknown method {unknown[0]!r} (one of: {', '.join(SEARCH)})")
     fetch_ml100k(data_dir)
     rounds = 100 if quick else None
     for name in names:
