@@ -380,18 +380,6 @@ class Federation:
         generic: the batched-autograd path from the strategy's declarations (any strategy);
         reference: the plain one-client reference (``c`` must hold one client)."""
         s = self.strategy
-        if path == "vectorized" and s.closed_form:
-            return train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
-                                self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True)
-        if path == "vectorized" and s.split_update and not self.server_state:
-            own = personal_phase(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
-                                 self.cfg.seed, rnd, self.dtype, self.content)
-            res = train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
-                               self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True)
-            res.personal = own
-            return res
-        if path == "reference" and s.closed_form:
-            return self._reference_update(c, lr, rnd)
         if path not in ("vectorized", "generic", "reference"):
             raise ValueError(f"unknown engine path {path!r} (vectorized, generic or reference)")
         start = None
@@ -399,12 +387,38 @@ class Federation:
             if self._plan is None or self._plan[0] != rnd:
                 raise RuntimeError("begin_round must run before a round's training (server-side plan)")
             start = s.client_start(self.server_state, self._plan[1], c, self.global_p, self.train, self.dtype)
-        res = train_generic(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
-                            self.cfg.seed, rnd, self.dtype, self.content,
-                            optimizer="torch" if path == "reference" else "batched", start=start)
+        if path == "vectorized" and s.closed_form:
+            res = train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                               self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True,
+                               start=start)
+            res.personal = s.start_personal(res.start, c.size)
+        elif path == "vectorized" and s.split_update:
+            own = personal_phase(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                                 self.cfg.seed, rnd, self.dtype, self.content)
+            res = train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                               self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True,
+                               start=start)
+            res.personal = own
+        elif path == "reference" and s.closed_form:
+            res = self._reference_update(c, lr, rnd, start)
+        else:
+            res = train_generic(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                                self.cfg.seed, rnd, self.dtype, self.content,
+                                optimizer="torch" if path == "reference" else "batched", start=start)
         if self.server_state:
-            s.observe(self.server_state, c, res.start, res.values)
+            s.observe(self.server_state, c, start if start else self._start_of(c), {k: res.value(k) for k in s.shared})
         return res
+
+    def _start_of(self, c: Cohort) -> dict[str, torch.Tensor]:
+        """The received global decoder as each client of ``c`` starts from it: (B, ...) / (T, ...)."""
+        g = self.global_p
+        out = {}
+        for k in self.strategy.shared:
+            if k in ITEM_ROW_KEYS:
+                out[k] = g[k].index_select(0, c.items)
+            else:
+                out[k] = g[k].unsqueeze(0).expand(c.size, *g[k].shape)
+        return out
 
     def _keep_personal(self, c: Cohort, res) -> None:
         """Write the trained personal parameters back into the clients' state."""
@@ -416,12 +430,20 @@ class Federation:
             for k in self.strategy.personal:
                 self.store.scatter(k, c, res.value(k))
 
-    def _reference_update(self, c: Cohort, lr: float, rnd: int) -> "MaterializedResult":
+    def _reference_update(self, c: Cohort, lr: float, rnd: int,
+                          start: dict[str, torch.Tensor] | None = None) -> "MaterializedResult":
         u = int(c.users[0])
+        model_keys = [k for k in self.strategy.personal if k not in self.strategy.extra_personal]
         personal = {k: self.store.gather(k, c, self.dtype)[0] if k not in ITEM_ROW_KEYS
-                    else self.store.gather(k, c, self.dtype) for k in self.strategy.personal}
-        new, loss = reference_client_update(self.shape, self.strategy, c.items.cpu(), c.x.cpu(),
-                                            {k: v.cpu() for k, v in self.global_p.items()},
+                    else self.store.gather(k, c, self.dtype) for k in model_keys}
+        received = {k: v.cpu() for k, v in self.global_p.items()}
+        for k, v in (start or {}).items():          # the model the server sent this client (FedCAC)
+            if k in ITEM_ROW_KEYS:
+                received[k] = received[k].clone()
+                received[k][c.items.cpu()] = v.cpu()
+            else:
+                received[k] = v[0].cpu()
+        new, loss = reference_client_update(self.shape, self.strategy, c.items.cpu(), c.x.cpu(), received,
                                             {k: v.cpu() for k, v in personal.items()}, self.cfg.sgd, lr,
                                             self.cfg.local_epochs, self.cfg.seed, rnd, u,
                                             self.content.cpu() if self.content is not None else None,
@@ -430,6 +452,11 @@ class Federation:
         for k, v in new.items():
             per_entry = k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched")
             values[k] = (v if per_entry else v.unsqueeze(0)).to(self.device)
+        held = {k: (v.unsqueeze(0) if k not in ITEM_ROW_KEYS else v).to(self.device, self.dtype)
+                for k, v in received.items() if k in self.strategy.shared}
+        if start:
+            held.update({k: v.to(self.device, self.dtype) for k, v in start.items()})
+        values.update(self.strategy.start_personal(held, 1))
         return MaterializedResult(values, torch.tensor([loss], dtype=self.dtype))
 
     def _absorb(self, c: Cohort, res, agg: "_Aggregate") -> None:

@@ -237,7 +237,8 @@ def _stable_order(items: torch.Tensor, n_items: int) -> torch.Tensor:
 
 
 def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
-                 store: ClientStore | None, dtype: torch.dtype, in_place: bool = False, indexed: bool = False
+                 store: ClientStore | None, dtype: torch.dtype, in_place: bool = False, indexed: bool = False,
+                 override: dict[str, torch.Tensor] | None = None
                  ) -> tuple[dict[str, torch.Tensor], set[str], set[str], set[str]]:
     """Start value of every parameter a client of the cohort holds; which keys start per client
     (B, ...), which item-row keys start per interaction (T, ...), and which start values are the
@@ -266,6 +267,9 @@ def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             start[k] = global_p[k].to(dtype)                 # shared rows, read by item id when needed
         else:
             start[k] = global_p[k].to(dtype)                                     # shared, unbatched
+    for k, v in (override or {}).items():    # per-client starts the server sent (Strategy.client_start)
+        start[k] = v.to(dtype)
+        (per_row if k in ("dec_out", "dec_ob") else per_client).add(k)
     return start, per_client, per_row, work
 
 
@@ -386,7 +390,8 @@ def _mv(P0: torch.Tensor, h: torch.Tensor, per_client: bool) -> torch.Tensor:
 def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: dict[str, torch.Tensor],
                  store: ClientStore | None, sgd: SGDConfig, lr: float, local_epochs: int, seed: int, rnd: int,
                  dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None,
-                 content_drop: torch.Tensor | None = None, in_place: bool = False) -> FactoredResult:
+                 content_drop: torch.Tensor | None = None, in_place: bool = False,
+                 start: dict[str, torch.Tensor] | None = None) -> FactoredResult:
     """Run ``local_epochs`` SGD steps (one per local epoch: a client has one example) for all clients.
 
     content (N, F): item content vectors when the model has a content projection (global_p['dec_P']).
@@ -398,13 +403,17 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     (its key is then in ``result.written``: commit skips it, value refuses it)."""
     a, b = sgd_coefficients(local_epochs, lr, sgd)
     all_rows = strategy.rows == "all"
-    shared_rows = not all_rows and "dec_out" not in strategy.personal
+    # start: per-client start values of shared parameters ((B, ...) / (T, ...) rows) in place of the
+    # received global ones (FedCAC's customized models); rows with a per-client start are trained like
+    # personal rows (the other items keep the global rows), the dense layers like personal layers.
+    shared_rows = not all_rows and "dec_out" not in strategy.personal and "dec_out" not in (start or {})
     # The product's path (personalfr rows, no content) has its backward written out below: the same
     # gradients as autograd (tests/test_engine_equivalence.py) at a third of the tensor ops, which is
     # what a round of ~100 clients costs on a CPU. Other strategies and content models use autograd.
     manual = shared_rows and CONTENT_KEY not in global_p
+    override = start
     start, per_client, per_row, work = start_values(shape, strategy, cohort, global_p, store, dtype, in_place,
-                                                    indexed=manual)
+                                                    indexed=manual, override=override)
     frozen = not all_rows and shape.mode == "implicit"
     res = FactoredResult(cohort, all_rows, a[-1], b[-1], start, per_client, per_row, store=store, work=work,
                          dtype=dtype)

@@ -178,6 +178,11 @@ class Strategy:
         ones: what the server sends each client. Default: {} (every client receives the global model)."""
         return {}
 
+    def start_personal(self, start: dict[str, torch.Tensor], n_clients: int) -> dict[str, torch.Tensor]:
+        """Personal values a closed-form client keeps from the model it received (``start``: its start
+        values, per client or shared): FedCAC keeps its personalized dense layer. Default: none."""
+        return {}
+
     def observe(self, state: dict[str, torch.Tensor], cohort, start: dict[str, torch.Tensor],
                 trained: dict[str, torch.Tensor]) -> None:
         """The server sees a cohort's updates (``trained``; it sent ``start``) and updates its state."""

@@ -117,7 +117,7 @@ class FedCAC(PersonalFR):
                "only with collaborators whose critical masks overlap, the rest FedAvg")
     paper = "Wu et al. 2023, Bold but Cautious: Unlocking the Potential of Personalized FL through Cautiously Aggressive Collaboration (FedCAC)"
     Options = FedCACOptions
-    closed_form = False
+    closed_form = True            # plain loss and SGD from a per-client start: the closed form applies
     individual_updates = True
     extra_personal = personal_copies(DENSE_DECODER_KEYS, PREFIX)
 
@@ -127,9 +127,16 @@ class FedCAC(PersonalFR):
         return f"{PREFIX}.{key}" if key in DENSE_DECODER_KEYS else key
 
     def local_update(self, run) -> torch.Tensor:
-        for k in DENSE_DECODER_KEYS:
-            run.values[f"{PREFIX}.{k}"] = run.start[k].clone()
+        run.values.update(self.start_personal(run.start, run.size))
         return super().local_update(run)
+
+    def start_personal(self, start: dict[str, torch.Tensor], n_clients: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for k in DENSE_DECODER_KEYS:
+            v = start[k]
+            out[f"{PREFIX}.{k}"] = (v if v.dim() == (3 if k == "dec_W1" else 2) else
+                                    v.unsqueeze(0).expand(n_clients, *v.shape)).clone()
+        return out
 
     def check(self, shape: AEShape, content: bool) -> None:
         super().check(shape, content)
