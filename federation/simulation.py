@@ -434,7 +434,7 @@ class Federation:
                           start: dict[str, torch.Tensor] | None = None) -> "MaterializedResult":
         u = int(c.users[0])
         model_keys = [k for k in self.strategy.personal if k not in self.strategy.extra_personal]
-        personal = {k: self.store.gather(k, c, self.dtype)[0] if k not in ITEM_ROW_KEYS
+        personal = {k: self.store.gather(k, c, self.dtype)[0] if k not in self.store.row_keys
                     else self.store.gather(k, c, self.dtype) for k in model_keys}
         received = {k: v.cpu() for k, v in self.global_p.items()}
         for k, v in (start or {}).items():          # the model the server sent this client (FedCAC)

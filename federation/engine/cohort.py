@@ -251,14 +251,15 @@ def start_values(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         if k == "enc_in" and k in strategy.personal:
             continue
         if k in strategy.personal:
-            per_client_key = k not in ("dec_out", "dec_ob")
+            # a client's own rows (T, ...), or a whole personal item layer (B, N, ...) (FedPer)
+            per_client_key = k not in ("dec_out", "dec_ob") or k not in store.row_keys
             src = store.tensors[k]
             if (in_place and indexed and per_client_key and src.dim() == 3 and src.dtype == dtype
                     and kernels.available(dtype, src.device)):
                 start[k] = store.rows(k, cohort)                   # no copy: the kernels read the store
             else:
                 start[k] = store.gather(k, cohort, dtype, work=in_place and per_client_key)
-            if in_place and per_client_key and src.dtype == dtype:
+            if in_place and per_client_key and src.dtype == dtype and k in _FACTORS:
                 work.add(k)
             (per_client if per_client_key else per_row).add(k)
         elif k == "enc_in":
@@ -498,7 +499,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
             if s:
                 m = m + _bvm(g3, hist["q"][:, :s])
         if all_rows:
-            y = a[s] * (h3 @ start["dec_out"].T + start["dec_ob"])               # (B, N)
+            y = a[s] * (_mv(start["dec_out"], h3, "dec_out" in per_client) + start["dec_ob"])   # (B, N)
         elif shared_rows and not frozen:
             # Start rows are the global rows and only the clients' own items are scored: a sampled
             # product over the cohort's (B, N) pattern, T dot products, no (T, H1) gather of rows.

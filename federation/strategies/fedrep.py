@@ -35,6 +35,7 @@ class FedPer(Strategy):
     paper = "Arivazhagan et al. 2019, Federated Learning with Personalization Layers (FedPer)"
     personal_model_keys = ENCODER_KEYS + HEAD
     rows = "all"
+    closed_form = True           # one plain objective, plain SGD: the closed-form path (per-client head)
     shared_item_vectors = False
 
     def params(self, shape: AEShape) -> dict[str, Param]:
@@ -67,6 +68,7 @@ class FedRep(FedPer):
     summary = "personal item layer trained first with the body fixed, then the shared body with the head fixed"
     paper = "Collins et al. 2021, Exploiting Shared Representations for Personalized Federated Learning (FedRep)"
     Options = FedRepOptions
+    closed_form = False          # two phases over different parameters: the generic path
 
     def local_update(self, run) -> torch.Tensor:
         o = self.options
