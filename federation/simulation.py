@@ -651,7 +651,7 @@ class FederatedAutoencoder(Recommender):
     def item_vectors(self) -> np.ndarray:
         """(N, H1+1) float32: [dec_out_i, dec_ob_i] (the bias folded in so a dot product is the score)."""
         if not self.fed.shared_rows():
-            raise FedrecError(f"strategy {self.fed.strategy.name!r} keeps personal decoder rows: "
+            raise FedrecError(f"strategy {self.fed.strategy.name!r} scores items with per-user rows or norms: "
                               "there is no single item vector to index")
         g = self.fed.global_p
         rows = item_rows(g, self.fed.content)                                             # (N, H1)

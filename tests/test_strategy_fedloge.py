@@ -58,3 +58,12 @@ def test_scores_personal_and_generic(tiny_data):
 def test_content_is_refused():
     with pytest.raises(ConfigError, match="content"):
         fedloge.FedLoGe().check(AEShape(10, h1=4, h2=2, content_dim=3), True)
+
+
+def test_item_vectors_are_refused_with_one_clear_error(tiny_data):
+    from federation.simulation import FederatedAutoencoder
+    from recsys.errors import FedrecError
+
+    fed = tiny_fed(tiny_data, "fedloge", {})
+    with pytest.raises(FedrecError, match="no single item vector"):
+        FederatedAutoencoder(fed).item_vectors()
