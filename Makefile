@@ -66,7 +66,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(FEDREC) data fetch ml-100k
-	$(FEDREC) bench all --out docs/benchmarks.md
+	$(FEDREC) bench all --out docs/benchmarks.md --cache docs/bench/strategies.jsonl
 
 clean-venv:
 	rm -rf $(VENV)

@@ -85,8 +85,13 @@ def run_cell(method: Method, mode: str, split: str, seed: int, data_dir: Path, r
     secs = time.perf_counter() - t0
     r = data.ratings.data
     clip = (float(r.min()), float(r.max())) if mode == "explicit" else None
+    import datetime
+
+    from fedrec.bench.suite import _machine
+
     rec = {"method": method.label, "key": method.key, "strategy": method.strategy, "options": method.options,
            "mode": mode, "split": split, "seed": seed, "rounds": fed.cfg.rounds, "train_s": round(secs, 1),
+           "date": datetime.date.today().isoformat(), "machine": _machine(),
            "updates_per_s": float(np.median([s.updates_per_s for s in stats[2:]] or [0])),
            "kb_up": float(np.mean([s.bytes_up / s.participants for s in stats])) / 1e3,
            "kb_down": float(np.mean([s.bytes_down / s.participants for s in stats])) / 1e3,
