@@ -128,6 +128,30 @@ def run_cell(method: Method, mode: str, split: str, seed: int, data_dir: Path, r
     return out
 
 
+def speed_table(data_dir: Path, recs: list[dict], rounds: int = 5, modes=MODES) -> str:
+    """Client updates per second of each method's chosen setting, measured alone and back to back on
+    this machine (the table's per-run figures share the CPU with whatever else ran): the median over
+    rounds 3..``rounds`` of the shipped config's cohort."""
+    from fedrec.bench.suite import _table
+    from federation.runs.jobs import build_federation, prepare_data
+
+    rows = []
+    for fam in SEARCH:
+        row = [fam]
+        for mode in modes:
+            best = choose(recs, fam, mode)
+            m = next((x for x in SEARCH[fam] if best is not None and x.key == best["key"]), SEARCH[fam][0])
+            cfg = _cfg(m, mode, "ratio", 0, data_dir, rounds)
+            data, sp_ = prepare_data(cfg)
+            fed = build_federation(cfg, data, sp_)
+            st = [fed.run_round() for _ in range(rounds)]
+            row.append(f"{np.median([x.updates_per_s for x in st[2:]]):,.0f}")
+            log.info("speed %s %s %s", fam, mode, row[-1])
+        rows.append(row)
+    return _table("Client updates per second (ml-100k, the shipped configs' cohorts: implicit 94, explicit 283 "
+                  f"clients per round; median of rounds 3-{rounds}, run alone)", ["method", *modes], rows)
+
+
 def _load(path: Path) -> list[dict]:
     if not path.exists():
         return []

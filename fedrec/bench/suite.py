@@ -301,12 +301,12 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             from fedrec.bench.strategies import run_strategies, table
 
             cache = cache or data_dir / "bench" / ("strategies-quick.jsonl" if quick else "strategies.jsonl")
-            if table_only:
-                from fedrec.bench.strategies import _load
+            from fedrec.bench.strategies import _load, speed_table
 
-                body = table(_load(cache))
-            else:
-                body = table(run_strategies(data_dir, cache, rounds, methods, seeds))
+            recs = _load(cache) if table_only else run_strategies(data_dir, cache, rounds, methods, seeds)
+            body = table(recs)
+            if not table_only:
+                body += "\n" + speed_table(data_dir, recs)
         else:
             body = bench_dashboard_section(quick)
         md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
