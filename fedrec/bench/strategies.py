@@ -128,7 +128,8 @@ def run_cell(method: Method, mode: str, split: str, seed: int, data_dir: Path, r
     return out
 
 
-def speed_table(data_dir: Path, recs: list[dict], rounds: int = 5, modes=MODES) -> str:
+def speed_table(data_dir: Path, recs: list[dict], families: list[str] | None = None, rounds: int = 5,
+                modes=MODES) -> str:
     """Client updates per second of each method's chosen setting, measured alone and back to back on
     this machine (the table's per-run figures share the CPU with whatever else ran): the median over
     rounds 3..``rounds`` of the shipped config's cohort."""
@@ -136,7 +137,7 @@ def speed_table(data_dir: Path, recs: list[dict], rounds: int = 5, modes=MODES) 
     from federation.runs.jobs import build_federation, prepare_data
 
     rows = []
-    for fam in SEARCH:
+    for fam in families or list(SEARCH):
         row = [fam]
         for mode in modes:
             best = choose(recs, fam, mode)

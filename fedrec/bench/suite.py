@@ -306,7 +306,7 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             recs = _load(cache) if table_only else run_strategies(data_dir, cache, rounds, methods, seeds)
             body = table(recs)
             if not table_only:
-                body += "\n" + speed_table(data_dir, recs)
+                body += "\n" + speed_table(data_dir, recs, methods)
         else:
             body = bench_dashboard_section(quick)
         md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
