@@ -254,6 +254,7 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
           methods: Optional[str] = typer.Option(None, help="strategies: a comma list of methods to run (default: all); "
                                                 "the table shows every method in the results cache"),
           seeds: str = typer.Option("0,1,2", help="strategies: model seeds"),
+          modes: str = typer.Option("implicit,explicit", help="strategies: feedback modes to run"),
           cache: Optional[Path] = typer.Option(None, help="strategies: the results cache (default "
                                                "DATA_DIR/bench/strategies.jsonl); finished runs are not rerun"),
           table_only: bool = typer.Option(False, help="strategies: only render the table from the cache")):
@@ -265,8 +266,11 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:
         raise ValueError(f"--seeds {seeds!r}: give a comma list of integers") from None
+    mode_list = tuple(m.strip() for m in modes.split(","))
+    if not set(mode_list) <= {"implicit", "explicit"}:
+        raise ValueError(f"--modes {modes!r}: implicit and/or explicit")
     run_bench(what, out, data_dir, quick, methods=methods.split(",") if methods else None, seeds=seed_list,
-              cache=cache, table_only=table_only)
+              cache=cache, table_only=table_only, modes=mode_list)
 
 
 @app.command()
