@@ -125,6 +125,8 @@ class Federation:
         # What the server keeps per client across rounds (FedCAC: last decoders and masks); usually empty.
         self.server_state = self.strategy.server_state_init(shape, self.train, dtype)
         self._plan: tuple[int, object] | None = None          # (round, the strategy's plan for it)
+        # A deployed node's users' start models as the server sent them (user -> arrays; messages.pack_starts)
+        self._given: dict[int, dict[str, np.ndarray]] | None = None
         self.n_per_user = np.diff(self.train.indptr)
         self.active_users = np.flatnonzero(self.n_per_user > 0)
         self.round = 0                    # rounds completed
@@ -337,7 +339,8 @@ class Federation:
             raise FedrecError(f"strategy {self.strategy.name!r} has no per-client messages of own-item rows "
                               f"(deployment and DP need one: {', '.join(message_strategies())})")
 
-    def client_messages(self, users: np.ndarray, lr: float | None = None
+    def client_messages(self, users: np.ndarray, lr: float | None = None,
+                        starts: dict[int, dict[str, np.ndarray]] | None = None
                         ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, float]]:
         """Many personalfr clients' turns at once (the vectorized engine; same math as
         ``client_message``, see tests/test_engine_equivalence.py): personal state written back to
@@ -347,7 +350,8 @@ class Federation:
 
         self._require_messages()
         lr = self.lr_at(self.round) if lr is None else lr
-        if self.server_state and (self._plan is None or self._plan[0] != self.round):
+        self._given = starts                   # a deployed node: the server sent these users' start models
+        if starts is None and self.server_state and (self._plan is None or self._plan[0] != self.round):
             self.begin_round(users, self.round)
         out: dict[int, dict[str, np.ndarray]] = {}
         losses: dict[int, float] = {}
@@ -367,6 +371,7 @@ class Federation:
                     trained[CONTENT_KEY] = P[j]
                 out[int(u)] = encode_update(items[a:b], trained, float(w[j]))
                 losses[int(u)] = float(res.loss[j])
+        self._given = None
         return out, losses
 
     def begin_round(self, users: np.ndarray, rnd: int) -> None:
@@ -383,7 +388,9 @@ class Federation:
         if path not in ("vectorized", "generic", "reference"):
             raise ValueError(f"unknown engine path {path!r} (vectorized, generic or reference)")
         start = None
-        if self.server_state:
+        if self._given is not None:
+            start = self._given_start(c)
+        elif self.server_state:
             if self._plan is None or self._plan[0] != rnd:
                 raise RuntimeError("begin_round must run before a round's training (server-side plan)")
             start = s.client_start(self.server_state, self._plan[1], c, self.global_p, self.train, self.dtype)
@@ -408,6 +415,34 @@ class Federation:
         if self.server_state:
             s.observe(self.server_state, c, start if start else self._start_of(c), {k: res.value(k) for k in s.shared})
         return res
+
+    def _given_start(self, c: Cohort) -> dict[str, torch.Tensor]:
+        """The start models the server sent for the cohort's users (the global model for a user it sent
+        none for), as (B, ...) / (T, ...) tensors; {} when it sent none for any of them."""
+        from federation.strategies import messages as m
+
+        users = c.users.cpu().tolist()
+        if not any(int(u) in self._given for u in users):
+            return {}
+        g = self.global_p
+        W, b, rows, ob = [], [], [], []
+        items = c.items.cpu().numpy()
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(c.seg.cpu().numpy(), minlength=c.size))])
+        for j, u in enumerate(users):
+            mine = items[bounds[j]:bounds[j + 1]]
+            st = self._given.get(int(u))
+            if st is None:
+                W.append(g["dec_W1"]), b.append(g["dec_b1"])
+                rows.append(g["dec_out"][torch.as_tensor(mine, device=self.device)])
+                ob.append(g["dec_ob"][torch.as_tensor(mine, device=self.device)])
+                continue
+            if not np.array_equal(np.asarray(st[m.KEY_ITEM_IDS]), mine):
+                raise FedrecError(f"user {u}: the server's start model is for other items than this node holds")
+            put = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)  # noqa: E731
+            W.append(put(st[m.KEY_DENSE_W])), b.append(put(st[m.KEY_DENSE_B]))
+            rows.append(put(st[m.KEY_ROWS])), ob.append(put(st[m.KEY_ROW_BIAS]))
+        return {"dec_W1": torch.stack(W).to(self.dtype), "dec_b1": torch.stack(b).to(self.dtype),
+                "dec_out": torch.cat(rows).to(self.dtype), "dec_ob": torch.cat(ob).to(self.dtype)}
 
     def _start_of(self, c: Cohort) -> dict[str, torch.Tensor]:
         """The received global decoder as each client of ``c`` starts from it: (B, ...) / (T, ...)."""

@@ -51,7 +51,7 @@ class Loopback:
                 out[n] = TimeoutError("no reply")
                 continue
             self.received.append((n, "train", r.holders))
-            rep = self.nodes[n].train(r.round, r.lr, r.users, r.decoder, r.dp_clip, r.holders, r.secagg)
+            rep = self.nodes[n].train(r.round, r.lr, r.users, r.decoder, r.dp_clip, r.holders, r.secagg, r.starts)
             content = train_reply_content(rep)                      # exactly what would go on the wire
             self.sent.append((n, content))
             rep = decode_train_reply(content)

@@ -202,10 +202,6 @@ class StrategyConformance:
              "federation": {"strategy": self.strategy, "options": dict(self.options), "rounds": 2, "fraction": 0.4}}
         cfg = parse_config(d)
         nodes, data, split = nodes_for(cfg, tmp_path)
-        if self.strat.individual_updates:
-            with pytest.raises(ConfigError, match="does not carry"):
-                FederatedServer(cfg, tmp_path / "run", Loopback(nodes))
-            return
         if not self.strat.sends_messages:
             with pytest.raises(ConfigError, match="sends none"):
                 FederatedServer(cfg, tmp_path / "run", Loopback(nodes))

@@ -66,6 +66,7 @@ PACK_USERS, PACK_OFFSETS = "users", "offsets"     # packed updates: user ids (U,
 ROW_KEYS = (KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS)  # per item row; the other update keys are one per user
 REC_HOLDERS, HOLDER_COUNTS = "holders", "counts"
 REC_SECAGG, SECAGG_RUN, SECAGG_PUBLIC = "secagg", "run", "public"   # run id bytes (L,), public keys (2, 32)
+REC_STARTS = "starts"        # per-user start models (FedCAC): messages.pack_starts
 
 
 def _arrays(d: dict[str, np.ndarray]) -> ArrayRecord:
@@ -139,8 +140,9 @@ def client_train(msg: Message, context: Context) -> Message:
     node = _node(context)
     t1 = time.perf_counter()
     clip = float(conf["dp-clip"]) or None
+    starts = _numpy(msg.content[REC_STARTS]) if REC_STARTS in msg.content.keys() else None
     rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
-                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content), _secagg(msg.content))
+                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content), _secagg(msg.content), starts)
     log.info("train round %d: ClientApp process up %.2f s before the message, node (data, split, state) "
              "loaded in %.2f s, %d users trained in %.2f s", rnd + 1, age, t1 - t0, rep.num_users,
              time.perf_counter() - t1)
@@ -200,6 +202,13 @@ def train_reply_content(rep: TrainReply) -> RecordDict:
         content[REC_UPDATES] = _arrays(packed)
     content[REC_TOTALS] = MetricRecord({TOTAL_USERS: rep.num_users, TOTAL_LOSS: rep.loss_sum})
     return content
+
+
+def _with_starts(c: RecordDict, starts: dict[str, np.ndarray] | None) -> RecordDict:
+    """Per-user start models (FedCAC; messages.pack_starts) as one ArrayRecord."""
+    if starts:
+        c[REC_STARTS] = _arrays(starts)
+    return c
 
 
 def _holders(c: RecordDict) -> np.ndarray | None:
@@ -265,11 +274,11 @@ class GridTransport:
         return self._exchange({n: RecordDict() for n in nodes}, MSG_QUERY, dec)
 
     def train(self, requests: dict[int, TrainRequest]) -> dict:
-        contents = {n: _with_secagg(_with_holders(RecordDict({REC_DECODER: _arrays(r.decoder),
+        contents = {n: _with_starts(_with_secagg(_with_holders(RecordDict({REC_DECODER: _arrays(r.decoder),
                                                               REC_USERS: _arrays({"ids": r.users}),
                                                               REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
                                                                                         "dp-clip": float(r.dp_clip or 0.0)})}),
-                                                  r.holders), r.secagg)
+                                                  r.holders), r.secagg), r.starts)
                     for n, r in requests.items()}
         return self._exchange(contents, MSG_TRAIN, decode_train_reply)
 

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from federation.runs.config import JobConfig
-from federation.strategies.messages import KEY_PROJ, RejectedUpdate
+from federation.strategies.messages import KEY_PROJ, RejectedUpdate, unpack_starts
 from federation.privacy.dp import clip_update
 from recsys.io import atomic_path
 from recsys.metrics import ranking_metrics, topk_from_scores
@@ -123,6 +123,7 @@ class ClientNode:
         self.holders: np.ndarray | None = None     # the server's counts the content is weighted by now
         # Until the server's counts arrive the content is weighted by this node's own (never trained on).
         self.fed = build_federation(cfg, data, split, train=own, content=self.raw_content, holders=self.own_holders)
+        self.fed.server_state = {}      # a node keeps no server-side state (FedCAC's lives on the server)
         self.active = np.intersect1d(self.users, self.fed.active_users)
         self.content_fp = content_fingerprint(self.raw_content)
         self.state_dir = Path(state_dir)
@@ -161,9 +162,11 @@ class ClientNode:
 
     # -- train -------------------------------------------------------------------------------
     def train(self, rnd: int, lr: float, users: np.ndarray, decoder: dict[str, np.ndarray],
-              dp_clip: float | None = None, holders: np.ndarray | None = None, secagg=None) -> TrainReply:
+              dp_clip: float | None = None, holders: np.ndarray | None = None, secagg=None,
+              starts: dict[str, np.ndarray] | None = None) -> TrainReply:
         """Train ``users`` (a subset of this node's users) for round ``rnd`` (0-based) from the
-        server's ``decoder`` (and holder counts (N,), holder-weighted jobs); persist their new
+        server's ``decoder`` (and holder counts (N,), holder-weighted jobs; per-user start models,
+        strategies whose server sends each client its own: messages.pack_starts); persist their new
         personal state; return their messages."""
         users = np.asarray(users, dtype=np.int64)
         foreign = np.setdiff1d(users, self.active)
@@ -181,7 +184,12 @@ class ClientNode:
         self.fed.round = rnd
         if len(users) == 0:
             return TrainReply({}, 0, 0.0)
-        msgs, losses = self.fed.client_messages(users, lr)
+        given = None
+        if self.fed.strategy.individual_updates:
+            given = unpack_starts(starts or {})
+            if not set(given) <= set(users.tolist()):
+                raise RejectedUpdate("start models for users this round does not train")
+        msgs, losses = self.fed.client_messages(users, lr, starts=given)
         if dp_clip is not None:
             msgs = {u: clip_update(m, self.fed.global_p, dp_clip)[0] for u, m in msgs.items()}
         if secagg is not None:

@@ -37,7 +37,7 @@ from federation.runs.loop import read_checkpoint, run_rounds
 from federation.engine.prototypes import PrototypeStats, fit_prototypes, rounds_needed, stats_from_message
 from federation.simulation import PROTOTYPES_TENSOR
 from federation.strategies.messages import (RejectedUpdate, aggregate_updates, apply_dp_revealed, apply_revealed,
-                                             expand_update, validate_updates)
+                                             expand_update, pack_starts, validate_update, validate_updates)
 from federation.strategies.base import RoundInfo
 from federation.engine.local_sgd import decay_factor
 from federation.privacy import channel, secagg
@@ -46,6 +46,7 @@ from federation.deploy.node import (EVAL_COUNT, EVAL_SUM, HELLO_CATALOGUE, HELLO
                              HELLO_N_ITEMS, HELLO_USERS, SEALED_A, SEALED_B, TrainReply, config_fingerprint,
                              content_dim_of, decoder_keys)
 from federation.privacy.dp import dp_aggregate, epsilon
+from federation.deploy.per_client import PerClientServer
 from federation.simulation import lr_at, sample_clients
 from federation.strategies.registry import get_strategy
 from recsys.errors import ConfigError, FedrecError, ManifestError
@@ -65,6 +66,7 @@ class TrainRequest:
     dp_clip: float | None
     holders: np.ndarray | None = None  # (N,) int64 federation holder counts (holder-weighted content only)
     secagg: "SecAggRequest | None" = None  # secure aggregation: where to seal the shares
+    starts: dict[str, np.ndarray] | None = None  # per-user start models (FedCAC): messages.pack_starts
 
 
 @dataclass
@@ -91,6 +93,14 @@ class Transport(Protocol):
                    ) -> dict[int, dict | Exception]: ...
 
 
+def _well_formed(m: dict[str, np.ndarray], shape: AEShape) -> bool:
+    try:
+        validate_update(m, shape)
+        return True
+    except RejectedUpdate:
+        return False
+
+
 def payload_bytes(arrays: dict[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v).nbytes for v in arrays.values()))
 
@@ -111,10 +121,7 @@ class FederatedServer:
             raise ConfigError(f"federation.strategy {self.strategy.name!r}: the Flower deployment exchanges "
                               "per-client messages of own-item rows; this strategy sends none "
                               "(run it in process with `fedrec train`)")
-        if self.strategy.individual_updates:
-            raise ConfigError(f"federation.strategy {self.strategy.name!r}: its server sends each client a model of "
-                              "its own, which the Flower deployment does not carry yet (run it in process with "
-                              "`fedrec train`)")
+        self.per_client: PerClientServer | None = None   # FedCAC: the server's per-client state (_init_state)
         self.dp = self.settings.dp
         self.secagg = self.settings.secagg
         self.aggregators: list | None = None     # the two secure-aggregation aggregators (see _init_secagg)
@@ -209,6 +216,8 @@ class FederatedServer:
         self.keys = decoder_keys(self.shape.content_dim)
         init = init_params(self.shape, self.cfg.seed, torch.float32)
         self.global_p = {k: init[k] for k in self.keys}
+        if self.strategy.individual_updates:
+            self.per_client = PerClientServer(self.strategy, self.shape, max(self.owner, default=-1) + 1)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         man_p = self.run_dir / "manifest.json"
         fp = config_fingerprint(self.cfg)
@@ -259,6 +268,8 @@ class FederatedServer:
         t = {f"global.{k}": v for k, v in self.global_p.items()}
         if self.prototypes is not None:
             t[PROTOTYPES_TENSOR] = self.prototypes
+        if self.per_client is not None:
+            t.update(self.per_client.state_tensors())
         return t
 
     def _load_checkpoint(self) -> None:
@@ -275,6 +286,11 @@ class FederatedServer:
         if P is not None and (not self.cfg.prototypes.enabled or tuple(P.shape) != (self.cfg.prototypes.k, self.shape.h1)):
             raise ManifestError(f"{ck}: prototypes of shape {tuple(P.shape)} do not match this config")
         self.prototypes = P
+        if self.per_client is not None:
+            try:
+                self.per_client.load(t)
+            except KeyError as e:
+                raise ManifestError(f"{ck}: the server's per-client state {e} is missing") from None
         self.round = rnd
         log.info("resuming %s after round %d", self.run_dir, self.round)
 
@@ -334,13 +350,20 @@ class FederatedServer:
                 for a in self.aggregators:
                     a.open_round(rnd, users)
                 sec = SecAggRequest(self.run_id, tuple(channel.public_bytes(a.private_key) for a in self.aggregators))
+            starts: dict[int, dict[str, np.ndarray]] = {}
+            if self.per_client is not None:          # FedCAC: each client's own start model
+                self.per_client.begin(users, rnd)
+                starts = self.per_client.starts(users, self.global_p)
             reqs = {n: TrainRequest(rnd, lr, np.array(us, np.int64), dec, self.dp.clip if self.dp else None,
-                                    self.holders, sec)
+                                    self.holders, sec,
+                                    pack_starts({u: starts[u] for u in us if u in starts})
+                                    if self.per_client is not None else None)
                     for n, us in by_node.items()}
             replies = self.t.train(reqs)
             if self.capture_dir is not None:
                 self._capture(rnd, attempt, replies)
             msgs, loss_sum, n_loss, failed, up = [], 0.0, 0, [], 0
+            by_user: dict[int, dict[str, np.ndarray]] = {}
             for node, rep in replies.items():
                 if isinstance(rep, Exception):
                     failed.append(node)
@@ -351,6 +374,7 @@ class FederatedServer:
                     up += payload_bytes(m)
                     if u in asked:
                         msgs.append((u, m) if self.secagg is not None else m)
+                        by_user[int(u)] = m
                     else:
                         log.warning("round %d: node %s sent an update for user %s it was not asked for; "
                                     "ignored", rnd + 1, node, u)
@@ -363,10 +387,13 @@ class FederatedServer:
                 log.warning("round %d: update rejected: %s", rnd + 1, why)
             need = max(1, int(np.ceil(self.min_fraction * len(users))))
             if accepted >= need:
+                if self.per_client is not None:      # what the server learns: each client's model and mask
+                    ok = {u: m for u, m in by_user.items() if _well_formed(m, self.shape)}
+                    self.per_client.observe(ok, starts, self.global_p)
                 self.global_p = {k: new[k].cpu().float() for k in self.keys}
                 self.round += 1
                 down = len(reqs) * (payload_bytes(dec) + (self.holders.nbytes if self.weighted else 0)) + sum(
-                    r.users.nbytes for r in reqs.values())
+                    r.users.nbytes + payload_bytes(r.starts or {}) for r in reqs.values())
                 rec = {"round": self.round, "lr": lr, "sampled": int(len(users)), "participants": accepted,
                        "rejected": len(rejected), "failed_nodes": len(failed), "nodes": len(reqs),
                        "loss": loss_sum / max(1, n_loss), "bytes_up": up, "bytes_down": down,
@@ -545,16 +572,18 @@ class FederatedServer:
                 full.append(expand_update(m, self.global_p, self.shape))
             except RejectedUpdate as e:
                 bad.append((i, str(e)))
+                full.append({})              # keeps the positions; rejected below, reported once with its reason
         msgs = full
+        seen = {i for i, _ in bad}
         if self.dp is None:
             new, res = aggregate_updates(self.global_p, msgs, self.shape, self.cfg.federation.row_average,
                                          self.cfg.federation.server_lr, p.outlier_factor)
-            return new, res.accepted, bad + res.rejected
+            return new, res.accepted, bad + [r for r in res.rejected if r[0] not in seen]
         # DP: malformed messages are still rejected; norms are bounded by clipping, not by outlier tests.
         ok, rejected = validate_updates(msgs, self.shape)
         expected = self.cfg.federation.fraction * n_candidates
         new = dp_aggregate(self.global_p, [msgs[i] for i in ok], self.dp, expected, self.cfg.federation.server_lr, rnd)
-        return new, len(ok), bad + rejected
+        return new, len(ok), bad + [r for r in rejected if r[0] not in seen]
 
     def evaluate(self, part: str) -> dict[str, float]:
         """Federated evaluation: every node scores its own users; only sums come back."""

@@ -163,6 +163,7 @@ class Strategy:
 
     # -- server state (strategies whose server keeps per-client state, e.g. FedCAC) ------------------
     individual_updates: ClassVar[bool] = False   # the server needs each client's own update: no secure aggregation, no DP
+    server_entry_keys: ClassVar[tuple[str, ...]] = ()   # server-state keys laid out per training entry (rows)
 
     def server_state_init(self, shape: AEShape, train, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Tensors the server keeps across rounds (checkpointed as ``server.KEY``). Default: none."""

@@ -119,6 +119,7 @@ class FedCAC(PersonalFR):
     Options = FedCACOptions
     closed_form = True            # plain loss and SGD from a per-client start: the closed form applies
     individual_updates = True
+    server_entry_keys = (ROWS, RMASK)
     extra_personal = personal_copies(DENSE_DECODER_KEYS, PREFIX)
 
     def inference_key(self, key: str) -> str:

@@ -255,3 +255,33 @@ def apply_dp_revealed(shape: AEShape, global_p: dict[str, torch.Tensor], rev, ex
         g = global_p[k]
         new[k] = (g.double().cpu() + f * part).to(g.dtype).to(g.device)
     return new
+
+
+# -- per-client downloads (strategies whose server sends each client its own model: FedCAC) --------------
+def pack_starts(starts: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-user start models as flat arrays: users (b,), dec_W1 (b, H1, H2), dec_b1 (b, H1), offsets
+    (b + 1,) into the rows, item_ids (R,), dec_out (R, H1), dec_ob (R,)."""
+    users = sorted(starts)
+    if not users:
+        return {}
+    rows = [starts[u] for u in users]
+    lens = [len(r[KEY_ITEM_IDS]) for r in rows]
+    return {"users": np.asarray(users, np.int64),
+            KEY_DENSE_W: np.stack([r[KEY_DENSE_W] for r in rows]).astype(np.float32),
+            KEY_DENSE_B: np.stack([r[KEY_DENSE_B] for r in rows]).astype(np.float32),
+            "offsets": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            KEY_ITEM_IDS: np.concatenate([r[KEY_ITEM_IDS] for r in rows]).astype(np.int64),
+            KEY_ROWS: np.concatenate([r[KEY_ROWS] for r in rows]).astype(np.float32),
+            KEY_ROW_BIAS: np.concatenate([r[KEY_ROW_BIAS] for r in rows]).astype(np.float32)}
+
+
+def unpack_starts(a: dict[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """Inverse of ``pack_starts``."""
+    if not a:
+        return {}
+    out = {}
+    for j, u in enumerate(np.asarray(a["users"]).tolist()):
+        lo, hi = int(a["offsets"][j]), int(a["offsets"][j + 1])
+        out[int(u)] = {KEY_DENSE_W: a[KEY_DENSE_W][j], KEY_DENSE_B: a[KEY_DENSE_B][j], KEY_ITEM_IDS: a[KEY_ITEM_IDS][lo:hi],
+                       KEY_ROWS: a[KEY_ROWS][lo:hi], KEY_ROW_BIAS: a[KEY_ROW_BIAS][lo:hi]}
+    return out
