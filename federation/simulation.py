@@ -357,15 +357,20 @@ class Federation:
         losses: dict[int, float] = {}
         for c in self.cohorts(np.asarray(users, dtype=np.int64)):
             res = self.train_cohort(c, lr, self.round)
-            self._keep_personal(c, res)
-            rows, rb = res.value("dec_out"), res.value("dec_ob")                       # (T, H1), (T,)
             W1, b1 = res.value("dec_W1"), res.value("dec_b1")                          # (B, H1, H2), (B, H1)
+            if self.strategy.sends_rows:
+                rows, rb = res.value("dec_out"), res.value("dec_ob")                   # (T, H1), (T,)
+            else:                       # no shared rows (FedPer's personal item layer): no rows, no ids
+                rows, rb = W1.new_zeros(len(c.items), self.shape.h1), W1.new_zeros(len(c.items))
+            self._keep_personal(c, res)
             P = res.value(CONTENT_KEY) if self.content is not None else None           # (B, H1, F)
             w = self.weights(c.users)
             ends = np.cumsum(np.bincount(c.seg.cpu().numpy(), minlength=c.size))  # seg is contiguous per client
             items = c.items.cpu().numpy()
             for j, u in enumerate(c.users.cpu().numpy()):
                 a, b = (ends[j - 1] if j else 0), ends[j]
+                if not self.strategy.sends_rows:
+                    a = b
                 trained = {"dec_out": rows[a:b], "dec_ob": rb[a:b], "dec_W1": W1[j], "dec_b1": b1[j]}
                 if P is not None:
                     trained[CONTENT_KEY] = P[j]

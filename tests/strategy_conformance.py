@@ -107,9 +107,12 @@ class StrategyConformance:
             assert set(back) == set(full[u]) and all(np.array_equal(back[k], full[u][k]) for k in back)
         personal = {k: fed.store.full(k) for k in fed.store.keys}          # after the round: what the client keeps
         allowed = set(s.message_keys(fed.shape)) | {"item_ids", "weight"} | set(s.extra_message_keys)
+        if not s.sends_rows:                     # the message format's row keys, empty (FedPer: no ids either)
+            allowed |= {"dec_out", "dec_ob"}
+            assert all(m[k].size == 0 for m in msgs.values() for k in ("item_ids", "dec_out", "dec_ob"))
         for u, m in msgs.items():
             assert set(m) == allowed, set(m) ^ allowed
-            assert not set(m) & set(s.personal)
+            assert not {k for k in set(m) & set(s.personal) if m[k].size}
             n = int(fed.n_per_user[u])
             assert sum(v.nbytes for v in m.values()) == client_bytes(s, fed.shape, n)[0]
             for v in m.values():
@@ -133,9 +136,10 @@ class StrategyConformance:
         from federation.privacy import channel, secagg as sa
 
         s = self.strat
-        if not s.sends_messages or s.individual_updates:
+        if not s.sends_messages or s.individual_updates or not s.sends_rows:
             pytest.skip("no per-client messages to sum" if not s.sends_messages else
-                        "the strategy's server needs each client's own update (refused: tests/test_strategy_fedcac.py)")
+                        "the strategy's server needs each client's own update (refused: tests/test_strategy_fedcac.py)"
+                        if s.individual_updates else "no shared item rows (refused: tests/test_strategy_fedper.py)")
         st = sa.SecAggSettings(frac_bits=24, max_clients=16, min_clients=1, pad_min=4, fixed_rows=fixed_rows)
         make = _fed(tiny_data, self.strategy, self.options, "explicit", torch.float32)
         fast, msg, plain = make(), make(), make()

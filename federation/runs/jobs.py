@@ -74,6 +74,9 @@ def _require_messages(cfg: JobConfig, what: str) -> None:
                           f"{', '.join(message_strategies())})")
     if strategy.individual_updates:
         raise ConfigError(f"{what}; strategy {strategy.name!r} needs each client's own update on the server")
+    if not strategy.sends_rows:
+        raise ConfigError(f"{what}; strategy {strategy.name!r} shares no item rows (its item layer is personal): "
+                          "not supported")
 
 
 def dp_settings(cfg: JobConfig) -> DPSettings | None:

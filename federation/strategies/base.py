@@ -92,10 +92,16 @@ class Strategy:
         return tuple(k for k in ALL_KEYS if k not in self.personal_model_keys) if self.federated else ()
 
     @property
+    def sends_rows(self) -> bool:
+        """Whether a client sends item rows (its own items' under partial compression)."""
+        return any(p.role == "rows" for p in self.params(AEShape(2, h1=2, h2=2)).values())
+
+    @property
     def sends_messages(self) -> bool:
         """Whether a client's update is a message of its own items' rows plus dense parameters
-        (``federation.strategies.messages``): what DP clipping and the Flower deployment work on."""
-        return self.federated and self.rows == "touched"
+        (``federation.strategies.messages``; no rows and no ids when the strategy shares none, as
+        FedPer's personal item layer): what DP clipping and the Flower deployment work on."""
+        return self.federated and (self.rows == "touched" or not self.sends_rows)
 
     def params(self, shape: AEShape) -> dict[str, Param]:
         """Every parameter a client holds, with its role."""

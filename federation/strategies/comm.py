@@ -55,7 +55,7 @@ def client_bytes(strategy, s: AEShape, n_rows: int) -> tuple[int, int]:
         sparse = strategy.message_bytes(s, n_rows)
         if sparse is not None:                 # the strategy's compressed message (e.g. pFedGate's kept blocks)
             return sparse, down * FLOAT_BYTES
-        return (up + 1) * FLOAT_BYTES + n_rows * ID_BYTES, down * FLOAT_BYTES
+        return (up + 1) * FLOAT_BYTES + (n_rows * ID_BYTES if strategy.sends_rows else 0), down * FLOAT_BYTES
     return up * FLOAT_BYTES, down * FLOAT_BYTES
 
 
