@@ -257,7 +257,9 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
           modes: str = typer.Option("implicit,explicit", help="strategies: feedback modes to run"),
           cache: Optional[Path] = typer.Option(None, help="strategies: the results cache (default "
                                                "DATA_DIR/bench/strategies.jsonl); finished runs are not rerun"),
-          table_only: bool = typer.Option(False, help="strategies: only render the table from the cache")):
+          table_only: bool = typer.Option(False, help="strategies: only render the table from the cache"),
+          speed_only: bool = typer.Option(False, help="strategies: only measure each method's client updates/s "
+                                          "alone (recorded in the cache) and render")):
     """Run benchmarks and print tables; --out updates those sections of a markdown file. `strategies` keeps
     its finished runs in a results cache and resumes from it."""
     from fedrec.bench.suite import run_bench
@@ -270,7 +272,7 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
     if not set(mode_list) <= {"implicit", "explicit"}:
         raise ValueError(f"--modes {modes!r}: implicit and/or explicit")
     run_bench(what, out, data_dir, quick, methods=methods.split(",") if methods else None, seeds=seed_list,
-              cache=cache, table_only=table_only, modes=mode_list)
+              cache=cache, table_only=table_only, speed_only=speed_only, modes=mode_list)
 
 
 @app.command()

@@ -128,17 +128,18 @@ def run_cell(method: Method, mode: str, split: str, seed: int, data_dir: Path, r
     return out
 
 
-def speed_table(data_dir: Path, recs: list[dict], families: list[str] | None = None, rounds: int = 5,
-                modes=MODES) -> str:
+def measure_speed(data_dir: Path, recs: list[dict], families: list[str] | None = None, rounds: int = 5,
+                  modes=MODES) -> list[dict]:
     """Client updates per second of each method's chosen setting, measured alone and back to back on
-    this machine (the table's per-run figures share the CPU with whatever else ran): the median over
-    rounds 3..``rounds`` of the shipped config's cohort."""
-    from fedrec.bench.suite import _table
+    this machine (the per-run figures of the main tables share the CPU with whatever else ran): the
+    median over rounds 3..``rounds`` of the shipped config's cohort. Records of kind "speed"."""
+    import datetime
+
+    from fedrec.bench.suite import _machine
     from federation.runs.jobs import build_federation, prepare_data
 
-    rows = []
+    out = []
     for fam in families or list(SEARCH):
-        row = [fam]
         for mode in modes:
             best = choose(recs, fam, mode)
             m = next((x for x in SEARCH[fam] if best is not None and x.key == best["key"]), SEARCH[fam][0])
@@ -146,17 +147,42 @@ def speed_table(data_dir: Path, recs: list[dict], families: list[str] | None = N
             data, sp_ = prepare_data(cfg)
             fed = build_federation(cfg, data, sp_)
             st = [fed.run_round() for _ in range(rounds)]
-            row.append(f"{np.median([x.updates_per_s for x in st[2:]]):,.0f}")
-            log.info("speed %s %s %s", fam, mode, row[-1])
-        rows.append(row)
-    return _table("Client updates per second (ml-100k, the shipped configs' cohorts: implicit 94, explicit 283 "
-                  f"clients per round; median of rounds 3-{rounds}, run alone)", ["method", *modes], rows)
+            out.append({"kind": "speed", "method": fam, "key": m.key, "mode": mode, "clients": st[-1].participants,
+                        "updates_per_s": float(np.median([x.updates_per_s for x in st[2:]])),
+                        "date": datetime.date.today().isoformat(), "machine": _machine()})
+            log.info("speed %s %s %.0f", fam, mode, out[-1]["updates_per_s"])
+    return out
+
+
+def speed_table(recs: list[dict]) -> str:
+    """The latest speed record of each method and mode."""
+    from fedrec.bench.suite import _table
+
+    last: dict[tuple[str, str], dict] = {}
+    for r in recs:
+        if r.get("kind") == "speed":
+            last[(r["method"], r["mode"])] = r
+    if not last:
+        return ""
+    rows = []
+    for fam in SEARCH:
+        cells = [last.get((fam, mode)) for mode in MODES]
+        if any(cells):
+            rows.append([fam, *[f"{c['updates_per_s']:,.0f}" if c else "-" for c in cells],
+                         max((c["date"] for c in cells if c), default="")])
+    return _table("Client updates per second, each method alone (ml-100k, the shipped configs' cohorts: implicit "
+                  "94, explicit 283 clients per round; median of rounds 3-5)", ["method", *MODES, "measured"], rows)
 
 
 def _load(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _runs(recs: list[dict]) -> list[dict]:
+    """The training-run records (not speed measurements)."""
+    return [r for r in recs if r.get("kind", "run") == "run"]
 
 
 def _append(path: Path, recs: list[dict]) -> None:
@@ -168,7 +194,7 @@ def _append(path: Path, recs: list[dict]) -> None:
 
 
 def _done(recs: list[dict], key: str, mode: str, split: str, seed: int, rounds: int | None) -> bool:
-    return any(r["key"] == key and r["mode"] == mode and r["split"] == split and r["seed"] == seed
+    return any(r.get("kind", "run") == "run" and r["key"] == key and r["mode"] == mode and r["split"] == split and r["seed"] == seed
                and (rounds is None or r["rounds"] == rounds) for r in recs)
 
 
@@ -180,7 +206,7 @@ def _metric(mode: str) -> tuple[str, int]:
 def choose(recs: list[dict], family: str, mode: str) -> dict | None:
     """The family's setting with the best valid metric (ratio split, seed 0)."""
     metric, sign = _metric(mode)
-    cands = [r for r in recs if r["method"] == family and r["mode"] == mode and r["split"] == "ratio"
+    cands = [r for r in _runs(recs) if r["method"] == family and r["mode"] == mode and r["split"] == "ratio"
              and r["seed"] == 0 and r["key"] in {m.key for m in SEARCH[family]}]
     return max(cands, key=lambda r: sign * r["valid"][metric]) if cands else None
 
@@ -225,6 +251,8 @@ def table(recs: list[dict]) -> str:
     """Markdown tables from the cache: per split and mode, each method's chosen setting on test."""
     from fedrec.bench.suite import _table
 
+    alone = speed_table(recs)
+    recs = _runs(recs)
     md = []
     labels = list(SEARCH) + [v[0] for v in VARIANTS.values()]
     for mode in MODES:
@@ -268,6 +296,8 @@ def table(recs: list[dict]) -> str:
             metric, _ = _metric(r["mode"])
             search.append([r["method"], r["mode"], ", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults",
                            round(r["valid"][metric], 4), r["rounds"], r["train_s"]])
+    if alone:
+        md.append(alone)
     md.append(_table("Settings searched (ratio split, seed 0; valid NDCG@10 implicit, valid RMSE explicit)",
                      ["method", "mode", "setting", "valid", "rounds", "train s"], search))
     return "\n".join(md)

@@ -261,6 +261,7 @@ def write_section(path: Path, name: str, md: str) -> None:
 
 def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods: list[str] | None = None,
               seeds: tuple[int, ...] = (0, 1, 2), cache: Path | None = None, table_only: bool = False,
+              speed_only: bool = False,
               modes: tuple[str, ...] = ("implicit", "explicit")) -> None:
     from recsys.fetch import fetch_ml100k
 
@@ -302,12 +303,18 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             from fedrec.bench.strategies import run_strategies, table
 
             cache = cache or data_dir / "bench" / ("strategies-quick.jsonl" if quick else "strategies.jsonl")
-            from fedrec.bench.strategies import _load, speed_table
+            from fedrec.bench.strategies import _append, _load, measure_speed
 
-            recs = _load(cache) if table_only else run_strategies(data_dir, cache, rounds, methods, seeds, modes=modes)
+            if table_only:
+                recs = _load(cache)
+            elif speed_only:
+                recs = _load(cache)
+                new = measure_speed(data_dir, recs, methods, modes=modes)
+                _append(cache, new)
+                recs += new
+            else:
+                recs = run_strategies(data_dir, cache, rounds, methods, seeds, modes=modes)
             body = table(recs)
-            if not table_only:
-                body += "\n" + speed_table(data_dir, recs, methods, modes=modes)
         else:
             body = bench_dashboard_section(quick)
         md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
