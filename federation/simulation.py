@@ -16,9 +16,9 @@ import scipy.sparse as sp
 import torch
 
 from federation.strategies.aggregation import accumulate_rows
-from federation.engine.generic import personal_phase, MaterializedResult, train_generic
+from federation.engine.generic import personal_phase, received_run, MaterializedResult, train_generic
 from federation.engine.reference import reference_client_update
-from federation.engine.cohort import FactoredResult, train_cohort
+from federation.engine.cohort import FactoredResult, Gate, train_cohort
 from federation.strategies.base import RoundInfo
 from federation.strategies.comm import clients_bytes, fedavg_bytes
 from federation.engine.local_sgd import SGDConfig, decay_factor
@@ -411,6 +411,18 @@ class Federation:
                                self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True,
                                start=start)
             res.personal = own
+        elif path == "vectorized" and getattr(s, "gate_update", False) and not start:
+            # pFedGate: the closed form with the gate as a transform of the item layer's input
+            run = received_run(s, self.shape, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                               self.cfg.seed, rnd, self.dtype, self.content)
+            apply, values, chosen = s.gate_plan(run)
+            res = train_cohort(self.shape, s, c, self.global_p, self.store, self.cfg.sgd, lr, self.cfg.local_epochs,
+                               self.cfg.seed, rnd, self.dtype, self.content, self.content_drop, in_place=True,
+                               gate=Gate(apply, values))
+            trained = {k: res.value(k) for k in ("dec_W1", "dec_b1", "dec_out")}
+            got = {k: run.start[k] if k == "dec_out" else run.start[k].unsqueeze(0).expand_as(trained[k])
+                   for k in trained}
+            res.fixed = s.kept(trained, got, chosen, c.seg)
         elif path == "reference" and s.closed_form:
             res = self._reference_update(c, lr, rnd, start)
         else:

@@ -53,7 +53,8 @@ class StrategyConformance:
     @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
     def test_reference_generic_and_fast_paths_agree(self, tiny_data, mode, dtype, tol):
         make = _fed(tiny_data, self.strategy, self.options, mode, dtype)
-        paths = ["reference", "generic"] + (["vectorized"] if self.strat.closed_form or self.strat.split_update else [])
+        fast = self.strat.closed_form or self.strat.split_update or getattr(self.strat, "gate_update", False)
+        paths = ["reference", "generic"] + (["vectorized"] if fast else [])
         feds = {p: make() for p in paths}
         for _ in range(2):
             losses = {p: f.run_round(p).loss for p, f in feds.items()}

@@ -36,6 +36,14 @@ _FACTORS = {"enc_b1": ("d1", None), "enc_W2": ("d2", "h1"), "enc_b2": ("d2", Non
             CONTENT_KEY: ("h3", "q")}
 
 
+class Gate:
+    """A personal transform of the item layer's input with its own per-client parameters (pFedGate's gate):
+    ``apply(h3, values) -> h3'`` (B, H1); ``values`` (B, ...) start values, trained by plain SGD."""
+
+    def __init__(self, apply, values: dict[str, torch.Tensor]):
+        self.apply, self.values = apply, values
+
+
 @dataclass
 class FactoredResult:
     """The trained state of a cohort: start values + per-step rank-one factors."""
@@ -58,6 +66,8 @@ class FactoredResult:
     _item_order: tuple | None = field(default=None, repr=False)   # (entries sorted by item, CSR row starts)
     personal: dict[str, torch.Tensor] = field(default_factory=dict)   # a strategy's own personal values, trained
                                                                       # outside the closed form (split_update)
+    fixed: dict[str, torch.Tensor] = field(default_factory=dict)      # shared values set after training (pFedGate's
+                                                                      # dropped blocks): value and sums use them
 
     @property
     def K(self) -> torch.Tensor:
@@ -107,6 +117,8 @@ class FactoredResult:
         (B, N, ...) for all rows."""
         if key in self.personal:
             return self.personal[key]
+        if key in self.fixed:
+            return self.fixed[key]
         c = self.cohort
         P0 = self._start(key)
         batched = key in self.per_client or key == "enc_in" or (key in ("dec_out", "dec_ob") and not self.all_rows)
@@ -141,6 +153,10 @@ class FactoredResult:
         clients b holding item i, and the weight sum per item. Uses one sparse (N x B*S) x (B*S x H)
         product instead of materializing every client's rows."""
         c = self.cohort
+        if key in self.fixed:
+            from federation.strategies.aggregation import accumulate_rows
+
+            return accumulate_rows(n_items, c.items, self.fixed[key], w.index_select(0, c.seg))
         wt = w.index_select(0, c.seg)                                           # (T,)
         wsum = torch.zeros(n_items, dtype=w.dtype, device=w.device).index_add_(0, c.items, wt)
         P0 = self.start[key]
@@ -164,7 +180,7 @@ class FactoredResult:
         tensor (callers add into them in place)."""
         out = {}
         if ("dec_out" in keys and "dec_ob" in keys and not self.all_rows
-                and not ({"dec_out", "dec_ob"} & (self.per_row | self.per_client))):
+                and not ({"dec_out", "dec_ob"} & (self.per_row | self.per_client | set(self.fixed)))):
             self._by_item_order(n_items)
             order, crow = self._item_order
             r = kernels.decoder_row_sums(order, crow, self.cohort.seg, w, self.K, self.hist["e"], self.hist["h3"],
@@ -212,6 +228,8 @@ class FactoredResult:
     def weighted_sum(self, key: str, w: torch.Tensor) -> torch.Tensor:
         """sum_b w_b * value_b for per-client-shaped keys and all-row decoder keys: one GEMM over all
         (client, step) pairs."""
+        if key in self.fixed:
+            return torch.tensordot(w, self.fixed[key], dims=([0], [0]))
         P0 = self.start[key]
         out = self.a_end * (torch.tensordot(w, P0, dims=([0], [0])) if key in self.per_client else w.sum() * P0)
         k = (w[:, None] * self.K).reshape(-1)                                   # (B*S,)
@@ -392,7 +410,7 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
                  store: ClientStore | None, sgd: SGDConfig, lr: float, local_epochs: int, seed: int, rnd: int,
                  dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None,
                  content_drop: torch.Tensor | None = None, in_place: bool = False,
-                 start: dict[str, torch.Tensor] | None = None) -> FactoredResult:
+                 start: dict[str, torch.Tensor] | None = None, gate: "Gate | None" = None) -> FactoredResult:
     """Run ``local_epochs`` SGD steps (one per local epoch: a client has one example) for all clients.
 
     content (N, F): item content vectors when the model has a content projection (global_p['dec_P']).
@@ -411,7 +429,9 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
     # The product's path (personalfr rows, no content) has its backward written out below: the same
     # gradients as autograd (tests/test_engine_equivalence.py) at a third of the tensor ops, which is
     # what a round of ~100 clients costs on a CPU. Other strategies and content models use autograd.
-    manual = shared_rows and CONTENT_KEY not in global_p
+    manual = shared_rows and CONTENT_KEY not in global_p and gate is None
+    gvals = {k: v.to(dtype).clone() for k, v in gate.values.items()} if gate is not None else {}
+    gbuf: dict[str, torch.Tensor] = {}
     override = start
     start, per_client, per_row, work = start_values(shape, strategy, cohort, global_p, store, dtype, in_place,
                                                     indexed=manual, override=override)
@@ -492,6 +512,9 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         if s:
             pre3 = kernels.add_lowrank_(pre3, K, hist["z"], z, 1.0, hist["d3"], s)
         h3 = torch.tanh(pre3)                                                    # (B, H1)
+        if gate is not None:     # a personal transform of the item layer's input (pFedGate): h3 is its output
+            gleaf = {k: v.detach().requires_grad_(True) for k, v in gvals.items()}
+            h3 = gate.apply(h3, gleaf)
         g3 = K * _dots(hist["h3"][:, :s], h3) if s else None                     # (B, s) h3_j . h3 terms
         if use_content:
             # m = h3^T P_s in closed form: P_s = a_s P0 + sum_j k_j h3_j q_j^T (no bias term)
@@ -547,7 +570,10 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         else:
             loss = client_loss(shape, y, seg, items, x, B, frozen_scores)
             roots = [pre1, pre2, pre3, y] + ([m] if use_content else [])
-            grads = torch.autograd.grad(loss.sum(), roots)
+            gkeys = list(gvals)
+            grads = torch.autograd.grad(loss.sum(), roots + [gleaf[k] for k in gkeys])
+            ggrad = dict(zip(gkeys, grads[len(roots):]))
+            grads = grads[:len(roots)]
             d1, d2, d3, e = grads[:4]
         if on is not None:                       # the rows' own gradient: dL/dy times the step's switch
             e = e * (on[:, None] if all_rows else on.index_select(0, seg))
@@ -559,7 +585,18 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
               + (d3 * d3).sum(1) * ((z * z).sum(1) + 1) + e_sq * ((h3 * h3).sum(1) + 1))
         if use_content:
             sq = sq + (q * q).sum(1) * (h3 * h3).sum(1)
+        if gvals:
+            for g in ggrad.values():
+                sq = sq + (g * g).reshape(B, -1).sum(1)
         c = (sgd.clip_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0) if sgd.clip_norm else torch.ones_like(sq)
+        for k, g in (ggrad.items() if gvals else ()):          # the transform's own parameters: plain SGD
+            g = g * c.view(-1, *([1] * (g.dim() - 1)))
+            if sgd.weight_decay:
+                g = g + sgd.weight_decay * gvals[k]
+            if sgd.momentum:
+                gbuf[k] = g.clone() if k not in gbuf else gbuf[k].mul_(sgd.momentum).add_(g)
+                g = g + sgd.momentum * gbuf[k] if sgd.nesterov else gbuf[k]
+            gvals[k] = gvals[k] - lr * g
         step = {"d1": d1, "h1": h1, "d2": d2, "z": z, "d3": d3, "h3": h3, "e": e, "c": c,
                 **({"q": q} if use_content else {})}
         if not hist:
@@ -569,4 +606,5 @@ def train_cohort(shape: AEShape, strategy: Strategy, cohort: Cohort, global_p: d
         loss_sum += loss.detach()
     res.hist = hist
     res.loss = loss_sum / max(1, local_epochs)
+    res.personal = gvals
     return res

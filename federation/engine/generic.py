@@ -23,7 +23,8 @@ from torch import nn
 from federation.engine.local_sgd import SGDConfig
 from federation.engine.state import ClientStore, Cohort
 from recsys.errors import ConfigError
-from recsys.models.autoencoder import CONTENT_KEY, AEShape, client_loss, dropout_keep_steps, item_rows, segment_sum
+from federation.engine import kernels
+from recsys.models.autoencoder import CONTENT_KEY, AEShape, client_loss, item_rows, segment_sum
 
 LossFn = Callable[["LocalRun", dict[str, torch.Tensor], int], torch.Tensor]
 
@@ -139,7 +140,7 @@ class LocalRun:
         """(B, H2) dropout keep-mask of local step ``step`` (any step: a phase may run more steps)."""
         if step < len(self.keep):
             return self.keep[step]
-        return dropout_keep_steps(self.seed, self.rnd, self.cohort.users, [step], self.shape.h2,
+        return kernels.dropout_keep_steps(self.seed, self.rnd, self.cohort.users, [step], self.shape.h2,
                                   self.shape.dropout)[0].to(self.keep.dtype)
 
     # -- the optimizer -----------------------------------------------------------------------
@@ -258,10 +259,18 @@ def _local_run(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, tor
         values[k] = v.to(dtype).clone()
     C = None if content is None else content.to(dtype)
     tie = (shape.input_tie * item_rows(g, C, items)) if shape.input_tie else None      # a constant of the round
-    keep = dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
+    keep = kernels.dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
     fixed = () if batched else tuple(k for k in values if k not in strategy.extra_personal)
     return LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, rows_all, optimizer, seed, rnd,
                     fixed=fixed)
+
+
+def received_run(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor], store: ClientStore,
+                 sgd: SGDConfig, lr: float, steps: int, seed: int, rnd: int, dtype: torch.dtype = torch.float32,
+                 content: torch.Tensor | None = None) -> LocalRun:
+    """The cohort's values as received (shared layers unbatched, nothing trained): what a strategy's
+    own phase or plan reads (``personal_phase``, pFedGate's ``gate_plan``)."""
+    return _local_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content, batched=False)
 
 
 def personal_phase(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor],
@@ -272,7 +281,7 @@ def personal_phase(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str,
     is held as it arrived (shared layers unbatched: one GEMM per step, not a copy per client). Returns
     the trained values of the strategy's own personal keys; the engine runs the shared update on the
     closed-form path (``Federation.train_cohort``)."""
-    run = _local_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content, batched=False)
+    run = received_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content)
     strategy.personal_update(run)
     return {k: run.values[k].detach() for k in strategy.extra_personal}
 

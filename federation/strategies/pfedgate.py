@@ -105,31 +105,40 @@ class PFedGate(PersonalFR):
         return knapsack(g, sizes, float(kept_blocks(K, self.options.sparsity)))
 
     # -- training ------------------------------------------------------------------------------
+    # The gate is a personal transform of the item layer's input, so the engine can also train the
+    # rest on the closed-form path with the gate's own SGD beside it (``gate_plan``; Federation.train_cohort).
+    gate_update = True
+
+    def gate_plan(self, run):
+        """The round's sparse model from the received gate and code (no dropout): the transform h3 -> h3'
+        for the chosen blocks, the gate's start values, and the chosen blocks (B, K)."""
+        h0, _ = run.start_hidden(0, keep=1.0)
+        chosen = self.choose(h0, run.start[GATE_W], run.start[GATE_B])                   # (B, K)
+
+        def apply(h3: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return gated(h3, gate_values(h3, p[GATE_W], p[GATE_B]), chosen)
+        return apply, {GATE_W: run.start[GATE_W], GATE_B: run.start[GATE_B]}, chosen
+
     def local_update(self, run) -> torch.Tensor:
-        with torch.no_grad():                            # the round's sparse model, from the received gate
-            h0, _ = run.hidden(run.start, 0, keep=1.0)
-            chosen = self.choose(h0, run.start[GATE_W], run.start[GATE_B])               # (B, K)
+        apply, _, chosen = self.gate_plan(run)
 
         def loss(run_, p, step):
             h3, m = run_.hidden(p, step)
-            g = gate_values(h3, p[GATE_W], p[GATE_B])
-            return run_.loss_from_hidden(p, gated(h3, g, chosen), m)
+            return run_.loss_from_hidden(p, apply(h3, p), m)
 
-        keys = tuple(run.values)
-        out = run.sgd(keys, loss, run.steps)
-        self._restore_dropped(run, chosen)
+        out = run.sgd(tuple(run.values), loss, run.steps)
+        run.values.update(self.kept(run.values, run.start, chosen, run.cohort.seg))
         return out
 
-    def _restore_dropped(self, run, chosen: torch.Tensor) -> None:
-        """Dropped blocks are not in the client's model: put their received values back (undoing weight
-        decay, their only change)."""
-        H1, K = run.shape.h1, self.options.blocks
-        units = chosen.repeat_interleave(H1 // K, dim=1).to(torch.bool)                   # (B, H1)
-        v, s = run.values, run.start
-        v["dec_W1"] = torch.where(units[:, :, None], v["dec_W1"], s["dec_W1"])
-        v["dec_b1"] = torch.where(units, v["dec_b1"], s["dec_b1"])
-        ent = units.index_select(0, run.cohort.seg) if "dec_out" in run.per_entry else units[:, None, :]
-        v["dec_out"] = torch.where(ent, v["dec_out"], s["dec_out"])
+    def kept(self, values: dict[str, torch.Tensor], start: dict[str, torch.Tensor], chosen: torch.Tensor,
+             seg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dropped blocks are not in the client's model: their received values back (undoing weight
+        decay, their only change). values/start: dec_W1 (B, H1, H2), dec_b1 (B, H1), dec_out (T, H1)."""
+        H1 = values["dec_b1"].shape[1]
+        units = chosen.repeat_interleave(H1 // self.options.blocks, dim=1).to(torch.bool)   # (B, H1)
+        return {"dec_W1": torch.where(units[:, :, None], values["dec_W1"], start["dec_W1"]),
+                "dec_b1": torch.where(units, values["dec_b1"], start["dec_b1"]),
+                "dec_out": torch.where(units.index_select(0, seg), values["dec_out"], start["dec_out"])}
 
     # -- the message ----------------------------------------------------------------------------
     extra_message_keys = ("blocks",)
