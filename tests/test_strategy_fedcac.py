@@ -218,3 +218,22 @@ def test_deployed_server_sends_each_client_its_model_and_keeps_the_in_process_st
     torch.testing.assert_close(st[fedcac.DENSE][trained], ref[fedcac.DENSE][trained], atol=1e-5, rtol=0)
     dm, dr = fedcac.unpack(st[fedcac.DMASK][trained], 16 * 8 + 16), fedcac.unpack(ref[fedcac.DMASK][trained], 16 * 8 + 16)
     assert (dm != dr).float().mean() < 0.01          # masks: ties at the threshold may flip within float error
+
+
+def test_start_models_travel_in_a_flower_record():
+    from federation.deploy.flower_app import _starts, train_request_content
+    from federation.deploy.server import TrainRequest
+    from federation.strategies.messages import pack_starts, unpack_starts
+
+    rng = np.random.default_rng(0)
+    starts = {u: {"dec_W1": rng.random((4, 2), dtype=np.float32), "dec_b1": rng.random(4, dtype=np.float32),
+                  "item_ids": np.sort(rng.choice(20, n, replace=False)), "dec_out": rng.random((n, 4), dtype=np.float32),
+                  "dec_ob": rng.random(n, dtype=np.float32)} for u, n in ((3, 5), (7, 2))}
+    req = TrainRequest(1, 0.1, np.array([3, 7, 9]), {"dec_W1": np.zeros((4, 2), np.float32)}, None,
+                       starts=pack_starts(starts))
+    back = unpack_starts(_starts(train_request_content(req)))
+    assert sorted(back) == [3, 7]
+    for u in starts:
+        for k, v in starts[u].items():
+            np.testing.assert_array_equal(back[u][k], v)
+    assert _starts(train_request_content(TrainRequest(1, 0.1, np.array([1]), {}, None))) is None

@@ -140,9 +140,9 @@ def client_train(msg: Message, context: Context) -> Message:
     node = _node(context)
     t1 = time.perf_counter()
     clip = float(conf["dp-clip"]) or None
-    starts = _numpy(msg.content[REC_STARTS]) if REC_STARTS in msg.content.keys() else None
     rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
-                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content), _secagg(msg.content), starts)
+                     _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content), _secagg(msg.content),
+                     _starts(msg.content))
     log.info("train round %d: ClientApp process up %.2f s before the message, node (data, split, state) "
              "loaded in %.2f s, %d users trained in %.2f s", rnd + 1, age, t1 - t0, rep.num_users,
              time.perf_counter() - t1)
@@ -202,6 +202,18 @@ def train_reply_content(rep: TrainReply) -> RecordDict:
         content[REC_UPDATES] = _arrays(packed)
     content[REC_TOTALS] = MetricRecord({TOTAL_USERS: rep.num_users, TOTAL_LOSS: rep.loss_sum})
     return content
+
+
+def train_request_content(r: TrainRequest) -> RecordDict:
+    """A train request as the Message content a ClientApp receives."""
+    return _with_starts(_with_secagg(_with_holders(RecordDict({
+        REC_DECODER: _arrays(r.decoder), REC_USERS: _arrays({"ids": r.users}),
+        REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr), "dp-clip": float(r.dp_clip or 0.0)})}),
+        r.holders), r.secagg), r.starts)
+
+
+def _starts(c: RecordDict) -> dict[str, np.ndarray] | None:
+    return _numpy(c[REC_STARTS]) if REC_STARTS in c.keys() else None
 
 
 def _with_starts(c: RecordDict, starts: dict[str, np.ndarray] | None) -> RecordDict:
@@ -274,12 +286,7 @@ class GridTransport:
         return self._exchange({n: RecordDict() for n in nodes}, MSG_QUERY, dec)
 
     def train(self, requests: dict[int, TrainRequest]) -> dict:
-        contents = {n: _with_starts(_with_secagg(_with_holders(RecordDict({REC_DECODER: _arrays(r.decoder),
-                                                              REC_USERS: _arrays({"ids": r.users}),
-                                                              REC_CONFIG: ConfigRecord({"round": r.round, "lr": float(r.lr),
-                                                                                        "dp-clip": float(r.dp_clip or 0.0)})}),
-                                                  r.holders), r.secagg), r.starts)
-                    for n, r in requests.items()}
+        contents = {n: train_request_content(r) for n, r in requests.items()}
         return self._exchange(contents, MSG_TRAIN, decode_train_reply)
 
     def evaluate(self, nodes: list[int], decoder: dict[str, np.ndarray], part: str,
