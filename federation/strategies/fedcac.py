@@ -174,12 +174,16 @@ class FedCAC(PersonalFR):
             return None
         H = state[DENSE].shape[1]
         users_t = torch.as_tensor(np.asarray(users, dtype=np.int64))
-        dm_all = unpack(state[DMASK], H)                                                  # (U, Pd)
-        dm_sel = dm_all.index_select(0, users_t)                                          # (B, Pd)
-        dots = dm_sel @ dm_all.T                                                          # (B, U)
+        have = trained.nonzero().squeeze(1)                                               # clients with a mask
+        dm_have = unpack(state[DMASK].index_select(0, have), H)                           # (U', Pd)
+        dm_sel = unpack(state[DMASK].index_select(0, users_t), H)                          # (B, Pd)
+        dots = torch.zeros(len(users_t), len(trained))
+        dots[:, have] = dm_sel @ dm_have.T                                                # (B, U)
         indptr = np.asarray(train.indptr)
         row_bits = torch.from_numpy(_POPCOUNT[state[RMASK].numpy()].sum(1).astype(np.float32))   # (nnz,)
-        size_all = dm_all.sum(1) + torch.zeros(len(trained)).index_add_(
+        dense_bits = torch.zeros(len(trained))
+        dense_bits[have] = dm_have.sum(1)
+        size_all = dense_bits + torch.zeros(len(trained)).index_add_(
             0, torch.as_tensor(np.repeat(np.arange(len(trained)), np.diff(indptr))), row_bits)
         # rows part of m_i·m_j: the round's entries against every holder of the same item
         dots += _row_dots(users, train, state[RMASK])
