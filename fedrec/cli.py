@@ -255,6 +255,7 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
                                                 "the table shows every method in the results cache"),
           seeds: str = typer.Option("0,1,2", help="strategies: model seeds"),
           modes: str = typer.Option("implicit,explicit", help="strategies: feedback modes to run"),
+          splits: str = typer.Option("ratio,leave_last_out", help="strategies: splits to run"),
           cache: Optional[Path] = typer.Option(None, help="strategies: the results cache (default "
                                                "DATA_DIR/bench/strategies.jsonl); finished runs are not rerun"),
           table_only: bool = typer.Option(False, help="strategies: only render the table from the cache"),
@@ -271,8 +272,11 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
     mode_list = tuple(m.strip() for m in modes.split(","))
     if not set(mode_list) <= {"implicit", "explicit"}:
         raise ValueError(f"--modes {modes!r}: implicit and/or explicit")
+    split_list = tuple(x.strip() for x in splits.split(","))
+    if not set(split_list) <= {"ratio", "leave_last_out"}:
+        raise ValueError(f"--splits {splits!r}: ratio and/or leave_last_out")
     run_bench(what, out, data_dir, quick, methods=methods.split(",") if methods else None, seeds=seed_list,
-              cache=cache, table_only=table_only, speed_only=speed_only, modes=mode_list)
+              cache=cache, table_only=table_only, speed_only=speed_only, modes=mode_list, splits=split_list)
 
 
 @app.command()

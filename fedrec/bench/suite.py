@@ -262,7 +262,8 @@ def write_section(path: Path, name: str, md: str) -> None:
 def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods: list[str] | None = None,
               seeds: tuple[int, ...] = (0, 1, 2), cache: Path | None = None, table_only: bool = False,
               speed_only: bool = False,
-              modes: tuple[str, ...] = ("implicit", "explicit")) -> None:
+              modes: tuple[str, ...] = ("implicit", "explicit"),
+              splits: tuple[str, ...] = ("ratio", "leave_last_out")) -> None:
     from recsys.fetch import fetch_ml100k
 
     names = SECTIONS if what == "all" else tuple(w.strip() for w in what.split(","))
@@ -313,7 +314,7 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
                 _append(cache, new)
                 recs += new
             else:
-                recs = run_strategies(data_dir, cache, rounds, methods, seeds, modes=modes)
+                recs = run_strategies(data_dir, cache, rounds, methods, seeds, splits=splits, modes=modes)
             body = table(recs)
         else:
             body = bench_dashboard_section(quick)
