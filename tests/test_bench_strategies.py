@@ -41,3 +41,13 @@ def test_choose_on_valid_table_on_test_and_speed_records(tmp_path):
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown method"):
         bs.run_strategies(None, None, families=["nope"])
+
+
+def test_a_diverged_setting_is_reported_and_never_chosen():
+    a, b = bs.SEARCH["fedcac"][0].key, bs.SEARCH["fedcac"][1].key
+    recs = [{"method": "fedcac", "key": a, "strategy": "fedcac", "options": {"tau": 0.5, "beta": 170},
+             "mode": "implicit", "split": "ratio", "seed": 0, "rounds": 5, "diverged": "round 43: training diverged"},
+            _rec("fedcac", b, "implicit", "ratio", 0, {"ndcg@10": 0.1}, _imp(0.1))]
+    assert bs.choose(recs, "fedcac", "implicit")["key"] == b
+    assert bs._done(recs, a, "implicit", "ratio", 0, None)
+    assert "round 43: training diverged" in bs.table(recs)

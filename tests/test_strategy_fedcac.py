@@ -237,3 +237,16 @@ def test_start_models_travel_in_a_flower_record():
         for k, v in starts[u].items():
             np.testing.assert_array_equal(back[u][k], v)
     assert _starts(train_request_content(TrainRequest(1, 0.1, np.array([1]), {}, None))) is None
+
+
+def test_global_rows_are_the_holders_average_whatever_the_server_lr():
+    """PFLlib's global model is the clients' average: participants/server_lr (steps from the global
+    model) do not apply to clients that start from their own models."""
+    from federation.strategies.base import RoundInfo
+
+    s = fedcac.FedCAC()
+    old = torch.zeros(3, 2)
+    sums = torch.tensor([[2.0, 4.0], [0.0, 0.0], [3.0, 3.0]])
+    wsum = torch.tensor([2.0, 0.0, 1.0])
+    new = s.aggregate_rows("dec_out", old, sums, wsum, 5.0, RoundInfo(0.1, 1.0, "participants", 10.0))
+    torch.testing.assert_close(new, torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 3.0]]))

@@ -382,7 +382,7 @@ class FederatedServer:
             if self.secagg is not None:
                 new, accepted, rejected = self._secure_aggregate(msgs, rnd, lr, len(candidates))
             else:
-                new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd)
+                new, accepted, rejected = self._aggregate(msgs, len(candidates), rnd, lr)
             for _, why in rejected:
                 log.warning("round %d: update rejected: %s", rnd + 1, why)
             need = max(1, int(np.ceil(self.min_fraction * len(users))))
@@ -564,7 +564,7 @@ class FederatedServer:
         info = RoundInfo(lr, decay_factor(lr, s.local_epochs, s.sgd), s.row_average, s.server_lr)
         return apply_revealed(self.strategy, self.shape, self.global_p, rev, info), len(both), rejected
 
-    def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int):
+    def _aggregate(self, msgs: list[dict], n_candidates: int, rnd: int, lr: float):
         p = self.cfg.privacy
         full, bad = [], []
         for i, m in enumerate(msgs):         # block-sparse messages (pFedGate) back to full updates
@@ -576,8 +576,10 @@ class FederatedServer:
         msgs = full
         seen = {i for i, _ in bad}
         if self.dp is None:
-            new, res = aggregate_updates(self.global_p, msgs, self.shape, self.cfg.federation.row_average,
-                                         self.cfg.federation.server_lr, p.outlier_factor)
+            st = self.settings
+            info = RoundInfo(lr, decay_factor(lr, st.local_epochs, st.sgd), st.row_average, st.server_lr)
+            new, res = aggregate_updates(self.global_p, msgs, self.shape, st.row_average, st.server_lr,
+                                         p.outlier_factor, strategy=self.strategy, info=info)
             return new, res.accepted, bad + [r for r in res.rejected if r[0] not in seen]
         # DP: malformed messages are still rejected; norms are bounded by clipping, not by outlier tests.
         ok, rejected = validate_updates(msgs, self.shape)

@@ -12,7 +12,9 @@ The equations, as PFLlib's ``clientcac.py`` / ``servercac.py`` compute them:
   customized model                                     w̃_i = mean over j ∈ C_i of θ_j              (5)
   client i's next model                                θ_i ← m_i ⊙ w̃_i + (1 − m_i) ⊙ w_global      (6)
 
-The global model is the usual average of the clients' trained models. As θ_r rises past the largest
+The global model is the average of the clients' trained models (an item row: of its holders'); the
+config's ``row_average: participants`` / ``server_lr``, which scale steps taken from the global model,
+do not apply, since a FedCAC client starts from its own model. As θ_r rises past the largest
 overlap (after about β rounds), C_i = {i}: critical parameters become purely local.
 
 Adapted to the autoencoder: FedCAC applies to the shared decoder, PersonalFR's roles otherwise
@@ -35,7 +37,7 @@ import scipy.sparse as sp
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from federation.strategies.base import personal_copies
+from federation.strategies.base import RoundInfo, personal_copies
 from federation.strategies.personalfr import PersonalFR
 from recsys.errors import ConfigError
 from recsys.models.autoencoder import DENSE_DECODER_KEYS, AEShape
@@ -130,6 +132,15 @@ class FedCAC(PersonalFR):
     def local_update(self, run) -> torch.Tensor:
         run.values.update(self.start_personal(run.start, run.size))
         return super().local_update(run)
+
+    def aggregate_rows(self, key: str, old: torch.Tensor, sums: torch.Tensor, wsum: torch.Tensor,
+                       total_weight: float, info: RoundInfo) -> torch.Tensor:
+        """The global rows are the average of the holders' models, as PFLlib's global model is the
+        average of the clients' models. ``row_average: participants`` and ``server_lr`` scale updates
+        as steps from the global model; a FedCAC client starts from its own model, so they do not apply."""
+        from federation.strategies.aggregation import finalize_rows
+
+        return finalize_rows(old, sums, wsum)
 
     def start_personal(self, start: dict[str, torch.Tensor], n_clients: int) -> dict[str, torch.Tensor]:
         out = {}

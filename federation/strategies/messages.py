@@ -172,9 +172,10 @@ class RoundResult:
 
 
 def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np.ndarray]], shape: AEShape,
-                      row_average: str = "holders", server_lr: float = 1.0, outlier_factor: float | None = 10.0
-                      ) -> tuple[dict[str, torch.Tensor], RoundResult]:
-    """New shared decoder from the round's messages (the personalfr rule; see aggregation.py).
+                      row_average: str = "holders", server_lr: float = 1.0, outlier_factor: float | None = 10.0,
+                      strategy=None, info=None) -> tuple[dict[str, torch.Tensor], RoundResult]:
+    """New shared decoder from the round's messages (the personalfr rule, see aggregation.py; or, given
+    ``strategy`` and its RoundInfo ``info``, the strategy's own ``aggregate_rows``, as in process).
     Invalid or outlying messages are skipped and reported; the round goes on with the others."""
     ok, rejected = validate_updates(msgs, shape)
     if outlier_factor and ok:
@@ -194,7 +195,10 @@ def aggregate_updates(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np
     for k in (KEY_ROWS, KEY_ROW_BIAS):
         rows = torch.cat([torch.as_tensor(msgs[i][k], dtype=dt) for i in ok])
         sums, wsum = accumulate_rows(shape.n_items, ids, rows, wrow)
-        new[k] = personalfr_rows(global_p[k], sums, wsum, W, row_average, server_lr)
+        if strategy is not None:
+            new[k] = strategy.aggregate_rows(k, global_p[k].to(dt), sums, wsum, W, info)
+        else:
+            new[k] = personalfr_rows(global_p[k], sums, wsum, W, row_average, server_lr)
     return new, RoundResult(len(ok), rejected)
 
 

@@ -77,11 +77,18 @@ def run_cell(method: Method, mode: str, split: str, seed: int, data_dir: Path, r
     from recsys.evaluation import evaluate_model
     from recsys.metrics import activity_quartiles, group_recall, item_terciles
 
+    from recsys.errors import FedrecError
+
     cfg = _cfg(method, mode, split, seed, data_dir, rounds)
     data, sp_ = prepare_data(cfg)
     fed = build_federation(cfg, data, sp_)
     t0 = time.perf_counter()
-    stats = [fed.run_round() for _ in range(fed.cfg.rounds)]
+    try:
+        stats = [fed.run_round() for _ in range(fed.cfg.rounds)]
+    except FedrecError as e:              # a diverged run is a result too (the table says so)
+        log.warning("%s %s %s seed %d: %s", method.label, mode, split, seed, e)
+        return [{"method": method.label, "key": method.key, "strategy": method.strategy, "options": method.options,
+                 "mode": mode, "split": split, "seed": seed, "rounds": fed.cfg.rounds, "diverged": str(e)}]
     secs = time.perf_counter() - t0
     r = data.ratings.data
     clip = (float(r.min()), float(r.max())) if mode == "explicit" else None
@@ -181,8 +188,8 @@ def _load(path: Path) -> list[dict]:
 
 
 def _runs(recs: list[dict]) -> list[dict]:
-    """The training-run records (not speed measurements)."""
-    return [r for r in recs if r.get("kind", "run") == "run"]
+    """The finished training-run records (not speed measurements, not diverged runs)."""
+    return [r for r in recs if r.get("kind", "run") == "run" and "diverged" not in r]
 
 
 def _append(path: Path, recs: list[dict]) -> None:
@@ -228,6 +235,8 @@ def run_strategies(data_dir: Path, cache: Path, rounds: int | None = None, famil
                     _append(cache, new)
                     recs += new
             best = choose(recs, fam, mode)
+            if best is None:                 # every setting diverged
+                continue
             m = next(x for x in SEARCH[fam] if x.key == best["key"])
             for split in splits:
                 for seed in seeds:
@@ -267,6 +276,7 @@ def table(recs: list[dict]) -> str:
     from fedrec.bench.suite import _table
 
     alone = speed_table(recs)
+    diverged = [r for r in recs if "diverged" in r]
     recs = _runs(recs)
     md = []
     labels = list(SEARCH) + [v[0] for v in VARIANTS.values()]
@@ -306,6 +316,10 @@ def table(recs: list[dict]) -> str:
             else:
                 md.append(_table(title, ["method", "setting (chosen on valid)", "RMSE", "MAE", *cost], rows))
     search = []
+    for r in diverged:
+        if r["split"] == "ratio" and r["seed"] == 0:
+            search.append([r["method"], r["mode"], ", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults",
+                           r["diverged"], r["rounds"], "-"])
     for r in recs:
         if r["split"] == "ratio" and r["seed"] == 0:
             metric, _ = _metric(r["mode"])
