@@ -221,7 +221,6 @@ class MaterializedResult:
     """Trained values of a cohort given explicitly: (B, ...) per client, (T, ...) per entry row."""
     values: dict[str, torch.Tensor]
     loss: torch.Tensor                      # (B,)
-    start: dict[str, torch.Tensor] = field(default_factory=dict)   # the values training started from
 
     def value(self, key: str) -> torch.Tensor:
         return self.values[key]
@@ -296,4 +295,4 @@ def train_generic(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, 
     run = _local_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content, optimizer,
                      start)
     loss = strategy.local_update(run)
-    return MaterializedResult({k: v.detach() for k, v in run.values.items()}, loss.detach(), run.start)
+    return MaterializedResult({k: v.detach() for k, v in run.values.items()}, loss.detach())

@@ -162,10 +162,14 @@ class Strategy:
 
         return full_scores(g, self.hidden(h3, personal), content)
 
+    no_content: ClassVar[str] = ""      # why a content-aware decoder is not supported ("": it is)
+
     def check(self, shape: AEShape, content: bool) -> None:
         """Refuse an unsupported combination with one clear line (ConfigError)."""
         if content and not self.federated:
             raise ConfigError(f"content features need a federated strategy, not {self.name!r}")
+        if content and self.no_content:
+            raise ConfigError(f"{self.name} {self.no_content}; content-aware decoders are not supported")
 
     # -- server state (strategies whose server keeps per-client state, e.g. FedCAC) ------------------
     individual_updates: ClassVar[bool] = False   # the server needs each client's own update: no secure aggregation, no DP

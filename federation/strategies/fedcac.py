@@ -39,7 +39,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.strategies.base import RoundInfo, personal_copies
 from federation.strategies.personalfr import PersonalFR
-from recsys.errors import ConfigError
 from recsys.models.autoencoder import DENSE_DECODER_KEYS, AEShape
 
 DENSE, ROWS, DMASK, RMASK, TRAINED = "cac.dense", "cac.rows", "cac.dmask", "cac.rmask", "cac.trained"
@@ -150,10 +149,7 @@ class FedCAC(PersonalFR):
                                     v.unsqueeze(0).expand(n_clients, *v.shape)).clone()
         return out
 
-    def check(self, shape: AEShape, content: bool) -> None:
-        super().check(shape, content)
-        if content:
-            raise ConfigError("fedcac customizes the free decoder parameters; content-aware decoders are not supported")
+    no_content = "customizes the free decoder parameters"
 
     # -- the server's state (every client's last decoder and mask) ----------------------------------
     @staticmethod
@@ -207,7 +203,7 @@ class FedCAC(PersonalFR):
         collab = valid & (o >= thr)
         collab[torch.arange(len(users_t)), users_t] = sel_trained                         # i itself, if trained
         return {"users": users_t, "pos": {int(u): k for k, u in enumerate(users_t.tolist())},
-                "collab": collab, "threshold": thr, "overlaps": o, "valid": valid}
+                "collab": collab}
 
     def client_start(self, state: dict[str, torch.Tensor], plan: dict | None, cohort, global_p: dict[str, torch.Tensor],
                      train, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from federation.strategies.base import Param
 from federation.strategies.personalfr import PersonalFR
-from recsys.errors import ConfigError
 from recsys.models.autoencoder import AEShape
 
 LOG_SCALE, GAMMA = "loge.a", "loge.gamma"
@@ -71,10 +70,7 @@ class FedLoGe(PersonalFR):
     shared_item_vectors = False
     extra_personal = {LOG_SCALE: Param("personal", LOG_SCALE, False), GAMMA: Param("personal", GAMMA, False)}
 
-    def check(self, shape: AEShape, content: bool) -> None:
-        super().check(shape, content)
-        if content:
-            raise ConfigError("fedloge realigns the free item rows' norms; content-aware decoders are not supported")
+    no_content = "realigns the free item rows' norms"
 
     def personal_init(self, shape: AEShape, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {LOG_SCALE: torch.zeros(1, dtype=dtype), GAMMA: torch.ones(1, dtype=dtype)}

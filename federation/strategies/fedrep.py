@@ -44,12 +44,7 @@ class FedPer(Strategy):
             out[k] = Param("personal", k, False)
         return out
 
-    def check(self, shape: AEShape, content: bool) -> None:
-        super().check(shape, content)
-        if content:
-            from recsys.errors import ConfigError
-
-            raise ConfigError(f"{self.name} keeps a personal item layer; content-aware decoders are not supported")
+    no_content = "keeps a personal item layer"
 
     def score(self, g: dict[str, torch.Tensor], h3: torch.Tensor, personal: dict[str, torch.Tensor],
               content: torch.Tensor | None = None) -> torch.Tensor:

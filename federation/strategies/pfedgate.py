@@ -83,10 +83,10 @@ class PFedGate(PersonalFR):
     closed_form = False
     extra_personal = {GATE_W: Param("personal", GATE_W, False), GATE_B: Param("personal", GATE_B, False)}
 
+    no_content = "gates the free item rows"
+
     def check(self, shape: AEShape, content: bool) -> None:
         super().check(shape, content)
-        if content:
-            raise ConfigError("pfedgate gates the free item rows; content-aware decoders are not supported")
         if shape.h1 % self.options.blocks:
             raise ConfigError(f"pfedgate: blocks={self.options.blocks} must divide the decoder width {shape.h1}")
 
