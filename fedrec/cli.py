@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from federation.deploy.cli import flower_app
+from federation.ranking.cli import rank_app
 from retrieval.cli import index_app
 from recsys.cliutil import _fail, cli_errors, keep_freed_memory
 
@@ -19,6 +20,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Fetch, generate and inspect d
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(flower_app, name="flower")
+app.add_typer(rank_app, name="rank")
 log = logging.getLogger("fedrec")
 
 
@@ -126,12 +128,12 @@ def strategies():
 @cli_errors
 def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or test"),
              device: str = typer.Option("cpu")):
-    """Evaluate a trained run on a split."""
-    from federation.runs.jobs import evaluate_run
+    """Evaluate a trained run (a federation or a federated EASE run) on a split."""
+    from federation.ranking.jobs import evaluate_any
 
     if split not in ("valid", "test"):
         _fail(f"--split: expected valid or test, got {split!r}")
-    _print_metrics({split: evaluate_run(run_dir, split, device)})
+    _print_metrics({split: evaluate_any(run_dir, split, device)})
 
 
 @app.command()

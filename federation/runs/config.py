@@ -170,9 +170,10 @@ class JobConfig(_Strict):
         return self
 
 
-def parse_config(obj: dict, source: str = "<config>") -> JobConfig:
+def validate(model: type[BaseModel], obj: dict, source: str = "<config>"):
+    """``model.model_validate(obj)`` with a pydantic error turned into one ConfigError line."""
     try:
-        return JobConfig.model_validate(obj or {})
+        return model.model_validate(obj or {})
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -181,7 +182,12 @@ def parse_config(obj: dict, source: str = "<config>") -> JobConfig:
         raise ConfigError(f"{source}: {where}: {msg}{more}") from None
 
 
-def load_config(path: str | Path) -> JobConfig:
+def parse_config(obj: dict, source: str = "<config>") -> JobConfig:
+    return validate(JobConfig, obj, source)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A config file's mapping; ConfigError for a missing file, bad YAML or a non-mapping top level."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: no such config file")
@@ -191,4 +197,8 @@ def load_config(path: str | Path) -> JobConfig:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if obj is not None and not isinstance(obj, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
-    return parse_config(obj, str(p))
+    return obj or {}
+
+
+def load_config(path: str | Path) -> JobConfig:
+    return parse_config(read_yaml(path), str(path))

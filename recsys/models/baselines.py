@@ -35,14 +35,10 @@ class EASE(Recommender):
         self.lam = lam
 
     def fit(self, train: sp.csr_matrix, valid=None) -> "EASE":
-        X = (train != 0).astype(np.float64)
-        G = (X.T @ X).toarray()                                                      # (N, N)
-        G[np.diag_indices_from(G)] += self.lam
-        P = np.linalg.inv(G)
-        B = -P / np.diag(P)[None, :]
-        B[np.diag_indices_from(B)] = 0.0
-        self.B = B.astype(np.float32)
-        self.X = X.tocsr().astype(np.float32)
+        from recsys.ranking.ease import ease_weights, gram
+
+        self.B = ease_weights(gram(train), self.lam).astype(np.float32)              # (N, N)
+        self.X = (train != 0).astype(np.float32).tocsr()
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The ranking stage's pure math: EASE item-item weights, candidate features, the MAP palette."""
