@@ -44,3 +44,55 @@ class EaseJobConfig(_Strict):
 
 def parse_ease_config(obj: dict, source: str = "<config>") -> EaseJobConfig:
     return validate(EaseJobConfig, obj, source)
+
+
+class SourcesCfg(_Strict):
+    personalfr: str | None = None     # a federation run directory (any strategy): its personal scores
+    ease: str | None = None           # a federated EASE run directory
+    content: bool = True              # similarity of items to the user's history in content space
+    popularity: bool = True
+
+
+class ContentFeaturesCfg(_Strict):
+    backend: Literal["open_clip", "sentence"] = "sentence"
+    model: str = "minilm"
+    pretrained: str | None = None
+    fusion: Literal["mean", "text", "image"] = "text"
+
+
+class CandidatesCfg(_Strict):
+    per_source: int = Field(50, ge=1)         # top-n of each source enter the union
+
+
+class RankerTrainCfg(_Strict):
+    scheme: Literal["cyclic", "bagging"] = "cyclic"
+    nodes: int = Field(4, ge=1)               # data holders (user blocks) in simulation
+    valid_users: float = Field(0.2, gt=0, lt=1)   # share of each holder's users kept for early stopping
+    rounds: int = Field(60, ge=1)
+    trees_per_round: int = Field(5, ge=1)
+    learning_rate: float = Field(0.02, gt=0)
+    num_leaves: int = Field(3, ge=2)
+    min_data_in_leaf: int = Field(300, ge=1)
+    feature_fraction: float = Field(0.5, gt=0, le=1)
+    patience: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class RankerJobConfig(_Strict):
+    kind: Literal["ranker"] = "ranker"
+    name: str = "ranker"
+    sources: SourcesCfg = Field(default_factory=SourcesCfg)
+    content: ContentFeaturesCfg = Field(default_factory=ContentFeaturesCfg)
+    candidates: CandidatesCfg = Field(default_factory=CandidatesCfg)
+    training: RankerTrainCfg = Field(default_factory=RankerTrainCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+
+    @model_validator(mode="after")
+    def _a_run(self):
+        if not (self.sources.personalfr or self.sources.ease):
+            raise ValueError("sources: name at least one run (personalfr or ease); data and split come from it")
+        return self
+
+
+def parse_ranker_config(obj: dict, source: str = "<config>") -> RankerJobConfig:
+    return validate(RankerJobConfig, obj, source)
