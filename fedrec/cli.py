@@ -139,14 +139,42 @@ def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or tes
 @app.command()
 @cli_errors
 def recommend(run_dir: Path, user: str = typer.Option(..., help="external user id"),
-              k: int = typer.Option(10, "-k", "--k", min=1), device: str = typer.Option("cpu")):
-    """Top-K recommendations (titles) for one user, excluding items they already rated."""
-    from federation.runs.jobs import recommend_for
+              k: int = typer.Option(10, "-k", "--k", min=1), device: str = typer.Option("cpu"),
+              rerank: Optional[Path] = typer.Option(None, help="a re-ranker run (fedrec rank train) over this run"),
+              target: list[str] = typer.Option([], help="with --rerank: a list target NAME=VALUE in [0, 1] "
+                                               "(tail, novelty, diversity, match); repeatable"),
+              query: Optional[str] = typer.Option(None, help="with --target match=...: the text to match")):
+    """Top-K recommendations (titles) for one user, excluding items they already have; with --rerank,
+    through the re-ranker and, with --target, aligned to list targets (MAP palette)."""
+    if rerank is None:
+        if target or query:
+            _fail("--target and --query need --rerank RANKER")
+        from federation.runs.jobs import recommend_for
 
-    recs = recommend_for(run_dir, user, k, device)
-    typer.echo(f"top {len(recs)} for user {user}:")
-    for r in recs:
-        typer.echo(f"{r['rank']:>3}. {r['title']}  (item {r['item_id']}, score {r['score']:.3f})")
+        recs = recommend_for(run_dir, user, k, device)
+        typer.echo(f"top {len(recs)} for user {user}:")
+        for r in recs:
+            typer.echo(f"{r['rank']:>3}. {r['title']}  (item {r['item_id']}, score {r['score']:.3f})")
+        return
+    from federation.ranking.reranker import load_ranker, query_vector, recommend_aligned
+    from recsys.ranking.palette import parse_targets
+
+    targets = parse_targets(target)
+    if query and "match" not in targets:
+        _fail("--query is only used with --target match=VALUE")
+    rk = load_ranker(rerank, run_dir)
+    rep = recommend_aligned(rk, rk.src.data.user_index(user), k, targets,
+                            query_vector(rk, query) if query else None)
+    data = rk.src.data
+    typer.echo(f"top {len(rep.items)} for user {user} (re-ranked by {rerank}):")
+    for i, (it, sc) in enumerate(zip(rep.items, rep.scores)):
+        typer.echo(f"{i + 1:>3}. {data.title(int(it))}  (item {data.item_ids[it]}, ranker score {sc:.3f})")
+    if targets:
+        if not rep.feasible:
+            typer.echo("targets: not reachable together from this user's candidates; showing the closest list")
+        for t in targets:
+            typer.echo(f"  {t}: asked {rep.asked[t]:.2f}, list {rep.achieved[t]:.2f}, "
+                       f"distribution {rep.expected[t]:.2f} (lambda {rep.lam[t]:.2f})")
 
 
 features_app = typer.Typer(no_args_is_help=True, help="Item content features (open_clip image + text).")
@@ -250,7 +278,7 @@ def prefer(run_dir: Path, user: str = typer.Option(..., help="external user id")
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, dp, content, strategies"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, dp, content, strategies, ranking"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds"),
           methods: Optional[str] = typer.Option(None, help="strategies: a comma list of methods to run (default: all); "

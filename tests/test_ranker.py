@@ -173,3 +173,24 @@ def test_ranker_refuses_changed_sources_and_bad_input(pipeline_runs, tmp_path):
         r = _run("rank", "train", str(cfg), "--run-dir", str(tmp_path / "out"))
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.e2e
+def test_recommend_with_rerank_and_targets(pipeline_runs):
+    d = pipeline_runs
+    user = "0"
+    r = _run("recommend", str(d / "fed"), "--user", user, "-k", "5", "--rerank", str(d / "ranker"),
+             "--target", "tail=0.4", "--target", "novelty=0.3")
+    assert r.returncode == 0, r.stderr
+    assert "re-ranked by" in r.stdout and "tail: asked 0.40, list" in r.stdout and "novelty: asked 0.30" in r.stdout
+    import re
+    assert len(re.findall(r"^\s*\d+\. ", r.stdout, re.M)) == 5
+    for args, msg in ((("--target", "tail=2"), "share in [0, 1]"), (("--target", "fun=0.1"), "unknown value"),
+                      (("--target", "diversity=0.3"), "needs item content"),
+                      (("--target", "tail=0.2", "--query", "x"), "--query is only used")):
+        r = _run("recommend", str(d / "fed"), "--user", user, "--rerank", str(d / "ranker"), *args)
+        assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = _run("recommend", str(d / "ease"), "--user", user, "--rerank", str(d / "fed"))
+    assert r.returncode == 2 and "not a re-ranker run" in r.stderr
+    r = _run("recommend", str(d / "fed"), "--user", user, "--target", "tail=0.2")
+    assert r.returncode == 2 and "need --rerank" in r.stderr

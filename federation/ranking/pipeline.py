@@ -41,13 +41,23 @@ class Sources:
     pop: np.ndarray                       # (N,) log(1 + holders)
     age: np.ndarray                       # (N,) days
 
+    def part(self, name: str) -> sp.csr_matrix:
+        """The split part ``name`` (U, N) CSR, computed once."""
+        cache = self.__dict__.setdefault("_parts", {})
+        if name not in cache:
+            if name == "train+valid":
+                cache[name] = (self.part("train") + self.part("valid")).tocsr()
+            else:
+                cache[name] = self.split.matrix(self.data, name)
+        return cache[name]
+
     @property
     def train(self) -> sp.csr_matrix:
-        return self.split.matrix(self.data, "train")
+        return self.part("train")
 
     def seen(self, part: str) -> sp.csr_matrix:
-        t = self.train
-        return t if part == "valid" else (t + self.split.matrix(self.data, "valid")).tocsr()
+        """Items a user already has before ``part``: train for valid, train + valid for test."""
+        return self.part("train" if part == "valid" else "train+valid")
 
     def scores(self, users: np.ndarray, history: sp.csr_matrix) -> dict[str, np.ndarray]:
         """Raw scores (B, N) of each source for ``users``; history (B, N): their train items."""
@@ -129,7 +139,7 @@ def batch(src: Sources, users: np.ndarray, part: str, n: int) -> Batch:
     rk = {k: ranks(v) for k, v in sc.items()}
     c = candidates(rk, n, np.diff(seen.indptr))
     X = features(c, sc, rk, n, history, src.pop, src.age, src.content)
-    y = labels(c, src.split.matrix(src.data, part)[users]).astype(np.float32)
+    y = labels(c, src.part(part)[users]).astype(np.float32)
     return Batch(users, c, X, y, sc)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,20 @@ def _split_sum(src: Sources) -> str:
     return split_checksum(src.split)
 
 
+@contextmanager
+def one_thread():
+    """torch on one thread for a one-user request: waking the intra-op pool for a (1, N) product costs
+    more than it saves, and its wake-ups put 40-90 ms outliers into the request latency."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @dataclass
 class Ranker:
     dir: Path
@@ -118,10 +133,24 @@ class Ranker:
     src: Sources
     booster: object
 
+    @property
+    def tail(self) -> np.ndarray:
+        """(N,) 1 for items outside the catalogue's most popular 20% (palette.item_values)."""
+        if "_tail" not in self.__dict__:
+            from recsys.ranking.palette import item_values
+
+            self._tail = item_values(np.expm1(self.src.pop), self.src.data.n_users, None, None, None)["tail"]
+        return self._tail
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Ranker scores (P,) of feature rows (P, F); one thread (a request is ~100 rows)."""
+        return self.booster.predict(X, num_threads=1) if len(X) else np.zeros(0)
+
     def top(self, user: int, k: int, part: str = "test") -> tuple[np.ndarray, np.ndarray, object]:
         """(items (k,), ranker scores (k,), the user's Batch) for row ``user``; items not seen before ``part``."""
-        b = batch(self.src, np.array([user]), part, self.manifest["candidates_per_source"])
-        pred = self.booster.predict(b.X) if len(b.X) else np.zeros(0)
+        with one_thread():
+            b = batch(self.src, np.array([user]), part, self.manifest["candidates_per_source"])
+        pred = self.predict(b.X)
         order = np.argsort(-pred, kind="stable")[:k]
         return b.cands.items[order], pred[order], b
 
@@ -153,3 +182,68 @@ def load_ranker(ranker_dir: str | Path, run_dir: str | Path | None = None) -> Ra
     if booster.feature_name() != m["feature_names"]:
         raise ManifestError(f"{d / RANKER_FILE}: model features differ from the manifest's")
     return Ranker(d, cfg, m, src, booster)
+
+
+@dataclass
+class PaletteReport:
+    items: np.ndarray          # (k,) item rows, best first
+    scores: np.ndarray         # (k,) the ranker's scores
+    lam: dict                  # value -> λ
+    asked: dict                # value -> target
+    expected: dict             # value -> E_{p_λ}[r] over the candidates
+    achieved: dict             # value -> mean over the list
+    feasible: bool
+
+
+def candidate_values(r: Ranker, b, query: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The palette's values of one user's candidates (batch ``b`` of one user): name -> (C,)."""
+    from recsys.ranking.palette import item_values
+
+    src = r.src
+    items = b.cands.items
+    profile = None
+    if src.content is not None:
+        h = src.train[b.users[0]].indices
+        profile = src.content[h].mean(0) if len(h) else None
+    content = src.content[items] if src.content is not None else None
+    v = item_values(np.expm1(src.pop[items]), src.data.n_users, content, profile, query)
+    v["tail"] = r.tail[items]                      # the head is the catalogue's, not the candidates'
+    return v
+
+
+def recommend_aligned(r: Ranker, user: int, k: int, targets: dict[str, float], query: np.ndarray | None = None,
+                      part: str = "test") -> PaletteReport:
+    """The re-ranked top-k for row ``user``; with targets, MAP-aligned over the user's candidates."""
+    from recsys.ranking.palette import align, log_softmax, ranked, temperature_for_perplexity
+
+    with one_thread():
+        b = batch(r.src, np.array([user]), part, r.manifest["candidates_per_source"])
+    s = r.predict(b.X)
+    vals = candidate_values(r, b, query)
+    missing = [t for t in targets if t not in vals]
+    if missing:
+        why = "needs item content (sources.content in the ranker config)" if r.src.content is None else "needs --query"
+        raise FedrecError(f"--target {missing[0]}: {why}")
+    names = list(targets)
+    R = np.stack([vals[t] for t in names], 1) if names else np.zeros((len(s), 0))
+    c = np.array([targets[t] for t in names])
+    logp0 = log_softmax(s, temperature_for_perplexity(s, k))
+    if names:
+        a = align(logp0, R, c)
+        lam, expected, ok = a.lam, a.expected, a.feasible
+    else:
+        lam, expected, ok = np.zeros(0), np.zeros(0), True
+    top = ranked(logp0, R, lam, k)
+    return PaletteReport(b.cands.items[top], s[top], dict(zip(names, lam.tolist())), dict(zip(names, c.tolist())),
+                         dict(zip(names, expected.tolist())),
+                         {t: float(vals[t][top].mean()) for t in names}, ok)
+
+
+def query_vector(r: Ranker, text: str) -> np.ndarray:
+    """A query text in the ranker's content space: (D,)."""
+    from recsys.features import ClipSpec, make_extractor
+
+    if r.src.content is None:
+        raise FedrecError("--query: this ranker has no item content (sources.content is off)")
+    c = r.cfg.content
+    return make_extractor(ClipSpec(c.backend, c.model, c.pretrained, c.fusion)).encode_text([text], False)[0]

@@ -241,7 +241,8 @@ def bench_memory(data_dir: Path, rounds: int | None) -> str:
     return _table("Peak memory (peak RSS of the job's own process: VmHWM)", ["job", "peak RSS MiB", "wall s"], rows)
 
 
-SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "dp", "content", "strategies")
+SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "dp", "content", "strategies",
+            "ranking")
 
 
 def write_section(path: Path, name: str, md: str) -> None:
@@ -300,6 +301,10 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             body = bench_privacy_section(data_dir)
         elif name == "content":
             body = bench_content_section(data_dir, quick)
+        elif name == "ranking":
+            from fedrec.bench.ranking import ranking_section
+
+            body = ranking_section(data_dir, quick)
         elif name == "strategies":
             from fedrec.bench.strategies import run_strategies, table
 
@@ -328,6 +333,8 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
 _ML100K = "MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split, seed 0"
 _DATASETS = {"strategies": "MovieLens-100K (RecBole atomic files): per-user random 80/10/10 split (seed 0) and "
                             "per-user leave-last-out by timestamp",
+             "ranking": _ML100K + " (implicit; the PersonalFR run of configs/ml100k-implicit.yaml, "
+                        "configs/ml100k-ease.yaml, configs/ml100k-ranker.yaml)",
              "speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
              "dashboard": "seeded synthetic catalogue (fedrec data synth), no images",
              "content": "synthetic multimodal catalogue data/synth-mm (3,000 users x 1,000 items, 64x64 PNG "

@@ -99,7 +99,7 @@ def dual(lam: np.ndarray, logp0: np.ndarray, R: np.ndarray, c: np.ndarray) -> tu
     return float(lam @ c - lse), c - np.exp(logp) @ R, logp
 
 
-def align(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam_max: float = 200.0, iters: int = 100,
+def align(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam_max: float = 1e4, iters: int = 100,
           tol: float = 1e-6) -> Aligned:
     """Solve MAP's dual for one user by projected Newton with backtracking: logp0 (N,), R (N, m), c (m,).
     Infeasible targets: λ is pushed to lam_max on the unreachable values and ``feasible`` is False."""
@@ -135,7 +135,7 @@ def ranked(logp0: np.ndarray, R: np.ndarray, lam: np.ndarray, k: int) -> np.ndar
 
 
 def federated_lambda(users: list[tuple[np.ndarray, np.ndarray]], c: np.ndarray, steps: int = 200,
-                     lr: float = 20.0, lam_max: float = 200.0) -> tuple[np.ndarray, list[np.ndarray]]:
+                     lr: float = 20.0, lam_max: float = 1e4) -> tuple[np.ndarray, list[np.ndarray]]:
     """One λ for all users by dual ascent on summed statistics: each round every user reports only
     E_{p_u,λ}[r] (m numbers; summable under secure aggregation), the server steps
     λ ← clip(λ + lr · (c − mean_u E_{p_u,λ}[r]), 0, lam_max). users: (logp0 (N_u,), R (N_u, m)) each.
