@@ -40,6 +40,11 @@ demo: $(STAMP)
 	$(FEDREC) evaluate runs/demo-ml100k-implicit-secure --split test
 	$(FEDREC) recommend $(DEMO_RANK) --user 1 -k 10
 	$(FEDREC) recommend $(DEMO_RANK) --user 42 -k 10
+	@# The ranking stage (docs/ranking.md): federated EASE, a LightGBM re-ranker trained across user
+	@# blocks, and a list with long-tail and novelty targets (MAP palette).
+	$(FEDREC) rank ease configs/ml100k-ease.yaml --run-dir runs/demo-ml100k-ease --overwrite
+	$(FEDREC) rank train configs/ml100k-ranker.yaml --run-dir runs/demo-ml100k-ranker --overwrite --quiet
+	$(FEDREC) recommend $(DEMO_RANK) --user 1 -k 10 --rerank runs/demo-ml100k-ranker --target tail=0.3 --target novelty=0.35
 	$(FEDREC) index build items $(DEMO_RANK) --out indices/demo-ml100k-implicit/items --quiet > /dev/null
 	$(FEDREC) index build items $(DEMO_RUN) --out $(DEMO_IDX)/items --quiet > /dev/null
 	$(FEDREC) index build content $(DEMO_RUN) --out $(DEMO_IDX)/content --quiet > /dev/null

@@ -90,7 +90,48 @@ def _indices_for(root: Path, run, kind: str) -> dict | None:
     return views.index_for(views.list_indices(root), kind, run.dir.name, run.data.checksum)
 
 
-def page_recommend(runs, idx_root: Path) -> None:
+@st.cache_resource(show_spinner="loading the re-ranker and its sources…")
+def _ranker(path: str, stamp: float):
+    from federation.ranking.reranker import load_ranker
+    return load_ranker(path)
+
+
+def _rerank_section(run, u: int, k: int, rankers: list[dict]) -> None:
+    """The re-ranked list of a user, with sliders for list targets (MAP palette) and what is reached."""
+    mine = views.rankers_for(rankers, run.dir)
+    if not mine:
+        return
+    st.subheader("Re-ranked, with list targets")
+    name = st.selectbox("Re-ranker", [r["name"] for r in mine], key="rr_name")
+    info = next(r for r in mine if r["name"] == name)
+    try:
+        rk = _ranker(str(info["path"]), _stamp(info["path"]))
+    except Exception as e:  # noqa: BLE001 - a stale or broken ranker is shown, the page keeps working
+        st.error(f"Cannot use re-ranker {name}: {e}")
+        return
+    if not 0 <= u < rk.src.data.n_users or rk.src.data.checksum() != run.data.checksum():
+        st.warning(f"{name} ranks another dataset than this run.")
+        return
+    base = views.list_values(rk, u, k)
+    st.caption("Each slider asks for at least this share in the list (0–1). The list is the re-ranker's, "
+               "moved as little as possible (MAP palette) until the targets are met; "
+               f"without targets it reaches: " + ", ".join(f"{v} {x:.2f}" for v, x in base.items()) + ".")
+    cols = st.columns(len(base))
+    targets = {}
+    for c, (v, x) in zip(cols, base.items()):
+        start = float(round(x, 2))
+        t = c.slider(v, 0.0, 1.0, start, 0.01, key=f"rr_{v}")
+        if t > start:                        # a slider left where it starts asks for nothing
+            targets[v] = t
+    recs, report, feasible = views.reranked(rk, u, k, targets)
+    if targets and not feasible:
+        st.warning("These targets cannot all be met from this user's candidates; showing the closest list.")
+    if len(report):
+        st.table(report.set_index("target"))
+    st.table(recs.set_index("rank"))
+
+
+def page_recommend(runs, idx_root: Path, rankers: list[dict] | None = None) -> None:
     st.header("Recommend")
     # A ranker first: a rating (explicit) model's top-K favours items with few, high ratings.
     run = _pick_run(runs, "rec_run", prefer_mode="implicit")
@@ -125,6 +166,7 @@ def page_recommend(runs, idx_root: Path) -> None:
             for c, (cap, img) in zip(cols, pics[:10]):
                 c.image(img, caption=cap, width=64)
         st.dataframe(hist.drop(columns=["image"]), hide_index=True)
+    _rerank_section(run, u, k, rankers or [])
 
 
 @st.cache_resource(show_spinner="loading the run's content model and item features…")
@@ -315,7 +357,7 @@ def main() -> None:
     page = st.sidebar.radio("Page", PAGES, key="page")
     st.sidebar.caption(f"runs: {runs_dir} · indices: {idx_root}")
     if page == "Recommend":
-        page_recommend(runs, idx_root)
+        page_recommend(runs, idx_root, views.list_rankers(runs_dir))
     elif page == "Search":
         page_search(runs, idx_root)
     elif page == "Training":

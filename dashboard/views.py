@@ -74,6 +74,8 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
         info = RunInfo(d, d.name, "unknown", None, None, None, {})
         try:
             m = json.loads((d / "manifest.json").read_text())
+            if m.get("kind", "federation") != "federation":      # EASE and re-ranker runs: list_rankers
+                continue
             info.status = m.get("status", "unknown")
             if m.get("format") != 1:
                 info.problem = f"run format {m.get('format')!r} is not supported by this fedrec (expects 1)"
@@ -286,3 +288,55 @@ def comparable_runs(runs: list[RunInfo], run) -> list[RunInfo]:
         if m.get("dataset_checksum") == mine.get("dataset_checksum") and same_split:
             out.append(r)
     return out
+
+
+# -- the ranking stage -----------------------------------------------------------------------------
+def list_rankers(runs_dir: Path) -> list[dict]:
+    """Re-ranker runs under runs_dir: name, path and the runs they were trained over."""
+    out = []
+    if not runs_dir.is_dir():
+        return out
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "manifest.json").exists()):
+        try:
+            m = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("kind") == "ranker":
+            out.append({"name": d.name, "path": d, "sources": {k: v["run"] for k, v in m.get("sources", {}).items()}})
+    return out
+
+
+def rankers_for(rankers: list[dict], run_dir: Path) -> list[dict]:
+    """The re-rankers trained over ``run_dir`` (one of their sources)."""
+    me = Path(run_dir).resolve()
+    return [r for r in rankers if me in {Path(p).resolve() for p in r["sources"].values()}]
+
+
+def reranked(ranker, user: int, k: int, targets: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """The re-ranked (and, with targets, MAP-aligned) top-k of row ``user``: the list, a table of each
+    target asked against what the list and the aligned distribution reach, and whether the targets
+    are reachable together."""
+    from federation.ranking.reranker import recommend_aligned
+
+    rep = recommend_aligned(ranker, user, k, targets)
+    data = ranker.src.data
+    tail = ranker.tail
+    recs = pd.DataFrame({"rank": np.arange(1, len(rep.items) + 1), "title": [data.title(int(i)) for i in rep.items],
+                         "item": [str(data.item_ids[i]) for i in rep.items], "ranker score": np.round(rep.scores, 3),
+                         "long tail": ["yes" if tail[i] else "" for i in rep.items]})
+    report = pd.DataFrame([{"target": t, "asked": rep.asked[t], "list": round(rep.achieved[t], 3),
+                            "aligned distribution": round(rep.expected[t], 3), "lambda": round(rep.lam[t], 2)}
+                           for t in targets])
+    return recs, report, rep.feasible
+
+
+def palette_values(ranker) -> list[str]:
+    """The list values this re-ranker can target (diversity needs item content)."""
+    return ["tail", "novelty"] + (["diversity"] if ranker.src.content is not None else [])
+
+
+def list_values(ranker, user: int, k: int) -> dict[str, float]:
+    """What the re-ranker's own top-k reaches on each value (targets of 0 are met by it, λ = 0)."""
+    from federation.ranking.reranker import recommend_aligned
+
+    return recommend_aligned(ranker, user, k, {v: 0.0 for v in palette_values(ranker)}).achieved

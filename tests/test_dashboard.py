@@ -304,3 +304,53 @@ def test_privacy_line_says_how_a_run_protected_its_clients():
                       {"epsilon": 7.994, "delta": 1e-4})
     assert dp.endswith("differential privacy, epsilon 7.99 at delta 0.0001")
     assert privacy_line({"federation": {"strategy": "local"}}, {}).startswith("local: nothing leaves")
+
+
+@pytest.fixture(scope="module")
+def rank_env(tmp_path_factory):
+    """An implicit run, federated EASE and a re-ranker over them, in their own runs directory."""
+    import yaml
+    from federation.ranking.jobs import train_ease
+    from federation.ranking.reranker import train_ranker
+    from federation.runs.jobs import train
+    from recsys.synth import SynthSpec, write_catalogue
+    root = tmp_path_factory.mktemp("dash-rank")
+    write_catalogue(SynthSpec(n_users=120, n_items=50, mean_activity=12, seed=4), root / "synth", images=False,
+                    progress=False)
+
+    def w(name, cfg):
+        (root / name).write_text(yaml.safe_dump(cfg))
+        return root / name
+    train(w("f.yaml", {"name": "f", "data": {"path": str(root / "synth")},
+                       "model": {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
+                       "federation": {"rounds": 4, "fraction": 0.5}, "eval": {"every": 0}}), root / "runs" / "imp",
+          progress=False)
+    train_ease(w("e.yaml", {"name": "e", "data": {"path": str(root / "synth")}, "ease": {"lam": 20.0}}),
+               root / "runs" / "ease")
+    train_ranker(w("r.yaml", {"name": "r", "sources": {"personalfr": str(root / "runs" / "imp"),
+                                                       "ease": str(root / "runs" / "ease"), "content": False},
+                              "candidates": {"per_source": 10}, "training": {"nodes": 2, "rounds": 2,
+                                                                             "min_data_in_leaf": 10}}),
+                 root / "runs" / "ranker", progress=False)
+    return root
+
+
+def test_recommend_page_rerank_sliders_show_asked_and_reached(rank_env, monkeypatch):
+    monkeypatch.setenv("FEDREC_RUNS", str(rank_env / "runs"))
+    monkeypatch.setenv("FEDREC_INDICES", str(rank_env / "indices"))
+    at = _app()
+    assert [r for r in at.selectbox(key="rec_run").options] == ["imp"]     # EASE / ranker runs are not listed
+    assert at.selectbox(key="rr_name").value == "ranker"
+    assert not any("tail" in str(t.value.columns) for t in at.table[:1])
+    before = at.table[-1].value
+    assert len(before) == 10
+    start = at.slider(key="rr_tail").value                     # what the re-ranker's own list reaches
+    ask = round(min(1.0, start + 0.3), 2)
+    assert start == pytest.approx((before["long tail"] == "yes").mean(), abs=0.01)
+    at.slider(key="rr_tail").set_value(ask).run()
+    assert not at.exception, at.exception
+    report = at.table[-2].value
+    assert list(report.index) == ["tail"] and report.loc["tail", "asked"] == ask
+    after = at.table[-1].value
+    assert report.loc["tail", "list"] == pytest.approx((after["long tail"] == "yes").mean())
+    assert report.loc["tail", "list"] > start                  # the list moved towards the target

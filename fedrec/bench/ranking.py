@@ -95,10 +95,10 @@ def ease_privacy_table(data_dir: Path, tmp: Path) -> str:
         d = train_ease(_write(_config("ml100k-ease", data_dir, privacy=priv), tmp / "e.yaml"), tmp / "e", overwrite=True)
         s = json.loads((d / "summary.json").read_text())
         eps = f"{s['epsilon']:.2f}" if s["epsilon"] is not None else "-"
-        rows.append([label, s["metrics"]["test"]["ndcg@10"], eps, round(s["upload_bytes"] / 943 / 1e6, 2),
+        rows.append([label, s["metrics"]["test"]["ndcg@10"], eps, f"{s['upload_bytes'] / 943 / 1e3:,.1f}",
                      round(s["download_bytes_per_client"] / 1e6, 2), s["fit_s"]])
     return _table("Federated EASE under each privacy mode (lambda 300, one release, delta 1e-4)",
-                  ["mode", "test NDCG@10", "epsilon", "upload MB per user", "download MB per user", "server s"], rows)
+                  ["mode", "test NDCG@10", "epsilon", "upload KB per user", "download MB per user", "server s"], rows)
 
 
 def _cases(ranker, users: np.ndarray) -> list[dict]:
