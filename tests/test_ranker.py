@@ -166,6 +166,18 @@ def test_ranker_refuses_changed_sources_and_bad_input(pipeline_runs, tmp_path):
             load_ranker(d / "ranker")
     finally:
         mp.write_text(orig)
+    rm = d / "ranker" / "manifest.json"
+    orig = rm.read_text()
+    try:
+        m = json.loads(orig)
+        m["feature_names"] = m["feature_names"][:-1] + ["something_else"]
+        rm.write_text(json.dumps(m))
+        with pytest.raises(ManifestError, match="other features"):
+            load_ranker(d / "ranker")
+        r = _run("recommend", str(d / "fed"), "--user", "0", "--rerank", str(d / "ranker"))
+        assert r.returncode == 2 and "other features" in r.stderr and r.stderr.count("\n") == 1
+    finally:
+        rm.write_text(orig)
     cfg = tmp_path / "bad.yaml"
     for bad in ({"sources": {"content": False}}, {"training": {"scheme": "ring"}},
                 {"sources": {"ease": str(tmp_path / "nope")}}):
