@@ -141,3 +141,11 @@ def load_split(path: str | Path, data: InteractionData) -> Split:
     if arr["parts"].shape != (data.nnz,):
         raise ManifestError(f"{path}: split has {arr['parts'].shape[0]} labels for {data.nnz} interactions")
     return Split(meta["kind"], meta["seed"], arr["parts"], arr["cold_items"], meta.get("params", {}))
+
+
+def partition_users(n_users: int, partition_id: int, num_partitions: int) -> np.ndarray:
+    """Users of one partition (a data holder: a SuperNode, a simulated user block): contiguous blocks
+    of the user index (np.array_split)."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
+    return np.array_split(np.arange(n_users), num_partitions)[partition_id]

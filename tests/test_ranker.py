@@ -206,3 +206,79 @@ def test_recommend_with_rerank_and_targets(pipeline_runs):
     assert r.returncode == 2 and "not a re-ranker run" in r.stderr
     r = _run("recommend", str(d / "fed"), "--user", user, "--target", "tail=0.2")
     assert r.returncode == 2 and "need --rerank" in r.stderr
+
+
+class _Loopback:
+    """federation.ranking.deployed.RankTransport over in-process RankNodes. Node ids run against the
+    partitions (as a SuperLink's random ids may): turns must follow the partitions, not the ids."""
+
+    def __init__(self, nodes):
+        self.by_id = {100 - i: node for i, node in enumerate(nodes)}
+
+    def node_ids(self):
+        return sorted(self.by_id)
+
+    def rank_hello(self, nodes):
+        return {n: self.by_id[n].hello() for n in nodes}
+
+    def rank_grow(self, node, model):
+        return self.by_id[node].grow(model or None)
+
+    def rank_eval(self, nodes, model, part):
+        return {n: self.by_id[n].evaluate(model, part) for n in nodes}
+
+
+def _ranker_cfg(d, nodes, scheme="cyclic"):
+    from federation.ranking.config import parse_ranker_config
+
+    c = yaml.safe_load((d / "ranker" / "config.yaml").read_text())
+    c["training"] = {**c["training"], "nodes": nodes, "scheme": scheme}
+    return c, parse_ranker_config(c)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("scheme", ["cyclic", "bagging"])
+def test_deployed_ranker_equals_the_in_process_one(pipeline_runs, tmp_path, scheme):
+    from federation.ranking.deployed import RankNode, serve_ranker
+    from federation.ranking.reranker import train_ranker
+
+    d = pipeline_runs
+    raw, cfg = _ranker_cfg(d, 3, scheme)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    local = train_ranker(tmp_path / "r.yaml", tmp_path / "local", progress=False)
+    nodes = [RankNode(cfg, i, 3, tmp_path / f"node{i}") for i in range(3)]
+    out = serve_ranker(cfg, tmp_path / "deployed", _Loopback(nodes))
+    assert (out / "ranker.txt").read_text() == (local / "ranker.txt").read_text()
+    s_dep = json.loads((out / "summary.json").read_text())
+    s_loc = json.loads((local / "summary.json").read_text())
+    assert s_dep["test"]["rows"]["union + re-ranker"]["ndcg@10"] == \
+        pytest.approx(s_loc["test"]["rows"]["union + re-ranker"]["ndcg@10"], abs=1e-9)
+    assert s_dep["history"] == s_loc["history"]
+    assert any(p.name.startswith("rank-") for p in (tmp_path / "node0").iterdir())      # examples cached on the node
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_ranker_on_a_real_flower_superlink_equals_the_in_process_one(pipeline_runs, tmp_path):
+    from federation.deploy.process import LocalFederation, alive
+    from federation.ranking.reranker import load_ranker, train_ranker
+
+    d = pipeline_runs
+    raw, cfg = _ranker_cfg(d, 2)
+    raw["training"]["rounds"] = 2                     # each turn is a ClientApp process: keep the test short
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    local = train_ranker(tmp_path / "r.yaml", tmp_path / "local", progress=False)
+    fed = LocalFederation(tmp_path / "fl", 2)
+    try:
+        fed.start_superlink()
+        for i in range(2):
+            fed.start_node(i)
+        r = fed.run({"job-config": str(tmp_path / "r.yaml"), "run-dir": str(tmp_path / "flower"), "min-nodes": 2,
+                     "wait-s": 90, "round-timeout": 120}, timeout=480)
+        pids = fed.all_pids()
+    finally:
+        fed.stop()
+    assert pids and not alive(pids)
+    assert r.returncode == 0, (tmp_path / "fl/logs/flwr-run.log").read_text()[-3000:]
+    assert (tmp_path / "flower" / "ranker.txt").read_text() == (local / "ranker.txt").read_text()
+    assert load_ranker(tmp_path / "flower", d / "fed").top(0, 3)[0].shape == (3,)

@@ -91,9 +91,12 @@ def supernode(superlink: str = typer.Option(..., help="SuperLink HOST:PORT"),
 
 
 def _run_config(config: Path, run_dir: Optional[Path], rounds: int, min_nodes: int, timeout: float) -> dict:
-    from federation.runs.config import load_config
+    """Flower run config of a federation job or (kind: ranker) a re-ranker job."""
+    from federation.ranking.config import parse_ranker_config
+    from federation.runs.config import load_config, read_yaml
 
-    cfg = load_config(config)                       # validate here: one clear line instead of a remote traceback
+    d = read_yaml(config)                           # validate here: one clear line instead of a remote traceback
+    cfg = parse_ranker_config(d, str(config)) if (d.get("kind") == "ranker" or "sources" in d) else load_config(config)
     return {"job-config": str(config.resolve()), "run-dir": str((run_dir or Path("runs") / f"{cfg.name}-flower").resolve()),
             "rounds": rounds, "min-nodes": min_nodes, "round-timeout": timeout}
 

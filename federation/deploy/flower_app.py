@@ -80,14 +80,28 @@ def _numpy(rec: ArrayRecord) -> dict[str, np.ndarray]:
 def _job_config(run_config) -> "JobConfig":  # noqa: F821
     from federation.runs.config import load_config, parse_config
 
-    p = Path(str(run_config.get("job-config", "configs/ml100k-explicit.yaml")))
-    cfg = load_config(p if p.is_absolute() else APP_DIR / p)
+    cfg = load_config(_config_path(run_config))
     rounds = int(run_config.get("rounds", 0) or 0)
     if rounds:
         d = cfg.model_dump(mode="json")
         d["federation"]["rounds"] = rounds
         cfg = parse_config(d)
     return cfg
+
+
+def _config_path(run_config) -> Path:
+    p = Path(str(run_config.get("job-config", "configs/ml100k-explicit.yaml")))
+    return p if p.is_absolute() else APP_DIR / p
+
+
+def _ranker_config(run_config):
+    """The re-ranker job config when the run's job-config is one (kind: ranker), else None."""
+    from federation.ranking.config import parse_ranker_config
+    from federation.runs.config import read_yaml
+
+    p = _config_path(run_config)
+    d = read_yaml(p)
+    return parse_ranker_config(d, str(p)) if (d.get("kind") == "ranker" or "sources" in d) else None
 
 
 def _setup_logging() -> None:
@@ -155,6 +169,46 @@ def client_train(msg: Message, context: Context) -> Message:
                 break
             m["dec_W1"] = np.full_like(m["dec_W1"], np.nan)
     return Message(train_reply_content(rep), reply_to=msg)
+
+
+# -- the re-ranker (federation/ranking/deployed.py) -------------------------------------------------
+ACTION_RANK = "rank"
+REC_MODEL, MODEL_TEXT = "model", "text"
+
+
+def _rank_node(context: Context):
+    from federation.ranking.deployed import RankNode
+
+    _setup_logging()
+    nc = context.node_config
+    pid, n = int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
+    state = Path(str(nc.get("state-dir") or f".fedrec-node/p{pid}-of-{n}"))
+    return RankNode(_ranker_config(context.run_config), pid, n, state)
+
+
+def _model_record(text: str) -> ArrayRecord:
+    return _arrays({MODEL_TEXT: np.frombuffer(text.encode(), np.uint8).copy()})
+
+
+def _model_text(c: RecordDict) -> str:
+    return _numpy(c[REC_MODEL])[MODEL_TEXT].tobytes().decode()
+
+
+@client_app.query(ACTION_RANK)
+def client_rank_hello(msg: Message, context: Context) -> Message:
+    return Message(RecordDict({REC_INFO: ConfigRecord(_rank_node(context).hello())}), reply_to=msg)
+
+
+@client_app.train(ACTION_RANK)
+def client_rank_grow(msg: Message, context: Context) -> Message:
+    model = _rank_node(context).grow(_model_text(msg.content) or None)
+    return Message(RecordDict({REC_MODEL: _model_record(model)}), reply_to=msg)
+
+
+@client_app.evaluate(ACTION_RANK)
+def client_rank_eval(msg: Message, context: Context) -> Message:
+    s, n = _rank_node(context).evaluate(_model_text(msg.content), str(msg.content[REC_CONFIG]["part"]))
+    return Message(RecordDict({REC_EVAL: MetricRecord({EVAL_SUM: float(s), EVAL_COUNT: int(n)})}), reply_to=msg)
 
 
 def _secagg(c: RecordDict) -> SecAggRequest | None:
@@ -302,6 +356,20 @@ class GridTransport:
                               lambda c: {EVAL_SUM: float(c[REC_EVAL][EVAL_SUM]), EVAL_COUNT: int(c[REC_EVAL][EVAL_COUNT])})
 
 
+    def rank_hello(self, nodes: list[int]) -> dict:
+        return self._exchange({n: RecordDict() for n in nodes}, f"{MSG_QUERY}.{ACTION_RANK}",
+                              lambda c: dict(c[REC_INFO]))
+
+    def rank_grow(self, node: int, model: str):
+        return self._exchange({node: RecordDict({REC_MODEL: _model_record(model)})}, f"{MSG_TRAIN}.{ACTION_RANK}",
+                              _model_text)[node]
+
+    def rank_eval(self, nodes: list[int], model: str, part: str) -> dict:
+        contents = {n: RecordDict({REC_MODEL: _model_record(model), REC_CONFIG: ConfigRecord({"part": part})})
+                    for n in nodes}
+        return self._exchange(contents, f"{MSG_EVALUATE}.{ACTION_RANK}",
+                              lambda c: (float(c[REC_EVAL][EVAL_SUM]), int(c[REC_EVAL][EVAL_COUNT])))
+
     def prototypes(self, nodes: list[int], decoder: dict[str, np.ndarray], centroids: np.ndarray,
                    holders: np.ndarray | None = None, secagg: SecAggRequest | None = None) -> dict:
         contents = {n: _with_secagg(_with_holders(RecordDict({REC_DECODER: _arrays(decoder),
@@ -359,6 +427,15 @@ server_app = ServerApp()
 def server_main(grid: Grid, context: Context) -> None:
     _setup_logging()
     rc = context.run_config
+    rank_cfg = _ranker_config(rc)
+    if rank_cfg is not None:
+        from federation.ranking.deployed import serve_ranker
+
+        run_dir = Path(str(rc.get("run-dir") or f"runs/{rank_cfg.name}-flower"))
+        serve_ranker(rank_cfg, run_dir, GridTransport(grid, float(rc.get("round-timeout", 120))),
+                     min_nodes=int(rc.get("min-nodes", 1)), wait_s=float(rc.get("wait-s", 120)))
+        log.info("re-ranker finished -> %s", run_dir)
+        return
     cfg = _job_config(rc)
     run_dir = Path(str(rc.get("run-dir") or f"runs/{cfg.name}-flower"))
     server = FederatedServer(cfg, run_dir, GridTransport(grid, float(rc.get("round-timeout", 120))),

@@ -39,6 +39,7 @@ from federation.strategies.messages import KEY_PROJ, RejectedUpdate, unpack_star
 from federation.privacy.dp import clip_update
 from recsys.io import atomic_path
 from recsys.metrics import ranking_metrics, topk_from_scores
+from recsys.splits import partition_users  # noqa: F401  (re-exported: the node's user block)
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ HELLO_CONTENT, HELLO_HOLDERS = "content", "holders"
 HELLO_KEYS = (HELLO_USERS, HELLO_N_ITEMS, HELLO_CATALOGUE, HELLO_CONFIG, HELLO_CONTENT)   # + HELLO_HOLDERS if weighted
 TOTAL_USERS, TOTAL_LOSS = "num-users", "loss-sum"
 EVAL_SUM, EVAL_COUNT = "sum", "count"
-
-
-def partition_users(n_users: int, partition_id: int, num_partitions: int) -> np.ndarray:
-    """Users of one partition: contiguous blocks of the user index (np.array_split)."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
-    return np.array_split(np.arange(n_users), num_partitions)[partition_id]
 
 
 def catalogue_checksum(item_ids: np.ndarray) -> str:

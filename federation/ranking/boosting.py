@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -125,7 +126,8 @@ class BoostResult:
     upload_bytes: int = 0              # boosters sent by holders, all rounds
 
 
-def _grow(init: str | None, h: Holder, s: BoostSettings, names: list[str]) -> str:
+def grow(init: str | None, h: Holder, s: BoostSettings, names: list[str]) -> str:
+    """A holder's turn: ``trees_per_round`` trees on its rows, continuing ``init`` (LightGBM text)."""
     import lightgbm as lgb
 
     ds = lgb.Dataset(h.X, h.y, group=h.group, feature_name=names, free_raw_data=True)
@@ -134,32 +136,28 @@ def _grow(init: str | None, h: Holder, s: BoostSettings, names: list[str]) -> st
     return b.model_to_string()
 
 
-def train(holders: list[Holder], valid: list[Holder], s: BoostSettings, names: list[str],
-          progress: bool = False) -> BoostResult:
-    """Train across ``holders`` (each sees only its rows); early-stop on the validation holders."""
+def boost_loop(n_holders: int, grow: Callable[[int, str | None], str], validate: Callable[[str], float],
+               s: BoostSettings, progress: bool = False) -> BoostResult:
+    """The server's round loop over ``n_holders`` holders, whatever carries the messages:
+    grow(i, model) -> holder i's booster continued from ``model`` (None: from scratch);
+    validate(model) -> the federated validation NDCG@10. Keeps the best round's model."""
     from recsys.progress import progress_bar
 
     if s.scheme not in ("cyclic", "bagging"):
         raise ValueError(f"boosting scheme {s.scheme!r}: expected cyclic or bagging")
-    holders = [h for h in holders if len(h)]
     model: str | None = None
     best, best_round, hist, up, stale = -1.0, 0, [], 0, 0
     best_model = ""
     for r in progress_bar(range(s.rounds), desc=f"ranker ({s.scheme})", disable=not progress):
         if s.scheme == "cyclic":
-            for h in holders:
-                model = _grow(model, h, s, names)
+            for i in range(n_holders):
+                model = grow(i, model)
                 up += len(model.encode())
         else:
-            grown = [_grow(model, h, s, names) for h in holders]
+            grown = [grow(i, model) for i in range(n_holders)]
             up += sum(len(g.encode()) for g in grown)
-            have = n_trees(model) if model else 0
-            head, old, footer = split_model(grown[0] if model is None else model)
-            if model is None:
-                old = []
-            new = [(t, 1.0 / len(grown)) for g in grown for t in split_model(g)[1][have:]]
-            model = merge(head, [(t, 1.0) for t in old] + new, split_model(grown[0])[2])
-        score = federated_ndcg(model, valid)
+            model = bag(model, grown)
+        score = validate(model)
         hist.append({"round": r + 1, "trees": n_trees(model), "valid_ndcg@10": round(score, 5)})
         if score > best:
             best, best_round, best_model, stale = score, r + 1, model, 0
@@ -168,3 +166,20 @@ def train(holders: list[Holder], valid: list[Holder], s: BoostSettings, names: l
             if stale >= s.patience:
                 break
     return BoostResult(best_model, best_round, hist, up)
+
+
+def bag(model: str | None, grown: list[str]) -> str:
+    """The global model plus every holder's new trees (those after the global model's) at weight 1/K."""
+    have = n_trees(model) if model else 0
+    head, old, _ = split_model(grown[0] if model is None else model)
+    old = old if model is not None else []
+    new = [(t, 1.0 / len(grown)) for g in grown for t in split_model(g)[1][have:]]
+    return merge(head, [(t, 1.0) for t in old] + new, split_model(grown[0])[2])
+
+
+def train(holders: list[Holder], valid: list[Holder], s: BoostSettings, names: list[str],
+          progress: bool = False) -> BoostResult:
+    """In process: train across ``holders`` (each sees only its rows); early-stop on the validation holders."""
+    holders = [h for h in holders if len(h)]
+    return boost_loop(len(holders), lambda i, m: grow(m, holders[i], s, names),
+                      lambda m: federated_ndcg(m, valid), s, progress)

@@ -155,26 +155,44 @@ def holder_of(b: Batch, keep: np.ndarray | None = None) -> Holder:
     return Holder(b.X[rows], b.y[rows], g[keep])
 
 
-def node_holders(batches: list[Batch], nodes: int, valid_share: float, seed: int) -> tuple[list[Holder], list[Holder]]:
-    """Split users into ``nodes`` holders (by a seeded draw); in each, ``valid_share`` of its users are
-    kept for early stopping. Users with no positive candidate teach LambdaRank nothing and are dropped
-    from training (kept in validation counts as zero-positive groups, which ndcg_sum skips)."""
-    rng = np.random.default_rng(seed)
-    train_parts = [[] for _ in range(nodes)]
-    valid_parts = [[] for _ in range(nodes)]
-    for b in batches:
-        B = len(b.users)
-        node = rng.integers(0, nodes, B)
-        is_valid = rng.random(B) < valid_share
+def labeled_users(src: Sources) -> np.ndarray:
+    """Users with at least one valid interaction (the re-ranker's examples): (n,) row indices."""
+    return np.flatnonzero(np.diff(src.part("valid").indptr) > 0)
+
+
+def validation_mask(n_users: int, share: float, seed: int) -> np.ndarray:
+    """(U,) bool: the users whose examples are kept for early stopping — one seeded draw per user id,
+    so every holder (in process or a SuperNode) draws the same set for its own users."""
+    return np.random.default_rng(seed).random(n_users) < share
+
+
+def holder_examples(src: Sources, users: np.ndarray, n: int, valid: np.ndarray) -> tuple[Holder, Holder]:
+    """One holder's (training, validation) examples from its ``users``; ``valid`` (U,) from
+    ``validation_mask``. Users without a positive candidate teach LambdaRank nothing and are left out."""
+    tr, va = [], []
+    for b in examples(src, users, "valid", n):
         g = b.cands.group_sizes()
-        has_pos = np.add.reduceat(b.y, b.cands.offsets[:-1]) > 0 if len(b.y) else np.zeros(B, bool)
-        has_pos &= g > 0
-        for k in range(nodes):
-            train_parts[k].append(holder_of(b, (node == k) & ~is_valid & has_pos))
-            valid_parts[k].append(holder_of(b, (node == k) & is_valid & has_pos))
-    cat = lambda hs: Holder(np.concatenate([h.X for h in hs]), np.concatenate([h.y for h in hs]),
+        has_pos = np.zeros(len(g), bool)
+        if len(b.y):
+            has_pos[g > 0] = np.add.reduceat(b.y, b.cands.offsets[:-1][g > 0]) > 0
+        tr.append(holder_of(b, ~valid[b.users] & has_pos))
+        va.append(holder_of(b, valid[b.users] & has_pos))
+    cat = lambda hs: Holder(np.concatenate([h.X for h in hs]), np.concatenate([h.y for h in hs]),  # noqa: E731
                             np.concatenate([h.group for h in hs]))
-    return [cat(p) for p in train_parts], [cat(p) for p in valid_parts]
+    return cat(tr), cat(va)
+
+
+def node_holders(src: Sources, n: int, nodes: int, valid_share: float, seed: int) -> tuple[list[Holder], list[Holder]]:
+    """In process: the examples of ``nodes`` holders, holder k = the user block
+    recsys.splits.partition_users(U, k, nodes) — the users SuperNode k hosts in deployment."""
+    from recsys.splits import partition_users
+
+    labeled = np.zeros(src.data.n_users, bool)
+    labeled[labeled_users(src)] = True
+    valid = validation_mask(src.data.n_users, valid_share, seed)
+    out = [holder_examples(src, u[labeled[u]], n, valid)
+           for u in (partition_users(src.data.n_users, k, nodes) for k in range(nodes))]
+    return [h for h, _ in out], [v for _, v in out]
 
 
 def topk_from_candidates(b: Batch, pred: np.ndarray, k: int) -> np.ndarray:

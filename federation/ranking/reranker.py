@@ -79,9 +79,7 @@ def train_ranker(config_path: str | Path, run_dir: str | Path | None = None, ove
     src = load_sources(cfg, progress)
     names = names_for(src)
     n = cfg.candidates.per_source
-    users = np.flatnonzero(np.diff(src.split.matrix(src.data, "valid").indptr) > 0)
-    holders, valid = node_holders(examples(src, users, "valid", n), cfg.training.nodes, cfg.training.valid_users,
-                                  cfg.training.seed)
+    holders, valid = node_holders(src, n, cfg.training.nodes, cfg.training.valid_users, cfg.training.seed)
     t1 = time.perf_counter()
     res = boost(holders, valid, boost_settings(cfg), names, progress)
     t2 = time.perf_counter()
@@ -90,17 +88,25 @@ def train_ranker(config_path: str | Path, run_dir: str | Path | None = None, ove
     summary = {"test": ev, "best_round": res.best_round, "history": res.history, "upload_bytes": res.upload_bytes,
                "model_bytes": len(res.model.encode()), "features_s": round(t1 - t0, 2), "boost_s": round(t2 - t1, 2),
                "examples": int(sum(len(h) for h in holders)), "valid_examples": int(sum(len(h) for h in valid))}
+    return write_ranker_run(run_dir, cfg, res.model, summary, src.data.checksum(), _split_sum(src), list(src.names),
+                            names)
+
+
+def write_ranker_run(run_dir: Path, cfg: RankerJobConfig, model: str, summary: dict, dataset_checksum: str,
+                     split_sum: str, source_names: list[str], names: list[str]) -> Path:
+    """The run directory of a re-ranker, whole or not at all (in process and deployed alike)."""
+    runs = {k: v for k, v in (("personalfr", cfg.sources.personalfr), ("ease", cfg.sources.ease)) if v}
     with atomic_dir(run_dir) as tmp:
         write_text(tmp / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        write_text(tmp / RANKER_FILE, res.model)
+        write_text(tmp / RANKER_FILE, model)
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "manifest.json", {
             "format": RANKER_FORMAT, "kind": "ranker", "name": cfg.name, "status": "done",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset_checksum": src.data.checksum(),
-            "split_checksum": _split_sum(src), "sources": {k: {"run": v, "manifest_sha256": manifest_sha(v)}
-                                                           for k, v in src.runs.items()},
-            "source_names": list(src.names), "feature_names": names, "candidates_per_source": n,
-            "versions": library_versions()})
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset_checksum": dataset_checksum,
+            "split_checksum": split_sum, "sources": {k: {"run": v, "manifest_sha256": manifest_sha(v)}
+                                                     for k, v in runs.items()},
+            "source_names": source_names, "feature_names": names,
+            "candidates_per_source": cfg.candidates.per_source, "versions": library_versions()})
     log.info("re-ranker: %s", run_dir)
     return run_dir
 
