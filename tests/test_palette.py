@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from recsys.ranking.palette import (align, dual, federated_lambda, feasible, intra_list_diversity, item_values,
-                                    linear_mix, log_softmax, mmr, parse_targets, ranked, temperature_for_perplexity)
+                                    linear_mix, list_lambda, list_scale, log_softmax, mmr, parse_targets, ranked,
+                                    temperature_for_perplexity)
 
 
 def test_one_value_by_hand():
@@ -49,6 +50,20 @@ def test_ranked_list_is_top_of_log_p0_plus_lambda_r():
     R = np.array([[0.0], [0.0], [1.0]])
     np.testing.assert_array_equal(ranked(logp0, R, np.array([0.0]), 2), [0, 1])
     np.testing.assert_array_equal(ranked(logp0, R, np.array([1.0]), 2), [2, 0])   # log .2 + 1 > log .5
+
+
+def test_list_scale_by_hand():
+    # p0 = (.4, .3, .2, .1), tail items 2 and 3, k = 2, target 0.5: one tail item must enter the top 2,
+    # i.e. log .2 + t > log .3: the smallest t is log 1.5
+    logp0 = np.log([0.4, 0.3, 0.2, 0.1])
+    R = np.array([[0.0], [0.0], [1.0], [1.0]])
+    t = list_scale(logp0, R, np.array([0.5]), np.array([1.0]), 2)
+    assert t == pytest.approx(np.log(1.5), rel=1e-6)
+    np.testing.assert_array_equal(np.sort(ranked(logp0, R, np.array([t]), 2)), [0, 2])
+    assert list_scale(logp0, R, np.array([0.0]), np.array([1.0]), 2) == 0.0        # met already
+    # MAP's λ is 0 (the distribution meets 0.2) but the top-2 list has no tail item: pushed along tail
+    lam = list_lambda(logp0, R, np.array([0.2]), np.array([0.0]), 2)
+    assert lam[0] == pytest.approx(np.log(1.5), rel=1e-6)
 
 
 def test_temperature_gives_the_asked_perplexity():

@@ -220,7 +220,7 @@ def candidate_values(r: Ranker, b, query: np.ndarray | None) -> dict[str, np.nda
 def recommend_aligned(r: Ranker, user: int, k: int, targets: dict[str, float], query: np.ndarray | None = None,
                       part: str = "test") -> PaletteReport:
     """The re-ranked top-k for row ``user``; with targets, MAP-aligned over the user's candidates."""
-    from recsys.ranking.palette import align, log_softmax, ranked, temperature_for_perplexity
+    from recsys.ranking.palette import align, list_lambda, log_softmax, ranked, temperature_for_perplexity
 
     with one_thread():
         b = batch(r.src, np.array([user]), part, r.manifest["candidates_per_source"])
@@ -236,7 +236,7 @@ def recommend_aligned(r: Ranker, user: int, k: int, targets: dict[str, float], q
     logp0 = log_softmax(s, temperature_for_perplexity(s, k))
     if names:
         a = align(logp0, R, c)
-        lam, expected, ok = a.lam, a.expected, a.feasible
+        lam, expected, ok = list_lambda(logp0, R, c, a.lam, k), a.expected, a.feasible
     else:
         lam, expected, ok = np.zeros(0), np.zeros(0), True
     top = ranked(logp0, R, lam, k)

@@ -148,7 +148,7 @@ def _at_same_value(curve: list[tuple[float, float]], v: float) -> float:
 
 def palette_table(ranker, users: np.ndarray, k: int = 10) -> str:
     from fedrec.bench.suite import _table
-    from recsys.ranking.palette import (align, federated_lambda, linear_mix, log_softmax, mmr, ranked,
+    from recsys.ranking.palette import (align, federated_lambda, linear_mix, list_lambda, log_softmax, mmr, ranked,
                                         temperature_for_perplexity)
 
     cases = _cases(ranker, users)
@@ -163,7 +163,7 @@ def palette_table(ranker, users: np.ndarray, k: int = 10) -> str:
             for c in cases:
                 R = c["values"][value][:, None]
                 a = align(c["logp0"], R, np.array([c_t]))
-                top = ranked(c["logp0"], R, a.lam, k)
+                top = ranked(c["logp0"], R, list_lambda(c["logp0"], R, np.array([c_t]), a.lam, k), k)
                 lists.append(top)
                 if a.feasible:
                     feas += 1
@@ -174,13 +174,13 @@ def palette_table(ranker, users: np.ndarray, k: int = 10) -> str:
                                       steps=150, lr=10.0)
             glob = [ranked(c["logp0"], c["values"][value][:, None], lam, k) for c in cases]
             mix = []
-            for w in (0, 0.25, 0.5, 1, 2, 4, 8, 16, 32):
+            for w in (0, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256):
                 ls = [linear_mix(c["s"], c["values"][value][:, None], np.array([w]), k) for c in cases]
                 mix.append((_achieved(ls, cases, value), _ndcg(ls, cases)))
             mm = "-"
             if value == "diversity":
                 curve = []
-                for beta in (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+                for beta in (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99):
                     ls = [mmr(c["s"], c["content"], beta, k) for c in cases]
                     curve.append((_achieved(ls, cases, "ild"), _ndcg(ls, cases)))
                 ild = _achieved(lists, cases, "ild")

@@ -134,6 +134,38 @@ def ranked(logp0: np.ndarray, R: np.ndarray, lam: np.ndarray, k: int) -> np.ndar
     return np.argsort(-(logp0 + R @ lam), kind="stable")[:k]
 
 
+def list_scale(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam: np.ndarray, k: int,
+               t_max: float = 1e4, iters: int = 40) -> float:
+    """The smallest t ≥ 0 whose list top-k(log p0 + t·λᵀr) reaches the targets in its own mean
+    (mean_{i∈list} r_i ≥ c); t_max if none up to it does.
+
+    MAP aligns a distribution; a k-item list is a cut of it, so its values can fall short of (or
+    overshoot) what the distribution reaches. Moving along MAP's λ direction keeps the dual's trade-off
+    between the values and only sets how far the list goes. (A list's λᵀr-sum does not decrease with t.)"""
+    def meets(t: float) -> bool:
+        return bool((R[ranked(logp0, R, t * lam, k)].mean(0) >= c - 1e-12).all())
+
+    if meets(0.0) or not lam.any():
+        return 0.0                   # λ = 0: the distribution is already there; see list_lambda
+    hi = 1.0
+    while not meets(hi):
+        if hi >= t_max:
+            return t_max
+        hi = min(hi * 4, t_max)
+    lo = 0.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return hi
+
+
+def list_lambda(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam: np.ndarray, k: int) -> np.ndarray:
+    """The λ a k-item list is ranked with: MAP's λ scaled by ``list_scale``; where MAP's λ is 0 but
+    the list falls short, the direction of the values it misses."""
+    d = lam if lam.any() else (R[ranked(logp0, R, lam, k)].mean(0) < c).astype(float)
+    return list_scale(logp0, R, c, d, k) * d
+
+
 def federated_lambda(users: list[tuple[np.ndarray, np.ndarray]], c: np.ndarray, steps: int = 200,
                      lr: float = 20.0, lam_max: float = 1e4) -> tuple[np.ndarray, list[np.ndarray]]:
     """One λ for all users by dual ascent on summed statistics: each round every user reports only
