@@ -104,7 +104,6 @@ def align(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam_max: float = 1e4,
     """Solve MAP's dual for one user by projected Newton with backtracking: logp0 (N,), R (N, m), c (m,).
     Infeasible targets: λ is pushed to lam_max on the unreachable values and ``feasible`` is False."""
     m = len(c)
-    ok = feasible(R, c)
     lam = np.zeros(m)
     g, grad, logp = dual(lam, logp0, R, c)
     for _ in range(iters):
@@ -126,7 +125,9 @@ def align(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam_max: float = 1e4,
         if np.abs(new - lam).max() < 1e-10:
             break
         lam, g, grad, logp = new, g2, grad2, logp2
-    return Aligned(lam, np.exp(logp) @ R, ok, logp)
+    expected = np.exp(logp) @ R
+    ok = bool((expected >= c - 1e-4).all()) or feasible(R, c)      # the LP only when the dual falls short
+    return Aligned(lam, expected, ok, logp)
 
 
 def ranked(logp0: np.ndarray, R: np.ndarray, lam: np.ndarray, k: int) -> np.ndarray:
@@ -135,15 +136,19 @@ def ranked(logp0: np.ndarray, R: np.ndarray, lam: np.ndarray, k: int) -> np.ndar
 
 
 def list_scale(logp0: np.ndarray, R: np.ndarray, c: np.ndarray, lam: np.ndarray, k: int,
-               t_max: float = 1e4, iters: int = 40) -> float:
+               t_max: float = 1e4, iters: int = 24) -> float:
     """The smallest t ≥ 0 whose list top-k(log p0 + t·λᵀr) reaches the targets in its own mean
     (mean_{i∈list} r_i ≥ c); t_max if none up to it does.
 
     MAP aligns a distribution; a k-item list is a cut of it, so its values can fall short of (or
     overshoot) what the distribution reaches. Moving along MAP's λ direction keeps the dual's trade-off
     between the values and only sets how far the list goes. (A list's λᵀr-sum does not decrease with t.)"""
+    a, b = logp0, R @ lam                                                               # (N,), (N,)
+    kk = min(k, len(a))
+
     def meets(t: float) -> bool:
-        return bool((R[ranked(logp0, R, t * lam, k)].mean(0) >= c - 1e-12).all())
+        top = np.argpartition(-(a + t * b), kk - 1)[:kk] if kk < len(a) else np.arange(len(a))
+        return bool((R[top].mean(0) >= c - 1e-12).all())
 
     if meets(0.0) or not lam.any():
         return 0.0                   # λ = 0: the distribution is already there; see list_lambda
