@@ -103,10 +103,13 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: BuildOptions, querie
 
 
 def run_identity(run) -> dict:
-    """What ties an index to a run: run dir name, checkpoint checksum, dataset checksum."""
-    import json
-    ck = json.loads((run.dir / "checkpoint.json").read_text())
-    return {"run": run.dir.name, "run_checkpoint": ck.get("sha256"), "round": ck.get("round"),
+    """What ties an index to a run: run dir name, checkpoint file checksum and round (read from the
+    checkpoint itself, never from the checkpoint.json convenience copy), dataset checksum."""
+    from federation.runs.loop import CHECKPOINT, checkpoint_meta
+    from recsys.io import sha256_file
+
+    meta = checkpoint_meta(run.dir) or {}
+    return {"run": run.dir.name, "run_checkpoint": sha256_file(run.dir / CHECKPOINT), "round": int(meta.get("round", 0)),
             "dataset_checksum": run.data.checksum()}
 
 

@@ -9,12 +9,16 @@ the in-process engine (``jobs.InProcessSource``) or the Flower server talking to
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from recsys.errors import ManifestError
@@ -44,27 +48,93 @@ class RoundSource(Protocol):
     def privacy_summary(self) -> dict: ...                  # epsilon and delta of a DP run, else {}
 
 
-def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], rnd: int) -> None:
-    """Write the checkpoint atomically, then its round and checksum."""
+def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def fault(point: str, rnd: int) -> None:
+    """Testing hook: FEDREC_FAULT_KILL=POINT@ROUND SIGKILLs this process at that commit point of that
+    round (checkpoint: after the checkpoint's rename, before checkpoint.json; metrics: before the
+    round's metrics line; metrics_partial: after half of it)."""
+    if os.environ.get("FEDREC_FAULT_KILL") == f"{point}@{rnd}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], rnd: int, records: list[dict] = ()) -> None:
+    """One atomic commit: a single rename of a safetensors file whose metadata holds its round, the
+    SHA-256 of its tensors and the metrics records of the rounds since the previous checkpoint (so a kill
+    between the checkpoint and metrics.jsonl loses no line). checkpoint.json, written after, is a
+    convenience copy of round and file checksum; nothing trusts it over the checkpoint itself."""
     t = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"round": str(rnd), "sha256": payload_sha256(t), "metrics": json.dumps(list(records))}
     with atomic_path(run_dir / CHECKPOINT) as tmp:
-        save_file(t, str(tmp), metadata={"round": str(rnd)})
+        save_file(t, str(tmp), metadata=meta)
+    fault("checkpoint", rnd)
     write_json(run_dir / CHECKPOINT_META, {"round": rnd, "sha256": sha256_file(run_dir / CHECKPOINT)})
+
+
+def checkpoint_meta(run_dir: Path) -> dict | None:
+    """The checkpoint's own metadata (round, sha256 of its tensors, metrics records), None without one."""
+    ck = run_dir / CHECKPOINT
+    if not ck.exists():
+        return None
+    try:
+        with safe_open(str(ck), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - a truncated or foreign file
+        raise ManifestError(f"{ck}: unreadable checkpoint (corrupt or cut short: its checksum cannot be "
+                            "verified)") from None
 
 
 def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], int] | None:
     """(tensors, completed round) of the run's checkpoint, None when there is none; ManifestError when
-    it does not match its checksum or cannot be read."""
-    meta_p, ck = run_dir / CHECKPOINT_META, run_dir / CHECKPOINT
-    if not meta_p.exists() or not ck.exists():
+    it does not match its checksum or cannot be read. Checkpoints written before the checksum moved into
+    the file are checked against checkpoint.json."""
+    ck = run_dir / CHECKPOINT
+    meta = checkpoint_meta(run_dir)
+    if meta is None:
         return None
-    meta = json.loads(meta_p.read_text())
-    if sha256_file(ck) != meta.get("sha256"):
-        raise ManifestError(f"{ck}: checksum does not match {CHECKPOINT_META} (corrupt or partly written)")
+    if "sha256" not in meta:                                   # older format: the sidecar holds the checksum
+        meta_p = run_dir / CHECKPOINT_META
+        if not meta_p.exists():
+            return None
+        side = json.loads(meta_p.read_text())
+        if sha256_file(ck) != side.get("sha256"):
+            raise ManifestError(f"{ck}: checksum does not match {CHECKPOINT_META} (corrupt or partly written)")
+        meta = {**meta, "round": side["round"]}
     try:
-        return load_file(str(ck)), int(meta["round"])
+        tensors = load_file(str(ck))
     except Exception:  # noqa: BLE001
         raise ManifestError(f"{ck}: unreadable checkpoint") from None
+    if "sha256" in meta and payload_sha256(tensors) != meta["sha256"]:
+        raise ManifestError(f"{ck}: its tensors do not match the checksum it was written with (corrupt)")
+    return tensors, int(meta["round"])
+
+
+def checkpoint_records(run_dir: Path) -> list[dict]:
+    """The metrics records the checkpoint carries (the rounds since the checkpoint before it)."""
+    meta = checkpoint_meta(run_dir) or {}
+    return json.loads(meta.get("metrics", "[]"))
+
+
+def recover_metrics(path: Path, records: list[dict]) -> None:
+    """Append the checkpoint's records that metrics.jsonl lacks (a kill after the checkpoint and before
+    its metrics line); the file must already be trimmed to the checkpoint's round."""
+    last = 0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            last = max(last, json.loads(line).get("round", 0))
+    missing = [r for r in records if r.get("round", 0) > last]
+    if missing:
+        old = path.read_text() if path.exists() else ""
+        write_text(path, old + "".join(json.dumps(r) + "\n" for r in missing))
+        log.info("recovered %d metrics line(s) from the checkpoint", len(missing))
 
 
 def trim_metrics(path: Path, upto_round: int) -> None:
@@ -91,6 +161,8 @@ def run_rounds(run_dir: Path, source: RoundSource, rounds: int, eval_every: int,
 
     metrics_path = run_dir / METRICS
     trim_metrics(metrics_path, source.round)
+    if source.round > 0:
+        recover_metrics(metrics_path, checkpoint_records(run_dir))
     cum = dict.fromkeys(_CUMULATIVE, 0)
     if metrics_path.exists():
         for line in metrics_path.read_text().splitlines():
@@ -99,6 +171,7 @@ def run_rounds(run_dir: Path, source: RoundSource, rounds: int, eval_every: int,
     bar = progress_bar(total=rounds, initial=source.round, desc=source.label, unit="round", disable=not progress,
                        dynamic_ncols=True)
     done_here = 0
+    pending: list[dict] = []                   # records of the rounds since the last checkpoint
     with open(metrics_path, "a", encoding="utf-8") as mf:
         while source.round < rounds:
             rec = source.run_round()
@@ -114,9 +187,17 @@ def run_rounds(run_dir: Path, source: RoundSource, rounds: int, eval_every: int,
                 if source.metric in m:
                     post[source.metric] = f"{m[source.metric]:.4f}"
             bar.set_postfix(**post, refresh=False)               # shown by the update below
+            pending.append(rec)
             if source.round % source.checkpoint_every == 0 or last:
-                save_checkpoint(run_dir, source.state_tensors(), source.round)   # the round is done
-            mf.write(json.dumps(rec) + "\n")
+                save_checkpoint(run_dir, source.state_tensors(), source.round, pending)   # the round is done
+                pending = []
+            fault("metrics", source.round)
+            line = json.dumps(rec) + "\n"
+            if os.environ.get("FEDREC_FAULT_KILL") == f"metrics_partial@{source.round}":
+                mf.write(line[:len(line) // 2])
+                mf.flush()
+                fault("metrics_partial", source.round)
+            mf.write(line)
             mf.flush()
             bar.update(1)
             done_here += 1
