@@ -92,21 +92,43 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    platform or file system cannot (the caller falls back to two renames)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0
+
+
 @contextmanager
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
-    """Yield an empty temp directory beside dest; on success it replaces dest (old contents are
-    removed only after the new ones are in place), on error it is deleted and dest is untouched."""
+    """Yield an empty temp directory beside dest; on success it replaces dest, on error it is deleted
+    and dest is untouched. An existing dest is swapped with the new one in one atomic step where the
+    system allows (renameat2), so readers see the old or the new directory, never none; elsewhere
+    two renames leave a moment without it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            if not exchange_paths(tmp, dest):          # tmp now holds the old contents on success
+                old = dest.with_name(f".{dest.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
     finally:
