@@ -134,18 +134,18 @@ def from_interactions(
     bad = ~np.isfinite(r)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{source}: rating on data row {k + 1} is not a finite number ({ratings[k]!r})")
+        raise DataError(f"{source}: rating on data row {k + 1} is not a finite number ({str(ratings[k])!r})")
     if timestamps is None:
         ts = np.zeros(n)
     else:
         ts = pd.to_numeric(pd.Series(timestamps), errors="coerce").to_numpy(dtype=np.float64)
         if (~np.isfinite(ts)).any():
             k = int(np.flatnonzero(~np.isfinite(ts))[0])
-            raise DataError(f"{source}: timestamp on data row {k + 1} is not a finite number ({timestamps[k]!r})")
+            raise DataError(f"{source}: timestamp on data row {k + 1} is not a finite number ({str(timestamps[k])!r})")
     for label, ids in (("user", users), ("item", items)):
         neg = np.char.startswith(ids, "-")
         if neg.any():
-            raise DataError(f"{source}: negative {label} id {ids[np.flatnonzero(neg)[0]]!r}")
+            raise DataError(f"{source}: negative {label} id {str(ids[np.flatnonzero(neg)[0]])!r}")
         empty = ids == ""
         if empty.any() or (ids == "nan").any():
             raise DataError(f"{source}: missing {label} id on data row {int(np.flatnonzero(empty | (ids == 'nan'))[0]) + 1}")
@@ -156,7 +156,7 @@ def from_interactions(
         cat_ids = item_table["item_id"].astype(str).to_numpy()
         dup = pd.Index(cat_ids).duplicated()
         if dup.any():
-            raise DataError(f"{source}: duplicate item id {cat_ids[dup][0]!r} in the item table")
+            raise DataError(f"{source}: duplicate item id {str(cat_ids[dup][0])!r} in the item table")
         # Hash-based difference: np.setdiff1d on object arrays compares every pair (hours at 100k items).
         extra = pd.Index(rated_items).difference(pd.Index(cat_ids)).to_numpy(dtype=str)
         item_ids = np.concatenate([cat_ids.astype(str), np.sort(extra)])
@@ -172,7 +172,9 @@ def from_interactions(
     dup = pd.Index(pairs).duplicated()
     if dup.any():
         k = int(np.flatnonzero(dup)[0])
-        raise DataError(f"{source}: duplicate interaction for user {users[k]!r} and item {items[k]!r} (data row {k + 1})")
+        first = int(np.flatnonzero(pairs == pairs[k])[0])
+        raise DataError(f"{source}: user {str(users[k])!r} has item {str(items[k])!r} twice (data rows {first + 1} and "
+                        f"{k + 1}); keep one row per user and item (e.g. the latest rating) before loading")
     # Entries sorted by (user, item) are already CSR order: build both matrices on one structure
     # directly (no COO round trip, so explicit 0 ratings are kept and the structures cannot differ).
     order = np.lexsort((iidx, uidx))

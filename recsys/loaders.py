@@ -144,7 +144,11 @@ def _atomic_item_table(df: pd.DataFrame, src: str) -> pd.DataFrame:
         text = text + ". Genres: " + df[cat_col].astype(str).str.replace(r"\s+", ", ", regex=True) + "."
     out["text"] = df["text"].astype(str) if "text" in df.columns else text
     out["image_path"] = df["image_path"].astype(str) if "image_path" in df.columns else ""
-    out = out.drop_duplicates("item_id", keep="first")
+    out = out.drop_duplicates()                       # repeated identical rows say nothing new
+    dup = out["item_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{src}: duplicate item id {str(out['item_id'][dup].iloc[0])!r} with different "
+                        "metadata; keep one row per item")
     return out
 
 

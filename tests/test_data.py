@@ -75,7 +75,7 @@ def test_csv_column_mapping(tmp_path):
     ("user_id,item_id,rating\n1,2,abc\n", "not a finite number"),
     ("user_id,item_id,rating\n1,2,nan\n", "not a finite number"),
     ("user_id,item_id,rating\n-1,2,3\n", "negative user id"),
-    ("user_id,item_id,rating\n1,2,3\n1,2,4\n", "duplicate interaction"),
+    ("user_id,item_id,rating\n1,2,3\n1,2,4\n", r"twice \(data rows 1 and 2\)"),
     ("user_id,item_id,rating\n", "no interactions"),
     ("", "file is empty"),
 ])
