@@ -35,6 +35,11 @@ class Loopback:
         self.proto_sent: list[tuple[int, dict]] = []      # every prototype-round reply a node sent
         self.hellos: list[tuple[int, dict]] = []          # every hello a node sent
         self.received: list[tuple[int, str, object]] = []  # (node, train|evaluate, holder counts sent to it)
+        self.personal: list[dict] = []      # per train message: that node's personal state before and after it
+
+    @staticmethod
+    def _personal(node: ClientNode) -> dict[str, np.ndarray]:
+        return {k: node.fed.store.full(k).float().numpy().copy() for k in node.fed.store.keys}
 
     def node_ids(self):
         return sorted(self.nodes)
@@ -51,9 +56,11 @@ class Loopback:
                 out[n] = TimeoutError("no reply")
                 continue
             self.received.append((n, "train", r.holders))
+            before = self._personal(self.nodes[n])
             rep = self.nodes[n].train(r.round, r.lr, r.users, r.decoder, r.dp_clip, r.holders, r.secagg, r.starts)
             content = train_reply_content(rep)                      # exactly what would go on the wire
             self.sent.append((n, content))
+            self.personal.append({"before": before, "after": self._personal(self.nodes[n])})
             rep = decode_train_reply(content)
             if n in self.poison:
                 for m in rep.updates.values():

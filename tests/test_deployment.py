@@ -124,9 +124,8 @@ def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
     t = Loopback(nodes)
     FederatedServer(cfg, tmp_path / "run", t).run()
     train = split.matrix(data, "train")
-    enc = {k: n.fed.store.full(k).numpy() for n in nodes.values() for k in n.fed.store.keys}
-    assert t.sent
-    for node_id, content in t.sent:
+    assert t.sent and len(t.sent) == len(t.personal)
+    for (node_id, content), snap in zip(t.sent, t.personal):
         assert set(content.keys()) == {"updates", "totals"}
         assert set(content["totals"].keys()) == {"num-users", "loss-sum"}
         assert set(content["updates"].keys()) == {"users", "offsets", *UPDATE_KEYS}     # nothing else, packed
@@ -141,9 +140,33 @@ def test_what_a_node_sends_is_exactly_the_design(synth, tmp_path):
                     continue
                 flat = v.ravel()
                 assert not (len(flat) == len(ratings) and np.allclose(np.sort(flat), np.sort(ratings)))
-                for e in enc.values():                                            # no encoder values
-                    if e.shape[-1:] == v.shape[-1:] and e.size and v.size:
-                        assert not np.isin(flat[:8], e.ravel()).all()
+            # no personal value of this node, as it was when the message was sent or before, in any
+            # key: neither a value nor a row proportional to a personal row ("not even scaled")
+            assert_no_personal_values({k: v for k, v in rec.items() if k != "item_ids"},
+                                      {f"{when}.{k}": e for when, d in snap.items() for k, e in d.items()})
+
+
+def assert_no_personal_values(msg: dict, personal: dict) -> None:
+    """No personal tensor's values in a message, not even scaled. Exact float32 values: a leaked vector
+    matches wholesale; an isolated equal value between unrelated tensors happens by chance (tens of
+    thousands of float32 values in a narrow range), so up to 2 per message key are allowed."""
+    pv = np.concatenate([e.ravel() for e in personal.values()]).astype(np.float32)
+    for k, v in msg.items():
+        vals = np.asarray(v, np.float32).ravel()
+        vals = vals[(np.abs(vals) > 1e-6) & (np.abs(np.abs(vals) - 1) > 1e-6)]        # not 0, not ±1
+        assert np.isin(vals, pv).sum() <= 2, f"{k}: personal values in a message"
+    for k, v in msg.items():
+        v = np.atleast_2d(np.asarray(v, np.float64))
+        for pk, e in personal.items():
+            rows = [e.reshape(-1, e.shape[-1])] if e.ndim >= 1 else []
+            if e.ndim >= 2:                                          # and the columns of each matrix
+                rows.append(np.swapaxes(e, -1, -2).reshape(-1, e.shape[-2]))
+            for E in rows:
+                if E.shape[-1] != v.shape[-1] or v.shape[-1] < 4:
+                    continue
+                A = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+                P = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+                assert np.abs(A @ P.T).max() < 0.9999, f"{k} has a row proportional to a row of {pk}"
 
 
 CONTENT = {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0}
