@@ -38,10 +38,12 @@ def _records(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3):
+def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3, capture=False):
     """flwr run of ``cfg_path`` on ``nodes`` SuperNodes; the checkpoint must equal the in-process
-    engine's global parameters after the same rounds. Returns (metrics records, engine)."""
-    fed = LocalFederation(tmp_path, nodes)
+    engine's global parameters after the same rounds. Returns (metrics records, engine). capture: keep
+    every reply the ServerApp receives and every node's personal state per round (tmp_path/wire, /state)."""
+    env = {"FEDREC_CAPTURE_WIRE": str(tmp_path / "wire"), "FEDREC_CAPTURE_STATE": str(tmp_path / "state")} if capture else {}
+    fed = LocalFederation(tmp_path, nodes, env=env)
     try:
         fed.start_superlink()
         for i in range(nodes):
@@ -87,7 +89,8 @@ def test_flower_run_equals_the_in_process_engine(job, tmp_path):
     d["prototypes"] = {"enabled": True, "k": 2, "blend": 0.75, "iters": 1}
     (tmp_path / "protos.yaml").write_text(yaml.safe_dump(d))
     cfg = parse_config(d)
-    recs, sim = _run_and_compare(tmp_path / "protos.yaml", cfg, tmp_path)
+    recs, sim = _run_and_compare(tmp_path / "protos.yaml", cfg, tmp_path, capture=True)
+    _assert_wire_carries_no_personal_state(tmp_path, nodes=3, rounds=cfg.federation.rounds)
     # measured bytes on the wire match the personalfr accounting of the in-process engine
     n = np.diff(sim.train.indptr)
     for r, rec in enumerate(recs):
@@ -248,3 +251,27 @@ def test_flower_fedcac_sends_each_client_its_own_model(job, tmp_path):
     recs, sim = _run_and_compare(tmp_path / "cac.yaml", parse_config(d), tmp_path, nodes=2)
     assert recs[0]["bytes_down"] < recs[-1]["bytes_down"]       # the start models travel from round 2 on
     assert int(sim.server_state["cac.trained"].sum()) > 0
+
+
+
+def _assert_wire_carries_no_personal_state(tmp_path, nodes, rounds):
+    """Every reply the ServerApp received over the real SuperLink (hello, train, evaluate, prototypes),
+    as it arrived, checked value by value and row by row against every node's personal state before and
+    after each round it trained: none of it appears, not even scaled."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file as load_np
+
+    from test_deployment import assert_no_personal_values
+
+    snaps = {p.name: load_np(str(p)) for p in (tmp_path / "state").glob("state-*.safetensors")}
+    assert len(snaps) == nodes * 2 * rounds                          # nodes x before/after x rounds
+    personal = {f"{n}.{k}": v for n, s in snaps.items() for k, v in s.items()}
+    kinds = set()
+    replies = sorted((tmp_path / "wire").glob("*.safetensors"))
+    for p in replies:
+        with safe_open(str(p), "numpy") as f:
+            kinds.add(f.metadata()["kind"])
+        arrays = {k: v for k, v in load_np(str(p)).items() if v.dtype.kind == "f"}   # ids and counts are ints
+        if arrays:
+            assert_no_personal_values(arrays, personal)
+    assert {"query", "train", "evaluate", "query.prototypes"} <= kinds and len(replies) >= nodes * (1 + rounds)

@@ -32,7 +32,8 @@ Wire format (record names; all arrays numpy):
                   over the node's users (prototypes.enabled: after the last round)
   holders: holder-weighted content only (content.holder_weight > 0): per-item counts of users holding
   each item, the node's own in hello, the federation's (summed by the server) in train/evaluate.
-Testing hooks (environment of a SuperNode): FEDREC_FAULT_EXIT_AT_ROUND=r makes its ClientApp process
+Testing hooks: FEDREC_CAPTURE_WIRE=DIR (ServerApp) keeps every reply as it arrived; FEDREC_CAPTURE_STATE=DIR
+(SuperNode) keeps a node's personal state before and after each round. In the environment of a SuperNode, FEDREC_FAULT_EXIT_AT_ROUND=r makes its ClientApp process
 die while training round r; FEDREC_FAULT_NAN_AT_ROUND=r makes it send NaN updates in round r (under
 secure aggregation: its lowest user id's share with a flipped byte, which does not verify).
 """
@@ -154,9 +155,11 @@ def client_train(msg: Message, context: Context) -> Message:
     node = _node(context)
     t1 = time.perf_counter()
     clip = float(conf["dp-clip"]) or None
+    capture_state(node, rnd, "before")
     rep = node.train(rnd, float(conf["lr"]), msg.content[REC_USERS]["ids"].numpy(),
                      _numpy(msg.content[REC_DECODER]), clip, _holders(msg.content), _secagg(msg.content),
                      _starts(msg.content))
+    capture_state(node, rnd, "after")
     log.info("train round %d: ClientApp process up %.2f s before the message, node (data, split, state) "
              "loaded in %.2f s, %d users trained in %.2f s", rnd + 1, age, t1 - t0, rep.num_users,
              time.perf_counter() - t1)
@@ -306,6 +309,39 @@ def client_evaluate(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
+# -- testing hooks: what crosses the wire and what a node keeps --------------------------------------
+def capture_reply(kind: str, node: int, content: RecordDict) -> None:
+    """FEDREC_CAPTURE_WIRE=DIR (ServerApp environment): keep every reply as it arrived, arrays in
+    safetensors (keys RECORD/KEY), config and metric records in its metadata. Tests read them back."""
+    d = os.environ.get("FEDREC_CAPTURE_WIRE")
+    if not d:
+        return
+    import json
+
+    from recsys.io import save_arrays
+
+    arrays = {f"{name}/{k}": v.numpy() for name, rec in content.array_records.items() for k, v in rec.items()}
+    meta = {name: dict(rec) for name, rec in list(content.config_records.items()) + list(content.metric_records.items())}
+    Path(d).mkdir(parents=True, exist_ok=True)
+    seq = len(list(Path(d).glob("*.safetensors")))
+    save_arrays(Path(d) / f"{seq:05d}-{kind}-{node}.safetensors", arrays,
+                {"kind": kind, "node": str(node), "records": json.dumps(meta, default=str)})
+
+
+def capture_state(node: ClientNode, rnd: int, when: str) -> None:
+    """FEDREC_CAPTURE_STATE=DIR (SuperNode environment): a node's personal state before and after each
+    round it trains, one file per (round, when, partition)."""
+    d = os.environ.get("FEDREC_CAPTURE_STATE")
+    if not d:
+        return
+    from recsys.io import save_arrays
+
+    store = node.fed.store
+    first = int(node.users[0]) if len(node.users) else -1
+    save_arrays(Path(d) / f"state-r{rnd}-{when}-u{first}.safetensors",
+                {k: store.full(k).float().cpu().numpy() for k in store.keys})
+
+
 # -- server side ---------------------------------------------------------------------------
 class GridTransport:
     """federation.deploy.server.Transport on a Flower Grid."""
@@ -325,6 +361,7 @@ class GridTransport:
             if r.has_error():
                 out[node] = RuntimeError(f"error reply: {r.error.reason}")
                 continue
+            capture_reply(kind, node, r.content)
             try:
                 out[node] = decode(r.content)
             except Exception as e:  # noqa: BLE001 - an undecodable reply is that node's failure
