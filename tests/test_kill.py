@@ -69,3 +69,41 @@ def test_kill_at_a_commit_point_then_resume_is_bit_identical(reference, tmp_path
         assert (a[k] == b[k]).all(), k
     assert _records(run) == _records(ref)
     assert json.loads((run / "summary.json").read_text())["test"] == json.loads((ref / "summary.json").read_text())["test"]
+
+
+def test_content_model_killed_and_resumed_is_bit_identical(synth, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "kc", "data": {"path": str(synth)}, "model": {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
+        "content": {"enabled": True, "backend": "sentence", "model": "minilm", "fusion": "text", "scale": 1.0},
+        "federation": {"rounds": 4, "fraction": 0.3}, "eval": {"every": 0}, "output": {"checkpoint_every": 1}}))
+    assert _train(cfg, tmp_path / "ref").returncode == 0
+    assert _train(cfg, tmp_path / "run", env={"FEDREC_FAULT_KILL": "metrics@2"}).returncode == -9
+    r = _train(cfg, tmp_path / "run", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "ref" / "checkpoint.safetensors")), load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+
+
+def test_resume_refuses_a_changed_config_or_changed_data(synth, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    cfg = tmp_path / "c.yaml"
+    base = {"name": "kr", "data": {"path": str(data)}, "model": {"mode": "explicit", "hidden": [16, 8]},
+            "federation": {"rounds": 4, "fraction": 0.3}, "eval": {"every": 0}, "output": {"checkpoint_every": 1}}
+    cfg.write_text(yaml.safe_dump(base))
+    assert _train(cfg, tmp_path / "run", env={"FEDREC_FAULT_KILL": "metrics@2"}).returncode == -9
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    cfg.write_text(yaml.safe_dump({**base, "federation": {**base["federation"], "fraction": 0.5}}))
+    r = _train(cfg, tmp_path / "run", "--resume")
+    assert r.returncode == 2 and "differs from the run's config.yaml" in r.stderr and "Traceback" not in r.stderr
+    cfg.write_text(yaml.safe_dump(base))
+    inter = next(data.glob("*.inter"))
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(lines[:-1]) + "\n")                       # one interaction fewer
+    r = _train(cfg, tmp_path / "run", "--resume")
+    assert r.returncode == 2 and "different data" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before   # nothing written by the refusals
