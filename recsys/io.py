@@ -17,6 +17,16 @@ from safetensors.numpy import load_file, save_file
 from recsys.errors import ManifestError
 
 
+def fault(point: str, rnd: int = 0) -> None:
+    """Testing hook: FEDREC_FAULT_KILL=POINT@ROUND SIGKILLs this process at that commit point (see
+    federation.runs.loop for the training points; index: an index or summaries build just before its
+    directory is committed, round 0)."""
+    if os.environ.get("FEDREC_FAULT_KILL") == f"{point}@{rnd}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temp path in dest's directory; on success rename it over dest, else remove it."""

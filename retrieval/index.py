@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from recsys.errors import FedrecError, ManifestError
-from recsys.io import atomic_dir, library_versions, load_arrays, save_arrays, sha256_file
+from recsys.io import atomic_dir, fault, library_versions, load_arrays, save_arrays, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ class VectorIndex:
                         **self.meta, **(extra or {}),
                         "checksums": {n: sha256_file(tmp / n) for n in names}}
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
+            fault("index")                  # testing hook: killed with everything written, nothing committed
         return manifest
 
     @classmethod

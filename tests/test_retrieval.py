@@ -276,3 +276,28 @@ def test_index_cli_build_query_and_refusals(tmp_path, trained_run):
     f.write_bytes(f.read_bytes()[:50])
     assert "checksum" in _one_error_line(run("index", "info", str(items)))
     assert "needs --run" in _one_error_line(run("index", "query", str(hist), "--user", "5", "--text", "x"))
+
+
+@pytest.mark.e2e
+def test_a_killed_index_or_summaries_build_leaves_the_old_one_usable(tmp_path, trained_run):
+    """SIGKILL (FEDREC_FAULT_KILL=index@0) after every file is written but before the commit: the index
+    directory is the previous build, whole and loadable; the next build replaces it."""
+    import os
+    import subprocess
+    import sys
+
+    from retrieval.index import VectorIndex
+
+    def build(kind, out, env=None):
+        return subprocess.run([sys.executable, "-m", "fedrec.cli", "index", "build", kind, str(trained_run), "--out",
+                               str(out), "--quiet"], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    for kind in ("items", "summaries"):
+        out = tmp_path / kind
+        assert build(kind, out).returncode == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        r = build(kind, out, {"FEDREC_FAULT_KILL": "index@0"})
+        assert r.returncode == -9, r.stderr[-1000:]
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # untouched
+        VectorIndex.load(out)                                                      # checksums verify
+        assert build(kind, out).returncode == 0
+        VectorIndex.load(out)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from recsys.errors import ManifestError
-from recsys.io import atomic_path, sha256_file, write_json, write_text
+from recsys.io import atomic_path, fault, sha256_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,6 @@ def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
         h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def fault(point: str, rnd: int) -> None:
-    """Testing hook: FEDREC_FAULT_KILL=POINT@ROUND SIGKILLs this process at that commit point of that
-    round (checkpoint: after the checkpoint's rename, before checkpoint.json; metrics: before the
-    round's metrics line; metrics_partial: after half of it)."""
-    if os.environ.get("FEDREC_FAULT_KILL") == f"{point}@{rnd}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], rnd: int, records: list[dict] = ()) -> None:
