@@ -61,11 +61,12 @@ def data_synth(out: Path = typer.Option(..., help="output directory, e.g. data/s
 
 @data_app.command("info")
 @cli_errors
-def data_info(path: Path, fmt: str = typer.Option("auto", "--format")):
+def data_info(path: Path, fmt: str = typer.Option("auto", "--format"),
+              duplicates: str = typer.Option("latest", help="re-rated (user, item) rows: keep the latest, or refuse")):
     """Load a dataset and print its size."""
     from recsys.loaders import load_dataset
 
-    typer.echo(json.dumps(load_dataset(path, fmt).summary(), indent=1))
+    typer.echo(json.dumps(load_dataset(path, fmt, duplicates=duplicates).summary(), indent=1))
 
 
 @app.command()

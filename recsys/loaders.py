@@ -21,12 +21,17 @@ PART_TRAIN, PART_VALID, PART_TEST = 0, 1, 2
 
 
 def load_dataset(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
-                 name: str | None = None) -> InteractionData:
+                 name: str | None = None, duplicates: str = "latest") -> InteractionData:
     """Load a dataset from a directory or file.
 
     fmt: auto | atomic | ml-100k | ml-1m | ml-latest | csv | parquet
     columns: for csv/parquet, map of our names (user, item, rating, timestamp) to the file's columns
+    duplicates: a user with the same item on several rows (a re-rating): "latest" keeps the row with
+    the latest timestamp (the last such row without timestamps) and logs how many were merged;
+    "refuse" stops with the first pair
     """
+    if duplicates not in ("latest", "refuse"):
+        raise DataError(f"duplicates: expected latest or refuse, got {duplicates!r}")
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or directory")
@@ -35,10 +40,29 @@ def load_dataset(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
     readers = {"atomic": load_atomic, "ml-100k": load_movielens_100k, "ml-1m": load_movielens_dat,
                "ml-latest": load_movielens_csv}
     if fmt in readers:
-        return readers[fmt](p, name=name)
+        return readers[fmt](p, name=name, duplicates=duplicates)
     if fmt in ("csv", "parquet"):
-        return load_table(p, columns=columns, name=name)
+        return load_table(p, columns=columns, name=name, duplicates=duplicates)
     raise DataError(f"{p}: unknown format {fmt!r} (use atomic, ml-100k, ml-1m, ml-latest, csv or parquet)")
+
+
+def latest_rows(users: pd.Series, items: pd.Series, ts: pd.Series | None, policy: str, src: str) -> np.ndarray:
+    """(n,) bool: the rows to keep. Several rows of one (user, item): with ``latest`` the one with the
+    latest timestamp (ties and no timestamps: the last row), with a warning saying how many were merged;
+    with ``refuse`` every row (from_interactions then names the first pair)."""
+    key = pd.Series(np.asarray(users).astype(str)) + "\x00" + pd.Series(np.asarray(items).astype(str))
+    keep = np.ones(len(key), bool)
+    if policy == "refuse" or not key.duplicated().any():
+        return keep
+    t = pd.to_numeric(pd.Series(np.asarray(ts)), errors="coerce").fillna(-np.inf).to_numpy() if ts is not None \
+        else np.zeros(len(key))
+    order = np.lexsort((np.arange(len(key)), t))                 # by time, then row: the last is the latest
+    last = ~key.iloc[order].duplicated(keep="last").to_numpy()
+    keep[:] = False
+    keep[order[last]] = True
+    log.warning("%s: %d duplicate (user, item) row(s) merged, kept the latest of each (data.duplicates: refuse "
+                "to stop instead)", src, int(len(key) - keep.sum()))
+    return keep
 
 
 def detect_format(p: Path) -> str:
@@ -78,7 +102,7 @@ def _read_atomic(path: Path) -> pd.DataFrame:
     return df
 
 
-def load_atomic(path: Path, name: str | None = None) -> InteractionData:
+def load_atomic(path: Path, name: str | None = None, duplicates: str = "latest") -> InteractionData:
     """RecBole atomic files: NAME.inter (+ .item, .user), or pre-split NAME.{train,valid,test}.inter."""
     d = path if path.is_dir() else path.parent
     stem = name or (path.name if path.is_dir() else path.name.split(".")[0])
@@ -110,8 +134,10 @@ def load_atomic(path: Path, name: str | None = None) -> InteractionData:
     fi = d / f"{stem}.item"
     if fi.exists():
         item_table = _atomic_item_table(_read_atomic(fi), str(fi))
+    keep = latest_rows(inter["user_id"], inter["item_id"], ts, duplicates, src)
+    inter, rating, ts = inter[keep], np.asarray(rating)[keep], None if ts is None else ts[keep]
     data = from_interactions(stem, inter["user_id"].to_numpy(), inter["item_id"].to_numpy(),
-                             np.asarray(rating), None if ts is None else ts.to_numpy(), item_table, source=src)
+                             rating, None if ts is None else ts.to_numpy(), item_table, source=src)
     data.extra["root"] = str(d)
     fu = d / f"{stem}.user"
     if fu.exists():
@@ -174,7 +200,7 @@ def _movie_text(title: str, genres: list[str]) -> str:
     return f"{title}. Genres: {', '.join(genres)}." if genres else title
 
 
-def load_movielens_100k(path: Path, name: str | None = None) -> InteractionData:
+def load_movielens_100k(path: Path, name: str | None = None, duplicates: str = "latest") -> InteractionData:
     """u.data (tab: user item rating timestamp) + u.item (pipe: id|title|date|video|url|19 genre flags)."""
     d = path if path.is_dir() else path.parent
     f = d / "u.data"
@@ -188,11 +214,12 @@ def load_movielens_100k(path: Path, name: str | None = None) -> InteractionData:
         table = pd.DataFrame({"item_id": it[0], "title": it[1],
                               "categories": ["|".join(g) for g in genres],
                               "text": [_movie_text(t, g) for t, g in zip(it[1], genres)]})
+    df = df[latest_rows(df["user"], df["item"], df["timestamp"], duplicates, str(f))]
     return from_interactions(name or "ml-100k", df["user"].to_numpy(), df["item"].to_numpy(),
                              df["rating"].to_numpy(), df["timestamp"].to_numpy(), table, source=str(f))
 
 
-def load_movielens_dat(path: Path, name: str | None = None) -> InteractionData:
+def load_movielens_dat(path: Path, name: str | None = None, duplicates: str = "latest") -> InteractionData:
     """ML-1M/10M: ratings.dat (user::item::rating::ts) + movies.dat (id::title::genres)."""
     d = path if path.is_dir() else path.parent
     f = d / "ratings.dat"
@@ -202,11 +229,12 @@ def load_movielens_dat(path: Path, name: str | None = None) -> InteractionData:
     if fm.exists():
         m = _read_sep(fm, "::", ["item_id", "title", "genres"], encoding="latin-1")
         table = _ml_movies_table(m)
+    df = df[latest_rows(df["user"], df["item"], df["timestamp"], duplicates, str(f))]
     return from_interactions(name or d.name, df["user"].to_numpy(), df["item"].to_numpy(),
                              df["rating"].to_numpy(), df["timestamp"].to_numpy(), table, source=str(f))
 
 
-def load_movielens_csv(path: Path, name: str | None = None) -> InteractionData:
+def load_movielens_csv(path: Path, name: str | None = None, duplicates: str = "latest") -> InteractionData:
     """ml-latest / ml-25m: ratings.csv (userId,movieId,rating,timestamp) + movies.csv (movieId,title,genres)."""
     d = path if path.is_dir() else path.parent
     f = d / "ratings.csv"
@@ -216,6 +244,7 @@ def load_movielens_csv(path: Path, name: str | None = None) -> InteractionData:
     if fm.exists():
         m = _read_csv_checked(fm, ["movieId", "title", "genres"]).rename(columns={"movieId": "item_id"})
         table = _ml_movies_table(m)
+    df = df[latest_rows(df["userId"], df["movieId"], df["timestamp"], duplicates, str(f))]
     return from_interactions(name or d.name, df["userId"].to_numpy(), df["movieId"].to_numpy(),
                              df["rating"].to_numpy(), df["timestamp"].to_numpy(), table, source=str(f))
 
@@ -263,7 +292,8 @@ def _read_csv_checked(f: Path, required: list[str]) -> pd.DataFrame:
 DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
 
 
-def load_table(path: Path, columns: dict[str, str] | None = None, name: str | None = None) -> InteractionData:
+def load_table(path: Path, columns: dict[str, str] | None = None, name: str | None = None,
+               duplicates: str = "latest") -> InteractionData:
     """CSV or Parquet with a column mapping {user, item, rating?, timestamp?} -> file column names."""
     cols = {**DEFAULT_COLUMNS, **(columns or {})}
     unknown = set(cols) - set(DEFAULT_COLUMNS)
@@ -289,5 +319,6 @@ def load_table(path: Path, columns: dict[str, str] | None = None, name: str | No
     rating = df[cols["rating"]].to_numpy() if cols["rating"] in df.columns else np.ones(len(df))
     ts = df[cols["timestamp"]].to_numpy() if cols["timestamp"] in df.columns else None
     stem = re.sub(r"\W+", "-", path.stem)
-    return from_interactions(name or stem, df[cols["user"]].to_numpy(), df[cols["item"]].to_numpy(),
-                             rating, ts, None, source=str(path))
+    keep = latest_rows(df[cols["user"]], df[cols["item"]], None if ts is None else pd.Series(ts), duplicates, str(path))
+    return from_interactions(name or stem, df[cols["user"]].to_numpy()[keep], df[cols["item"]].to_numpy()[keep],
+                             np.asarray(rating)[keep], None if ts is None else ts[keep], None, source=str(path))

@@ -9,8 +9,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def _info(path, fmt="auto"):
-    r = subprocess.run([sys.executable, "-m", "fedrec.cli", "data", "info", str(path), "--format", fmt],
+def _info(path, fmt="auto", *extra):
+    r = subprocess.run([sys.executable, "-m", "fedrec.cli", "data", "info", str(path), "--format", fmt, *extra],
                        capture_output=True, text=True)
     return r
 
@@ -44,14 +44,19 @@ HEAD = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
     ("duplicate id in the item table", lambda d: _atomic(d, HEAD + "1\t7\t3\t100\n",
                                                           "item_id:token\ttitle:token_seq\n7\tA\n7\tB\n"), "atomic",
      "duplicate item id '7' with different metadata"),
-    ("a user re-rating an item", lambda d: _atomic(d, HEAD + "196\t2\t3\t100\n196\t5\t4\t101\n196\t2\t5\t102\n"),
-     "atomic", "user '196' has item '2' twice (data rows 1 and 3)"),
     ("corrupt parquet", lambda d: (d.mkdir(), (d / "r.parquet").write_bytes(b"PAR1 not really"))[0] or d / "r.parquet",
      "parquet", "cannot read"),
 ])
 def test_bad_files_are_one_line(tmp_path, name, make, fmt, expect):
     path = make(tmp_path / "data")
     assert expect in _one_line(_info(path, fmt)), name
+
+
+def test_rerating_is_merged_by_default_and_refused_on_request(tmp_path):
+    d = _atomic(tmp_path / "data", HEAD + "196\t2\t3\t100\n196\t5\t4\t101\n196\t2\t5\t102\n")
+    r = _info(d, "atomic")
+    assert r.returncode == 0 and '"interactions": 2' in r.stdout and "1 duplicate (user, item) row(s) merged" in r.stderr
+    assert "user '196' has item '2' twice (data rows 1 and 3)" in _one_line(_info(d, "atomic", "--duplicates", "refuse"))
 
 
 def test_parquet_loads_and_a_missing_column_is_named(tmp_path):

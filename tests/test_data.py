@@ -82,7 +82,18 @@ def test_csv_column_mapping(tmp_path):
 def test_bad_input_is_one_clear_error(tmp_path, body, match):
     f = _write(tmp_path / "bad.csv", body)
     with pytest.raises(DataError, match=match):
-        load_dataset(f, "csv")
+        load_dataset(f, "csv", duplicates="refuse")
+
+
+def test_rerated_items_keep_the_latest_row_and_say_how_many_merged(tmp_path, caplog):
+    f = _write(tmp_path / "r.csv", "user_id,item_id,rating,timestamp\n1,2,3,100\n1,5,4,50\n1,2,5,300\n"
+                                   "1,2,1,200\n2,2,4,10\n")
+    d = load_dataset(f, "csv")
+    assert d.ratings.nnz == 3 and "2 duplicate (user, item) row(s) merged" in caplog.text
+    u, i = d.user_index("1"), list(d.item_ids).index("2")
+    assert d.ratings[u, i] == 5.0 and d.timestamps[u, i] == 300           # the latest by timestamp, not the last row
+    g = _write(tmp_path / "n.csv", "user_id,item_id,rating\n1,2,3\n1,2,4\n")
+    assert load_dataset(g, "csv").ratings.data.tolist() == [4.0]          # no timestamps: the last row
 
 
 def test_missing_path():

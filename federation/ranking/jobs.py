@@ -92,7 +92,7 @@ def train_ease(config_path: str | Path, run_dir: str | Path | None = None, overw
     run_dir = Path(run_dir or Path("runs") / cfg.name)
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise FedrecError(f"{run_dir}: run directory exists; use --overwrite to replace it")
-    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None)
+    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None, duplicates=cfg.data.duplicates)
     split = make_split(data, cfg.split.kind, cfg.split.seed, cfg.split.ratios, cfg.split.cold_fraction)
     train = split.matrix(data, "train")
     s = settings(cfg, data.n_users)
@@ -140,7 +140,7 @@ def load_ease(run_dir: str | Path) -> EaseRun:
     if m.get("format") != EASE_FORMAT:
         raise ManifestError(f"{run_dir}: EASE run format {m.get('format')} is not supported (expected {EASE_FORMAT})")
     cfg = parse_ease_config(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None)
+    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None, duplicates=cfg.data.duplicates)
     if m["dataset_checksum"] != data.checksum():
         raise ManifestError(f"{run_dir}: dataset at {cfg.data.path} differs from the one this run was fitted on")
     split = load_split(run_dir / "split", data)

@@ -18,6 +18,7 @@ class DataCfg(_Strict):
     path: str = "data/ml-100k"
     format: Literal["auto", "atomic", "ml-100k", "ml-1m", "ml-latest", "csv", "parquet"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)
+    duplicates: Literal["latest", "refuse"] = "latest"     # a re-rated (user, item): keep the latest row, or stop
 
 
 class SplitCfg(_Strict):

@@ -266,7 +266,7 @@ def _load_checkpoint(run_dir: Path, fed: Federation, k_prototypes: int | None = 
 
 
 def prepare_data(cfg: JobConfig) -> tuple[InteractionData, Split]:
-    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None)
+    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None, duplicates=cfg.data.duplicates)
     split = make_split(data, cfg.split.kind, cfg.split.seed, cfg.split.ratios, cfg.split.cold_fraction)
     return data, split
 
@@ -399,7 +399,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     manifest = _read_manifest(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     cfg = parse_config({**cfg.model_dump(mode="json"), "engine": {**cfg.engine.model_dump(), "device": device}})
-    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None)
+    data = load_dataset(cfg.data.path, cfg.data.format, cfg.data.columns or None, duplicates=cfg.data.duplicates)
     if manifest["dataset_checksum"] != data.checksum():
         raise ManifestError(f"{run_dir}: dataset at {cfg.data.path} differs from the one this run was trained on")
     split = load_split(run_dir / "split", data)
