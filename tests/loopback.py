@@ -36,6 +36,7 @@ class Loopback:
         self.hellos: list[tuple[int, dict]] = []          # every hello a node sent
         self.received: list[tuple[int, str, object]] = []  # (node, train|evaluate, holder counts sent to it)
         self.personal: list[dict] = []      # per train message: that node's personal state before and after it
+        self.decoders: list[dict] = []      # per train message: the decoder the node received for it
 
     @staticmethod
     def _personal(node: ClientNode) -> dict[str, np.ndarray]:
@@ -61,6 +62,7 @@ class Loopback:
             content = train_reply_content(rep)                      # exactly what would go on the wire
             self.sent.append((n, content))
             self.personal.append({"before": before, "after": self._personal(self.nodes[n])})
+            self.decoders.append(r.decoder)
             rep = decode_train_reply(content)
             if n in self.poison:
                 for m in rep.updates.values():
