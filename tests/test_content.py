@@ -270,8 +270,21 @@ def test_shipped_configs_validate():
     assert {"synth-cold.yaml", "ml100k-implicit-content.yaml"} <= set(names)
     from federation.runs.jobs import fed_settings
 
-    for p in root.glob("*.yaml"):
-        fed_settings(load_config(p))                     # strict: an unknown key or bad value raises
+    from federation.ranking.config import parse_ease_config, parse_ranker_config
+    from federation.runs.config import read_yaml
+
+    kinds = set()
+    for p in root.glob("*.yaml"):                        # strict: an unknown key or bad value raises
+        d = read_yaml(p)
+        kind = d.get("kind") or ("ranker" if "sources" in d else "ease" if "ease" in d else "federation")
+        kinds.add(kind)
+        if kind == "ranker":
+            parse_ranker_config(d, str(p))
+        elif kind == "ease":
+            parse_ease_config(d, str(p))
+        else:
+            fed_settings(load_config(p))
+    assert kinds == {"federation", "ease", "ranker"}
     assert load_config(root / "synth-cold.yaml").content.enabled
 
 
