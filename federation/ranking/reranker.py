@@ -201,15 +201,14 @@ class PaletteReport:
     feasible: bool
 
 
-def candidate_values(r: Ranker, b, query: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The palette's values of one user's candidates (batch ``b`` of one user): name -> (C,)."""
+def candidate_values(r: Ranker, user: int, items: np.ndarray, query: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The palette's values of one user's candidate ``items`` (C,): name -> (C,)."""
     from recsys.ranking.palette import item_values
 
     src = r.src
-    items = b.cands.items
     profile = None
     if src.content is not None:
-        h = src.train[b.users[0]].indices
+        h = src.train[user].indices
         profile = src.content[h].mean(0) if len(h) else None
     content = src.content[items] if src.content is not None else None
     v = item_values(np.expm1(src.pop[items]), src.data.n_users, content, profile, query)
@@ -225,7 +224,7 @@ def recommend_aligned(r: Ranker, user: int, k: int, targets: dict[str, float], q
     with one_thread():
         b = batch(r.src, np.array([user]), part, r.manifest["candidates_per_source"])
     s = r.predict(b.X)
-    vals = candidate_values(r, b, query)
+    vals = candidate_values(r, user, b.cands.items, query)
     missing = [t for t in targets if t not in vals]
     if missing:
         why = "needs item content (sources.content in the ranker config)" if r.src.content is None else "needs --query"

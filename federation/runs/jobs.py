@@ -6,7 +6,7 @@ A run directory holds:
   checkpoint.safetensors  the state after the last checkpointed round, committed by one rename: its
                      metadata holds the round, the tensors' SHA-256 and the metrics lines since the
                      checkpoint before (recovered into metrics.jsonl on --resume after a kill)
-  checkpoint.json    a convenience copy of round + file checksum (never trusted over the checkpoint)
+  checkpoint.json    a convenience copy of round + tensor checksum (never trusted over the checkpoint)
   summary.json       final metrics (written when the run completes)
 """
 from __future__ import annotations

@@ -61,13 +61,13 @@ def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], rnd: int, r
     """One atomic commit: a single rename of a safetensors file whose metadata holds its round, the
     SHA-256 of its tensors and the metrics records of the rounds since the previous checkpoint (so a kill
     between the checkpoint and metrics.jsonl loses no line). checkpoint.json, written after, is a
-    convenience copy of round and file checksum; nothing trusts it over the checkpoint itself."""
+    convenience copy of round and tensor checksum; nothing trusts it over the checkpoint itself."""
     t = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {"round": str(rnd), "sha256": payload_sha256(t), "metrics": json.dumps(list(records))}
     with atomic_path(run_dir / CHECKPOINT) as tmp:
         save_file(t, str(tmp), metadata=meta)
     fault("checkpoint", rnd)
-    write_json(run_dir / CHECKPOINT_META, {"round": rnd, "sha256": sha256_file(run_dir / CHECKPOINT)})
+    write_json(run_dir / CHECKPOINT_META, {"round": rnd, "tensors_sha256": meta["sha256"]})   # no second hash
 
 
 def checkpoint_meta(run_dir: Path) -> dict | None:

@@ -113,10 +113,9 @@ def _cases(ranker, users: np.ndarray) -> list[dict]:
         s = ranker.booster.predict(b.X)
         for j, u in enumerate(b.users):
             lo, hi = b.cands.offsets[j], b.cands.offsets[j + 1]
-            one = type(b)(b.users[j:j + 1], type(b.cands)(np.array([0, hi - lo]), b.cands.items[lo:hi],
-                                                           np.zeros(hi - lo, np.int64)), b.X[lo:hi], None, {})
-            out.append({"user": int(u), "items": b.cands.items[lo:hi], "s": s[lo:hi],
-                        "values": candidate_values(ranker, one, None), "content": src.content[b.cands.items[lo:hi]],
+            items = b.cands.items[lo:hi]
+            out.append({"user": int(u), "items": items, "s": s[lo:hi],
+                        "values": candidate_values(ranker, int(u), items, None), "content": src.content[items],
                         "truth": set(truth[u].indices.tolist())})
     return out
 
