@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from cli_inprocess import fedrec
 from recsys.synth import SynthSpec, write_catalogue
 
-FEDREC = [sys.executable, "-m", "fedrec.cli"]
+FEDREC = [str(Path(sys.executable).parent / "fedrec")]
 
 
 def run(*args, cwd=None):
-    return subprocess.run([*FEDREC, *args], capture_output=True, text=True, cwd=cwd)
+    return fedrec(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,16 @@ def test_bad_inputs_exit_2(tmp_path, synth):
     assert "unknown method 'fedbogus'" in _one_error_line(run("bench", "strategies", "--methods", "fedbogus",
                                                               "--data-dir", str(tmp_path)))
     assert "--seeds" in _one_error_line(run("bench", "strategies", "--seeds", "0,x", "--data-dir", str(tmp_path)))
+
+
+@pytest.mark.e2e
+def test_the_installed_entry_point_prints_one_line_and_exits_2(tmp_path):
+    """The other CLI checks run in process; this one runs the installed ``fedrec`` script, whose main()
+    sets up logging and the allocator before the same typer app."""
+    p = tmp_path / "typo.yaml"
+    p.write_text("federation: {rounds: 3, fractoin: 0.2}\n")
+    r = subprocess.run([*FEDREC, "train", str(p)], capture_output=True, text=True)
+    assert "federation.fractoin: unknown key" in _one_error_line(r)
 
 
 @pytest.mark.e2e

@@ -1,8 +1,6 @@
 """Item content: open_clip extraction + cache manifest, `clip train`, graph propagation, the content-aware
 job and the tasks it serves (search, preference, explanation), and their bad input."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +8,12 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from cli_inprocess import fedrec
 from recsys.errors import ConfigError, ManifestError
 from recsys.synth import SynthSpec, write_catalogue
 
-FEDREC = [sys.executable, "-m", "fedrec.cli"]
-
-
 def run(*args):
-    return subprocess.run([*FEDREC, *args], capture_output=True, text=True)
+    return fedrec(*args)
 
 
 @pytest.fixture(scope="module")

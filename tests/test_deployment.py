@@ -426,17 +426,14 @@ def test_dp_clips_and_noises_the_content_projection_by_hand():
 
 
 def test_flower_cli_bad_input_is_one_line(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from cli_inprocess import fedrec
 
-    fedrec = [str(Path(sys.executable).parent / "fedrec")]
     cases = [(["flower", "run", "configs/ml100k-explicit.yaml", "--superlink", "127.0.0.1:1"], "does not answer"),
              (["flower", "supernode", "--superlink", "127.0.0.1:1", "--partition", "3/3"], "--partition"),
              (["flower", "run", str(tmp_path / "nope.yaml"), "--superlink", "127.0.0.1:1"], "no such config"),
              (["flower", "superlink", "--certs", str(tmp_path)], "is missing")]
     for args, want in cases:
-        r = subprocess.run([*fedrec, *args], capture_output=True, text=True, timeout=120)
+        r = fedrec(*args)
         lines = [ln for ln in r.stderr.strip().splitlines() if ln]
         assert r.returncode == 2 and len(lines) == 1 and want in lines[0] and "Traceback" not in r.stderr, r.stderr
 

@@ -100,8 +100,6 @@ def test_top_neighbours_keep_the_largest_entries_of_each_row():
 @pytest.mark.e2e
 def test_rank_ease_job_writes_a_run_that_evaluates_and_refuses_bad_input(tmp_path):
     import json
-    import subprocess
-    import sys
 
     import yaml
 
@@ -112,7 +110,7 @@ def test_rank_ease_job_writes_a_run_that_evaluates_and_refuses_bad_input(tmp_pat
     cfg = tmp_path / "ease.yaml"
     cfg.write_text(yaml.safe_dump({"name": "e", "data": {"path": str(data)}, "ease": {"lam": 20.0},
                                    "privacy": {"secure_aggregation": True}}))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "fedrec.cli", *a], capture_output=True, text=True)
+    from cli_inprocess import fedrec as run
     r = run("rank", "ease", str(cfg), "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -38,14 +38,21 @@ def _records(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3, capture=False):
+def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3, capture=False, secured=False):
     """flwr run of ``cfg_path`` on ``nodes`` SuperNodes; the checkpoint must equal the in-process
     engine's global parameters after the same rounds. Returns (metrics records, engine). capture: keep
-    every reply the ServerApp receives and every node's personal state per round (tmp_path/wire, /state)."""
+    every reply the ServerApp receives and every node's personal state per round (tmp_path/wire, /state).
+    secured: TLS on the SuperLink and SuperNode authentication (each node's public key registered)."""
     env = {"FEDREC_CAPTURE_WIRE": str(tmp_path / "wire"), "FEDREC_CAPTURE_STATE": str(tmp_path / "state")} if capture else {}
-    fed = LocalFederation(tmp_path, nodes, env=env)
+    tls = keys = None
+    if secured:
+        tls = make_certificates(tmp_path / "certs")
+        keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(nodes)]
+    fed = LocalFederation(tmp_path, nodes, env=env, tls=tls, node_keys=[k for k, _ in keys] if keys else None)
     try:
-        fed.start_superlink()
+        fed.start_superlink(node_auth=secured)
+        for _, pub in keys or []:
+            fed.register_node(pub)
         for i in range(nodes):
             fed.start_node(i)
         r = fed.run({"job-config": str(cfg_path), "run-dir": str(tmp_path / "run"), "min-nodes": nodes,
@@ -55,6 +62,10 @@ def _run_and_compare(cfg_path, cfg, tmp_path, nodes=3, capture=False):
         fed.stop()
     _assert_all_gone(pids)
     assert r.returncode == 0, (tmp_path / "logs/flwr-run.log").read_text()[-3000:]
+    if secured:
+        link = (tmp_path / "logs/superlink.log").read_text()
+        assert "running on https://127.0.0.1" in link                   # TLS, not plain HTTP
+        assert "authentication is disabled" not in link and link.count("register-node HTTP/1.1\" 200") == nodes
     recs = _records(tmp_path / "run")
     R = cfg.federation.rounds
     assert [x["round"] for x in recs] == list(range(1, R + 1))
@@ -103,8 +114,8 @@ def test_flower_run_equals_the_in_process_engine(job, tmp_path):
     assert summary["test"]["rmse"] == pytest.approx(central["rmse"], abs=1e-4)
 
 
-def test_flower_content_job_equals_the_in_process_engine(job, tmp_path):
-    """A content-aware job over a real SuperLink: each SuperNode computes the public item content
+def test_flower_content_job_over_tls_equals_the_in_process_engine(job, tmp_path):
+    """A content-aware job over a real SuperLink with TLS and SuperNode authentication: each SuperNode computes the public item content
     (MiniLM text features, cached under the data dir), the server learns the projection's width from
     hello, and decoder plus projection equal the in-process engine's. With holder-weighted content and
     content-only steps: the holder counts go up in hello and come back in every train message, so
@@ -119,7 +130,7 @@ def test_flower_content_job_equals_the_in_process_engine(job, tmp_path):
                     "holder_weight": 5.0, "row_dropout": 0.5}
     (tmp_path / "content.yaml").write_text(yaml.safe_dump(d))
     cfg = parse_config(d)
-    _, sim = _run_and_compare(tmp_path / "content.yaml", cfg, tmp_path, nodes=2)
+    _, sim = _run_and_compare(tmp_path / "content.yaml", cfg, tmp_path, nodes=2, secured=True)
     assert sim.shape.content_dim == 385
     man = json.loads((tmp_path / "run/manifest.json").read_text())
     assert man["content"].startswith("385:") and man["holders"]["nodes"] == 2
@@ -165,28 +176,6 @@ def test_flower_survives_client_crash_nan_updates_and_a_node_reconnecting(job, t
     assert "NaN or infinite" in log
     node2 = (tmp_path / "logs/supernode-2.log").read_text()
     assert "restored the state of" in node2                       # the reconnected node kept its users' state
-
-
-def test_flower_with_tls_and_supernode_authentication(job, tmp_path):
-    root, cfg = job
-    tls = make_certificates(tmp_path / "certs")
-    keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(2)]
-    fed = LocalFederation(tmp_path, 2, tls=tls, node_keys=[k for k, _ in keys])
-    try:
-        fed.start_superlink(node_auth=True)
-        for _, pub in keys:
-            fed.register_node(pub)
-        for i in range(2):
-            fed.start_node(i)
-        r = fed.run({"job-config": str(root / "cfg.yaml"), "run-dir": str(tmp_path / "run"), "rounds": 1,
-                     "min-nodes": 2, "wait-s": 90, "round-timeout": 120}, timeout=400)
-    finally:
-        fed.stop()
-    assert r.returncode == 0, (tmp_path / "logs/flwr-run.log").read_text()[-3000:]
-    assert _records(tmp_path / "run")[0]["nodes"] == 2
-    link = (tmp_path / "logs/superlink.log").read_text()
-    assert "running on https://127.0.0.1" in link                       # TLS, not plain HTTP
-    assert "authentication is disabled" not in link and link.count("register-node HTTP/1.1\" 200") == 2
 
 
 def test_flower_secure_aggregation_survives_a_dead_node_and_a_bad_share(job, tmp_path):

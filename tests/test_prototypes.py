@@ -1,9 +1,6 @@
 """Federated prototypes of user codes (federation/engine/prototypes.py): the math by hand, the rounds, what
 one client sends, and a job that fits, saves, resumes and serves them."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,7 +168,7 @@ def test_prototypes_bad_config(proto_run, tmp_path):
         P.stats_from_message({P.SUMS_KEY: np.zeros((3, 3)), P.COUNTS_KEY: -np.ones(3), P.SQ_KEY: np.zeros(3)}, (3, 3))
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "prototypes": {"enabled": True, "blend": 1.5}}))
-    r = subprocess.run([sys.executable, "-m", "fedrec.cli", "train", str(bad), "--run-dir", str(tmp_path / "x")],
-                       capture_output=True, text=True)
+    from cli_inprocess import fedrec
+    r = fedrec("train", bad, "--run-dir", tmp_path / "x")
     assert r.returncode == 2 and "prototypes.blend" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()

@@ -1,8 +1,6 @@
 """The ranking stage's candidates, features and federated boosting: hand-computed cases, holders see
 only their rows, merged trees predict the weighted sum, and the job end to end."""
 import json
-import subprocess
-import sys
 
 import lightgbm as lgb
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from cli_inprocess import fedrec
 from federation.ranking import boosting
 from federation.ranking.boosting import BoostSettings, Holder, merge, n_trees, ndcg_sum, split_model
 from recsys.ranking.candidates import candidates, feature_names, features, labels, masked, ranks
@@ -94,11 +93,8 @@ def test_each_holder_trains_on_its_own_rows_only(monkeypatch, scheme):
         np.testing.assert_allclose(lgb.Booster(model_str=model1).predict(X), np.mean(steps, 0), atol=1e-9)
 
 
-FEDREC = [sys.executable, "-m", "fedrec.cli"]
-
-
 def _run(*a):
-    return subprocess.run([*FEDREC, *a], capture_output=True, text=True)
+    return fedrec(*a)
 
 
 @pytest.fixture(scope="module")
