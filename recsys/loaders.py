@@ -65,6 +65,41 @@ def latest_rows(users: pd.Series, items: pd.Series, ts: pd.Series | None, policy
     return keep
 
 
+def check_rows(df: pd.DataFrame, src: str, user: str, item: str, rating: str | None = None,
+               timestamp: str | None = None) -> None:
+    """Refuse the first bad data row of one file, numbered as in that file (1 = first row after any
+    header), before rows are merged or de-duplicated: a row with too few fields, a missing id, a
+    rating or timestamp that is not a finite number."""
+    roles = [(r, c) for r, c in (("user", user), ("item", item), ("rating", rating), ("timestamp", timestamp))
+             if c is not None and c in df.columns]
+    blank = pd.DataFrame({r: df[c].isna().to_numpy() | (df[c].astype(str).str.strip() == "").to_numpy()
+                          for r, c in roles})
+    if len(roles) >= 3:
+        short = blank.iloc[:, -2:].all(axis=1).to_numpy()      # the row stops before its last two fields
+        if short.any():
+            k = int(np.flatnonzero(short)[0])
+            raise DataError(f"{src}: data row {k + 1} has too few fields (expected "
+                            f"{', '.join(r for r, _ in roles)})")
+    for r, c in roles:
+        if r in ("user", "item"):
+            bad = blank[r].to_numpy()
+            if bad.any():
+                raise DataError(f"{src}: missing {r} id on data row {int(np.flatnonzero(bad)[0]) + 1}")
+            continue
+        v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{src}: {r} on data row {k + 1} is not a finite number ({str(df[c].iloc[k])!r})")
+
+
+def unique_item_ids(ids: pd.Series, src: str) -> None:
+    """Refuse an item table that lists one id twice (its title and content would be ambiguous)."""
+    dup = ids.astype(str).duplicated()
+    if dup.any():
+        raise DataError(f"{src}: duplicate item id {str(ids.astype(str)[dup].iloc[0])!r} in the item table")
+
+
 def detect_format(p: Path) -> str:
     if p.is_file():
         if p.suffix in (".parquet", ".pq"):
@@ -98,6 +133,8 @@ def _read_atomic(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty") from None
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: not a tab-separated atomic file ({str(e).splitlines()[0]})") from None
+    if len(df.columns) == 1 and any(c in str(df.columns[0]) for c in ",; |"):
+        raise DataError(f"{path}: one column only ({str(df.columns[0])[:60]!r}): atomic files are tab-separated")
     df.columns = [c.split(":", 1)[0].strip() for c in df.columns]
     return df
 
@@ -106,11 +143,20 @@ def load_atomic(path: Path, name: str | None = None, duplicates: str = "latest")
     """RecBole atomic files: NAME.inter (+ .item, .user), or pre-split NAME.{train,valid,test}.inter."""
     d = path if path.is_dir() else path.parent
     stem = name or (path.name if path.is_dir() else path.name.split(".")[0])
+    if not (d / f"{stem}.inter").exists() and not (d / f"{stem}.train.inter").exists():
+        # a directory named otherwise than its files: NAME.inter first, else a pre-split NAME.train.inter
+        whole = sorted(f for f in d.glob("*.inter") if f.name.count(".") == 1)
+        parts = sorted(d.glob("*.train.inter"))
+        if whole or parts:
+            stem = (whole or parts)[0].name.split(".")[0]
     split_files = [d / f"{stem}.{part}.inter" for part in ("train", "valid", "test")]
     if all(f.exists() for f in split_files):
         frames = []
         for part, f in enumerate(split_files):
             df = _read_atomic(f)
+            if part == 0 and len(df) == 0:
+                raise DataError(f"{f}: no data rows (the training part of a pre-split dataset is empty)")
+            _check_atomic(df, f)
             df["__part"] = part
             frames.append(df)
         inter = pd.concat(frames, ignore_index=True)
@@ -118,12 +164,9 @@ def load_atomic(path: Path, name: str | None = None, duplicates: str = "latest")
     else:
         f = d / f"{stem}.inter"
         if not f.exists():
-            cands = sorted(d.glob("*.inter"))
-            if not cands:
-                raise DataError(f"{d}: no {stem}.inter file")
-            f = cands[0]
-            stem = f.name[: -len(".inter")]
+            raise DataError(f"{d}: no {stem}.inter file (nor {stem}.train/valid/test.inter)")
         inter = _read_atomic(f)
+        _check_atomic(inter, f)
         src = str(f)
     for col in ("user_id", "item_id"):
         if col not in inter.columns:
@@ -151,6 +194,13 @@ def load_atomic(path: Path, name: str | None = None, duplicates: str = "latest")
         if fx.exists():
             data.extra[f"{extra}_path"] = str(fx)
     return data
+
+
+def _check_atomic(df: pd.DataFrame, f: Path) -> None:
+    for col in ("user_id", "item_id"):
+        if col not in df.columns:
+            raise DataError(f"{f}: missing column {col!r} (found {', '.join(df.columns)})")
+    check_rows(df, str(f), "user_id", "item_id", "rating", "timestamp")
 
 
 def _atomic_item_table(df: pd.DataFrame, src: str) -> pd.DataFrame:
@@ -205,10 +255,12 @@ def load_movielens_100k(path: Path, name: str | None = None, duplicates: str = "
     d = path if path.is_dir() else path.parent
     f = d / "u.data"
     df = _read_sep(f, "\t", ["user", "item", "rating", "timestamp"])
+    check_rows(df, str(f), "user", "item", "rating", "timestamp")
     table = None
     fi = d / "u.item"
     if fi.exists():
         it = pd.read_csv(fi, sep="|", header=None, dtype=str, encoding="latin-1", keep_default_na=False)
+        unique_item_ids(it[0], str(fi))
         flags = it.iloc[:, 5:5 + len(ML_GENRES)].to_numpy() == "1"
         genres = [[g for g, on in zip(ML_GENRES, row) if on] for row in flags]
         table = pd.DataFrame({"item_id": it[0], "title": it[1],
@@ -224,10 +276,12 @@ def load_movielens_dat(path: Path, name: str | None = None, duplicates: str = "l
     d = path if path.is_dir() else path.parent
     f = d / "ratings.dat"
     df = _read_sep(f, "::", ["user", "item", "rating", "timestamp"])
+    check_rows(df, str(f), "user", "item", "rating", "timestamp")
     table = None
     fm = d / "movies.dat"
     if fm.exists():
         m = _read_sep(fm, "::", ["item_id", "title", "genres"], encoding="latin-1")
+        unique_item_ids(m["item_id"], str(fm))
         table = _ml_movies_table(m)
     df = df[latest_rows(df["user"], df["item"], df["timestamp"], duplicates, str(f))]
     return from_interactions(name or d.name, df["user"].to_numpy(), df["item"].to_numpy(),
@@ -239,10 +293,12 @@ def load_movielens_csv(path: Path, name: str | None = None, duplicates: str = "l
     d = path if path.is_dir() else path.parent
     f = d / "ratings.csv"
     df = _read_csv_checked(f, ["userId", "movieId", "rating", "timestamp"])
+    check_rows(df, str(f), "userId", "movieId", "rating", "timestamp")
     table = None
     fm = d / "movies.csv"
     if fm.exists():
         m = _read_csv_checked(fm, ["movieId", "title", "genres"]).rename(columns={"movieId": "item_id"})
+        unique_item_ids(m["item_id"], str(fm))
         table = _ml_movies_table(m)
     df = df[latest_rows(df["userId"], df["movieId"], df["timestamp"], duplicates, str(f))]
     return from_interactions(name or d.name, df["userId"].to_numpy(), df["movieId"].to_numpy(),
@@ -316,6 +372,7 @@ def load_table(path: Path, columns: dict[str, str] | None = None, name: str | No
             raise DataError(f"{path}: missing {key} column {cols[key]!r} (found {', '.join(map(str, df.columns))})")
     if columns and "rating" in columns and cols["rating"] not in df.columns:
         raise DataError(f"{path}: missing rating column {cols['rating']!r}")
+    check_rows(df, str(path), cols["user"], cols["item"], cols["rating"], cols["timestamp"])
     rating = df[cols["rating"]].to_numpy() if cols["rating"] in df.columns else np.ones(len(df))
     ts = df[cols["timestamp"]].to_numpy() if cols["timestamp"] in df.columns else None
     stem = re.sub(r"\W+", "-", path.stem)

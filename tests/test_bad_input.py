@@ -1,18 +1,15 @@
 """Bad data files get one clear line and exit code 2 from every loader, never a traceback and never a
 numpy repr in the message."""
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
+
+from cli_inprocess import fedrec
 
 pytestmark = pytest.mark.e2e
 
 
 def _info(path, fmt="auto", *extra):
-    r = subprocess.run([sys.executable, "-m", "fedrec.cli", "data", "info", str(path), "--format", fmt, *extra],
-                       capture_output=True, text=True)
-    return r
+    return fedrec("data", "info", path, "--format", fmt, *extra)
 
 
 def _one_line(r):
@@ -35,7 +32,7 @@ HEAD = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 
 @pytest.mark.parametrize("name,make,fmt,expect", [
     ("commas in an atomic file", lambda d: _atomic(d, "user_id:token,item_id:token,rating:float\n1,2,3\n"), "atomic",
-     "missing column"),
+     "atomic files are tab-separated"),
     ("wrong field count in u.data", lambda d: (d.mkdir(), (d / "u.data").write_text("1\t2\t3\n1\t3\t4\n"))[0] or d,
      "ml-100k", "expected 4 fields"),
     ("unknown format", lambda d: _atomic(d, HEAD + "1\t2\t3\t4\n"), "xml", "unknown format"),
