@@ -107,3 +107,49 @@ def test_resume_refuses_a_changed_config_or_changed_data(synth, tmp_path):
     r = _train(cfg, tmp_path / "run", "--resume")
     assert r.returncode == 2 and "different data" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before   # nothing written by the refusals
+
+
+_SERVER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import logging
+import yaml
+from loopback import Loopback, nodes_for
+from federation.deploy.server import FederatedServer
+from federation.runs.config import parse_config
+logging.basicConfig(level=logging.INFO)
+cfg = parse_config(yaml.safe_load(Path({cfg!r}).read_text()))
+nodes, _, _ = nodes_for(cfg, Path({root!r}), 3)
+FederatedServer(cfg, Path({root!r}) / "run", Loopback(nodes)).run()
+"""
+
+
+@pytest.mark.parametrize("point,rnd", [("checkpoint", 2), ("metrics_partial", 3)])
+def test_a_killed_deployment_server_resumes_bit_identical(synth, tmp_path, point, rnd):
+    """The deployment's server (federation.deploy.server over loopback nodes, each with its state on
+    disk) SIGKILLed at a commit point; server and nodes restart from disk and finish. Checkpoint,
+    prototypes and metrics equal an uninterrupted deployment's."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "k", "seed": 2, "data": {"path": str(synth)},
+                                   "model": {"mode": "explicit", "hidden": [16, 8]},
+                                   "federation": {"rounds": 4, "fraction": 0.4}, "eval": {"every": 2},
+                                   "prototypes": {"enabled": True, "k": 2, "iters": 1}}))
+    tests = os.path.dirname(os.path.abspath(__file__))
+
+    def server(root, env=None):
+        code = _SERVER.format(tests=tests, cfg=str(cfg), root=str(root))
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})})
+    r = server(tmp_path / "whole")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = server(tmp_path / "cut", {"FEDREC_FAULT_KILL": f"{point}@{rnd}"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert not (tmp_path / "cut/run/summary.json").exists()
+    r = server(tmp_path / "cut")
+    assert r.returncode == 0 and f"after round {2 if point == 'checkpoint' else 3}" in r.stderr, r.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "whole/run/checkpoint.safetensors")), load_file(str(tmp_path / "cut/run/checkpoint.safetensors"))
+    assert a.keys() == b.keys() and any("prototypes" in k for k in a)
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    assert _records(tmp_path / "cut/run") == _records(tmp_path / "whole/run")
