@@ -20,7 +20,15 @@ import streamlit as st
 from dashboard import views
 
 PAGES = ("Recommend", "Search", "Training", "Federation", "Indices")
-
+# One line under each page's header: what the page is for.
+DESCRIPTIONS = {
+    "Recommend": "A user's top-K from the selected run, why each item is there, and the re-ranked list "
+                 "with long-tail and novelty targets.",
+    "Search": "Find items by text for a user: matches ordered by the query and by the user's own model.",
+    "Training": "Launch and follow training jobs; compare runs round by round.",
+    "Federation": "How well each client is served by the selected run, and who gains over another run.",
+    "Indices": "The FAISS indices built for retrieval, with their size and measured recall.",
+}
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(add_help=False)
@@ -61,9 +69,36 @@ def _summaries(path: str, stamp: float) -> dict:
     return {u: s.text for u, s in SummaryStore.load(path).entries.items()}
 
 
-@st.cache_data(show_spinner="evaluating every client…")
+@st.cache_data(show_spinner="evaluating every client on the validation split (once per run; kept in the run "
+                            "directory)…")
 def _per_user(path: str, stamp: float) -> pd.DataFrame:
-    return views.per_user_metric(_run(path, stamp), "valid")
+    return views.per_user_metric_cached(_run(path, stamp), "valid")
+
+
+@st.cache_data(show_spinner=False, max_entries=20_000)
+def _thumb(path: str) -> str:
+    return views.thumbnail_uri(path)
+
+
+def _with_pictures(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with its ``image`` paths turned into a ``picture`` column of thumbnails (a neutral
+    placeholder for items without one), first after the rank."""
+    if "image" not in df:
+        return df
+    out = df.drop(columns=["image"])
+    out.insert(1 if "rank" in out else 0, "picture", [_thumb(p) for p in df["image"]])
+    return out
+
+
+def _table(df: pd.DataFrame, key: str, help: dict[str, str] | None = None, pictures: bool = True) -> None:
+    """A table as users read it: pictures inline, column help as tooltips, and a CSV export button."""
+    shown = _with_pictures(df) if pictures else df.drop(columns=["image"], errors="ignore")
+    cfg = {c: st.column_config.Column(help=h) for c, h in (help or {}).items() if c in shown}
+    if "picture" in shown:
+        cfg["picture"] = st.column_config.ImageColumn("picture", width="small")
+    st.dataframe(shown, hide_index=True, column_config=cfg, width="stretch")
+    st.download_button("Export CSV", df.drop(columns=["image"], errors="ignore").to_csv(index=False),
+                       file_name=f"{key}.csv", mime="text/csv", key=f"csv_{key}")
 
 
 def _stamp(p: Path) -> float:
@@ -71,19 +106,46 @@ def _stamp(p: Path) -> float:
     return f.stat().st_mtime if f.exists() else 0.0
 
 
-def _pick_run(runs: list[views.RunInfo], key: str, prefer_mode: str | None = None):
-    """A run chosen by the user; preselected: the first run in ``prefer_mode`` (if any)."""
+def _sidebar_run(runs: list[views.RunInfo]):
+    """The run every page shows, chosen once in the sidebar (name · dataset · mode · strategy);
+    preselected: the first implicit run (a ranker). Returns the loaded run, or None."""
     usable = [r for r in runs if r.problem is None]
     if not usable:
-        st.info("No trained run found. Train one: `fedrec train configs/ml100k-explicit.yaml`.")
+        st.sidebar.info("No trained run found. Train one: `fedrec train configs/ml100k-explicit.yaml`.")
         return None
-    name = st.selectbox("Run", [r.name for r in usable], index=views.preferred_run(usable, prefer_mode), key=key)
-    info = next(r for r in usable if r.name == name)
+    by_name = {r.name: r for r in usable}
+    name = st.sidebar.selectbox("Run", list(by_name), index=views.preferred_run(usable, "implicit"),
+                                format_func=lambda n: by_name[n].label, key="run")
+    info = by_name[name]
     try:
-        return _run(str(info.path), _stamp(info.path))
+        with st.spinner(f"loading run {name}…"):
+            return _run(str(info.path), _stamp(info.path))
     except Exception as e:  # noqa: BLE001 - show any load failure on the page, keep the app alive
-        st.error(f"Cannot open run {info.name}: {e}")
+        st.sidebar.error(f"Cannot open run {info.name}: {e}")
         return None
+
+
+def _header(page: str) -> None:
+    st.header(page)
+    st.caption(DESCRIPTIONS[page])
+
+
+def _no_run() -> None:
+    st.info("Pick a run in the sidebar (none can be opened yet: train one with `fedrec train CONFIG`).")
+
+
+@st.cache_data(show_spinner=False)
+def _user_choices(path: str, stamp: float) -> tuple[list[str], list[int]]:
+    run = _run(path, stamp)
+    return [str(u) for u in run.data.user_ids], np.diff(run.train.indptr).tolist()
+
+
+def _pick_user(run, key: str) -> tuple[str, int]:
+    """A searchable user picker (type to filter) that shows each user's history size."""
+    ids, sizes = _user_choices(str(run.dir), _stamp(run.dir))
+    pos = st.selectbox("User (type to search)", range(len(ids)), key=f"{key}_{run.dir.name}",
+                       format_func=lambda j: f"{ids[j]} — {sizes[j]} items in history")
+    return ids[pos], pos
 
 
 def _indices_for(root: Path, run, kind: str) -> dict | None:
@@ -115,7 +177,7 @@ def _rerank_section(run, u: int, k: int, rankers: list[dict]) -> None:
     base = views.list_values(rk, u, k)
     st.caption("Each slider asks for at least this share in the list (0–1). The list is the re-ranker's, "
                "moved as little as possible (MAP palette) until the targets are met; "
-               f"without targets it reaches: " + ", ".join(f"{v} {x:.2f}" for v, x in base.items()) + ".")
+               "without targets it reaches: " + ", ".join(f"{v} {x:.2f}" for v, x in base.items()) + ".")
     cols = st.columns(len(base))
     targets = {}
     for c, (v, x) in zip(cols, base.items()):
@@ -127,19 +189,19 @@ def _rerank_section(run, u: int, k: int, rankers: list[dict]) -> None:
     if targets and not feasible:
         st.warning("These targets cannot all be met from this user's candidates; showing the closest list.")
     if len(report):
-        st.table(report.set_index("target"))
-    st.table(recs.set_index("rank"))
+        st.dataframe(report, hide_index=True)
+    _table(recs, f"reranked-top{k}", {"ranker score": "The LightGBM re-ranker's score (a ranking score, not a "
+                                                      "rating): only its order matters."})
 
 
-def page_recommend(runs, idx_root: Path, rankers: list[dict] | None = None) -> None:
-    st.header("Recommend")
-    # A ranker first: a rating (explicit) model's top-K favours items with few, high ratings.
-    run = _pick_run(runs, "rec_run", prefer_mode="implicit")
+def page_recommend(run, idx_root: Path, rankers: list[dict] | None = None) -> None:
+    _header("Recommend")
     if run is None:
-        return
-    users = [str(u) for u in run.data.user_ids]
-    user = st.selectbox("User", users, key="rec_user")
-    u = run.data.user_index(user)
+        return _no_run()
+    if run.cfg.model.mode == "explicit":
+        st.caption("This run predicts ratings (explicit): its top-K favours items with few, high ratings. "
+                   "An implicit run ranks better; pick one in the sidebar.")
+    user, u = _pick_user(run, "rec_user")
     c1, c2 = st.columns(2)
     k = c1.slider("K", 1, 50, 10, key="rec_k")
     exclude = c2.toggle("Exclude items the user has seen", True, key="rec_excl")
@@ -151,21 +213,13 @@ def page_recommend(runs, idx_root: Path, rankers: list[dict] | None = None) -> N
             st.markdown(f"**Summary.** {text}")
     recs = views.recommendations(run, u, k, exclude, _item_vecs(str(run.dir), _stamp(run.dir)))
     st.subheader(f"Top {len(recs)} for user {user}")
-    shown = recs.drop(columns=["image"]).assign(cold_start=recs["cold_start"].map({True: "cold", False: ""}))
-    st.table(shown.set_index("rank"))
-    imgs = [(r.title, r.image) for r in recs.itertuples() if r.image and Path(r.image).exists()]
-    if imgs:
-        cols = st.columns(min(len(imgs), 10))
-        for c, (title, img) in zip(cols, imgs[:10]):
-            c.image(img, caption=title, width=64)
+    mode = run.cfg.model.mode
+    label = recs.columns[3]
+    _table(recs, f"top{k}-user-{user}", {label: views.SCORE_HELP[mode],
+                                          "cold start": "No training interactions: scored from content alone.",
+                                          "why": "The item of the user's history closest to this one."})
     with st.expander(f"History ({run.train[u].nnz} items)"):
-        hist = views.history_table(run, u)
-        pics = [(f"{r.title} ({r.rating:g})", r.image) for r in hist.itertuples() if r.image and Path(r.image).exists()]
-        if pics:
-            cols = st.columns(min(len(pics), 10))
-            for c, (cap, img) in zip(cols, pics[:10]):
-                c.image(img, caption=cap, width=64)
-        st.dataframe(hist.drop(columns=["image"]), hide_index=True)
+        _table(views.history_table(run, u), f"history-user-{user}")
     _rerank_section(run, u, k, rankers or [])
 
 
@@ -175,13 +229,12 @@ def _content_tools(path: str, stamp: float):
     return content_tools(_run(path, stamp))
 
 
-def _content_search(run) -> None:
+def _content_search(run, user: str, u: int) -> None:
     """Search of a content-aware run: the query goes through the run's own CLIP (or sentence) model,
     the matches are re-ranked by the user's model, and any hit can be explained (federation/runs/serve.py)."""
     from federation.runs.serve import explain_run, search_run
 
-    user = st.selectbox("User", [str(u) for u in run.data.user_ids], key="search_user")
-    query = st.text_input("Query", "", key="search_q", placeholder="e.g. a red striped lamp")
+    query = st.text_input("Query", "", key=f"search_q_{run.dir.name}", placeholder="e.g. a red striped lamp")
     relevance = st.slider("Query match vs this user's taste", 0.0, 1.0, 0.5, 0.05, key="search_rel")
     if not query.strip():
         return
@@ -190,62 +243,87 @@ def _content_search(run) -> None:
     except Exception as e:  # noqa: BLE001 - a missing model or cache is shown, the app stays up
         st.error(f"Cannot load the content model of {run.dir.name}: {e}")
         return
-    u = run.data.user_index(user)
     hits = search_run(run, ext, feats, u, query, 10, relevance=relevance)
     plain = search_run(run, ext, feats, u, query, 10, relevance=1.0)
+    seen = set(run.train[u].indices.tolist())
+
+    def frame(rows, cols):
+        df = pd.DataFrame(rows)
+        if df.empty:
+            return df
+        df["item"] = [str(run.data.item_ids[i]) for i in df["index"]]
+        df["seen"] = ["seen" if int(i) in seen else "" for i in df["index"]]
+        df["image"] = [views.image_of(run.data, int(i)) for i in df["index"]]
+        return df[["rank", "image", "item", "title", *cols, "seen"]].round(3)
     c1, c2 = st.columns(2)
-    c1.subheader("For this user")
-    c1.dataframe(pd.DataFrame(hits)[["rank", "title", "similarity", "score"]], hide_index=True)
-    c2.subheader("Query match only")
-    c2.dataframe(pd.DataFrame(plain)[["rank", "title", "similarity"]], hide_index=True)
-    pics = [(h["title"], views.image_of(run.data, h["index"])) for h in hits]
-    pics = [(t, p) for t, p in pics if p and Path(p).exists()]
-    if pics:
-        for c, (t, img) in zip(st.columns(len(pics)), pics):
-            c.image(img, caption=t, width=64)
+    with c1:
+        st.subheader("For this user")
+        _table(frame(hits, ["similarity", "score"]), f"search-user-{user}",
+               {"similarity": "Cosine similarity of the query and the item's content (text and image).",
+                "score": "Query match blended with this user's own score (the slider above)."})
+    with c2:
+        st.subheader("Query match only")
+        _table(frame(plain, ["similarity"]), "search-query-only")
     if hits:
-        pick = st.selectbox("Why this item?", [h["index"] for h in hits], format_func=run.data.title,
-                            key="search_why")
+        pick = st.selectbox("Why this item?", [h["index"] for h in hits], key=f"search_why_{run.dir.name}",
+                            format_func=lambda i: f"{run.data.title(i)} (item {run.data.item_ids[i]})")
         e = explain_run(run, feats, u, int(pick))
         extra = f", predicted rating {e['predicted_rating']:.2f}" if "predicted_rating" in e else ""
         st.markdown(f"{e['sentence']}  \n*(rank {e['rank']} of {run.data.n_items} for this user{extra})*")
 
 
-def page_search(runs, idx_root: Path) -> None:
-    st.header("Search")
-    run = _pick_run(runs, "search_run")
+def page_search(run, idx_root: Path) -> None:
+    _header("Search")
     if run is None:
-        return
+        return _no_run()
+    user, u = _pick_user(run, "search_user")
     if run.cfg.content.enabled:
-        _content_search(run)
+        _content_search(run, user, u)
         return
     content = _indices_for(idx_root, run, "content") or next(
-        (m for m in views.list_indices(idx_root) if m.get("kind") == "content"), None)
+        (m for m in views.list_indices(idx_root) if m.get("kind") == "content"
+         and m.get("dataset_checksum") == run.data.checksum()), None)
     if content is None:
-        st.info("No content index yet. Build one: `fedrec index build content RUN --out indices/RUN/content`.")
+        st.info("No content index for this run's dataset yet. Build one: "
+                f"`fedrec index build content {run.dir} --out indices/{run.dir.name}/content`.")
         return
-    user = st.selectbox("User", [str(u) for u in run.data.user_ids], key="search_user")
-    query = st.text_input("Query", "", key="search_q", placeholder="e.g. a funny animated film for children")
+    query = st.text_input("Query", "", key=f"search_q_{run.dir.name}",
+                          placeholder="e.g. a funny animated film for children")
     if not query.strip():
         return
     ix = _index(content["path"], Path(content["path"], "manifest.json").stat().st_mtime)
-    emb = _embedder()
+    with st.spinner("loading the text model (first search only)…"):
+        emb = _embedder()
     if ix.meta.get("embedder") != emb.id:
         st.error("The content index was built with another text model; rebuild it.")
         return
     res = ix.search(emb.encode([query]), 50)
     cand = res.ids[0][res.ids[0] >= 0]
     sim = res.scores[0][: len(cand)]
-    u = run.data.user_index(user)
     personal = run.model().score(np.array([u]))[0][cand]
     # Personalized order: content relevance first, the user's own model breaks near-ties.
     z = (personal - personal.mean()) / (personal.std() + 1e-9)
     order = np.argsort(-(sim + 0.05 * z), kind="stable")
+    vecs = _item_vecs(str(run.dir), _stamp(run.dir))
+    seen = set(run.train[u].indices.tolist())
+
+    def frame(pos):
+        items = cand[pos][:10]
+        return pd.DataFrame({"rank": np.arange(1, len(items) + 1), "image": [views.image_of(run.data, int(i)) for i in items],
+                             "item": [str(run.data.item_ids[i]) for i in items],
+                             "title": [run.data.title(int(i)) for i in items],
+                             "similarity": np.round(sim[pos][:10], 3),
+                             "seen": ["seen" if int(i) in seen else "" for i in items],
+                             "why": views.closest_in_history(run, u, items, vecs)})
     c1, c2 = st.columns(2)
-    c1.subheader("For this user")
-    c1.dataframe(pd.DataFrame({"title": [run.data.title(int(i)) for i in cand[order][:10]]}), hide_index=True)
-    c2.subheader("Not personalized")
-    c2.dataframe(pd.DataFrame({"title": [run.data.title(int(i)) for i in cand[:10]]}), hide_index=True)
+    with c1:
+        st.subheader("For this user")
+        _table(frame(order), f"search-user-{user}",
+               {"similarity": "Cosine similarity of the query and the item's text (MiniLM).",
+                "why": "The item of the user's history closest to this one (the model's item vectors)."})
+    with c2:
+        st.subheader("Not personalized")
+        _table(frame(np.arange(len(cand))), "search-query-only")
 
 
 def _launcher(runs_dir: Path, jobs_dir: Path) -> None:
@@ -270,66 +348,102 @@ def _launcher(runs_dir: Path, jobs_dir: Path) -> None:
             st.code(J.tail(job.log) or "(empty)")
 
 
-def page_training(runs, runs_dir: Path, jobs_dir: Path) -> None:
-    st.header("Training runs")
+def _line_chart(frame: pd.DataFrame, title: str, colors: dict[str, str], log: bool = False):
+    import altair as alt
+
+    shown = sorted(frame["run"].unique())
+    return (alt.Chart(frame, title=title).mark_line(point=len(frame) <= 60)
+            .encode(x=alt.X("round:Q", title="round"),
+                    y=alt.Y("value:Q", title=title, scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
+                    color=alt.Color("run:N", title="run", scale=alt.Scale(domain=shown, range=[colors[r] for r in shown])),
+                    tooltip=["run", "round", alt.Tooltip("value:Q", title=title, format=".4g")])
+            .properties(height=260))
+
+
+def page_training(runs, run, runs_dir: Path, jobs_dir: Path) -> None:
+    _header("Training")
     _launcher(runs_dir, jobs_dir)
     if not runs:
         st.info("No runs yet.")
         return
-    st.dataframe(views.run_table(runs), hide_index=True, width="stretch")
-    first = next((r.name for r in runs if r.problem is None), runs[0].name)
-    chosen = st.multiselect("Compare runs", [r.name for r in runs], default=[first], key="train_runs")
+    table = views.run_table(runs)
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button("Export CSV", table.to_csv(index=False), file_name="runs.csv", mime="text/csv",
+                       key="csv_runs")
+    names = [r.name for r in runs]
+    first = run.dir.name if run is not None and run.dir.name in names else next(
+        (r.name for r in runs if r.problem is None), names[0])
+    chosen = st.multiselect("Compare runs", names, default=[first], key="train_runs")
+    infos = [r for r in runs if r.name in chosen]
+    warn = views.mixed_runs(infos)
+    if warn:
+        st.warning(warn)
     frames = []
-    for r in runs:
-        if r.name in chosen:
-            df, bad = views.read_metrics(r.path / "metrics.jsonl")
-            if bad:
-                st.warning(f"{r.name}: skipped {bad} unreadable line(s) in metrics.jsonl")
-            if not df.empty:
-                frames.append(df.assign(run=r.name))
+    for r in infos:
+        df, bad = views.read_metrics(r.path / "metrics.jsonl")
+        if bad:
+            st.warning(f"{r.name}: skipped {bad} unreadable line(s) in metrics.jsonl")
+        if not df.empty:
+            frames.append(df.assign(run=r.name))
     if not frames:
         st.info("No per-round metrics for the chosen runs.")
         return
     df = pd.concat(frames, ignore_index=True)
-    metric_cols = views.metric_columns(df.columns)
-    for col in ["loss", *metric_cols[:2], "participants", "cum_bytes_up", "cum_fedavg_bytes"]:
-        if col in df:
-            st.caption(col)
-            st.line_chart(df.pivot_table(index="round", columns="run", values=col))
+    colors = views.run_colors(names)
+    cols = [c for c in ["loss", *views.metric_columns(df.columns)[:2], "participants", "cum_bytes_up",
+                        "cum_fedavg_bytes"] if c in df]
+    grid = st.columns(2)
+    for j, col in enumerate(cols):
+        frame = views.series_frame(df, col)
+        if frame.empty:
+            continue
+        grid[j % 2].altair_chart(_line_chart(frame, views.series_title(col), colors, log=col == "loss"),
+                                 width="stretch")
 
 
-def page_federation(runs) -> None:
-    st.header("Federation")
-    run = _pick_run(runs, "fed_run")
+def _histogram(values, x_title: str):
+    import altair as alt
+
+    h = views.histogram(values)
+    return (alt.Chart(h).mark_bar()
+            .encode(x=alt.X("start:Q", title=x_title, bin="binned"), x2="end:Q",
+                    y=alt.Y("clients:Q", title="clients"),
+                    tooltip=[alt.Tooltip("start:Q", title="from", format=".4g"),
+                             alt.Tooltip("end:Q", title="to", format=".4g"), "clients:Q"])
+            .properties(height=240))
+
+
+def page_federation(runs, run) -> None:
+    _header("Federation")
     if run is None:
-        return
+        return _no_run()
     info = next((r for r in runs if r.name == run.dir.name), None)
     if info is not None and info.privacy:
         st.info(f"Privacy — {info.privacy}. See docs/privacy.md.")
     per = _per_user(str(run.dir), _stamp(run.dir))
     metric = per.columns[-1]
-    st.caption("History size per client (training interactions)")
-    st.bar_chart(np.histogram(per["history"], bins=20)[0])
-    st.caption(f"Per-client {metric} on the validation split")
-    st.bar_chart(np.histogram(per[metric].dropna(), bins=20)[0])
-    worst = per.sort_values(metric, ascending=(metric != "rmse")).head(10)
+    c1, c2 = st.columns(2)
+    c1.altair_chart(_histogram(per["history"], "history size (training interactions)"), width="stretch")
+    c2.altair_chart(_histogram(per[metric].dropna(), f"{metric} on the validation split"), width="stretch")
     st.subheader("Served worst")
-    st.dataframe(worst, hide_index=True)
+    worst, note = views.served_worst(per)
+    if note:
+        st.caption(note)
+    _table(worst, f"served-worst-{run.dir.name}", pictures=False)
     st.subheader("Per-client comparison with another run")
     others = views.comparable_runs(runs, run)
     if not others:
         st.info("Train another run on the same data and split to compare (e.g. the same config with another "
                 "`federation.strategy`, or `fedavg` for a global model); it will be listed here.")
         return
-    ref = st.selectbox("Compare with", [r.name for r in others], key="fed_ref")
-    info = next(r for r in others if r.name == ref)
-    gain = views.personalization_gain(per, _per_user(str(info.path), _stamp(info.path)))
+    ref = st.selectbox("Compare with", [r.name for r in others], key=f"fed_ref_{run.dir.name}")
+    other = next(r for r in others if r.name == ref)
+    gain = views.personalization_gain(per, _per_user(str(other.path), _stamp(other.path)))
     better, worse = float((gain["gain"] > 0).mean()), float((gain["gain"] < 0).mean())
     st.metric(f"clients served better by {run.dir.name} than by {ref}", f"{better:.0%}",
               f"mean gain {gain['gain'].mean():+.4f} {metric}; worse for {worse:.0%}")
-    st.caption(f"Gain per client ({metric}, positive: {run.dir.name} is better), histogram over 20 bins")
-    hist, edges = np.histogram(gain["gain"], bins=20)
-    st.bar_chart(pd.DataFrame({"clients": hist}, index=[f"{e:+.3f}" for e in edges[:-1]]))
+    st.altair_chart(_histogram(gain["gain"], f"gain per client ({metric}; positive: {run.dir.name} is better)"),
+                    width="stretch")
     st.caption("Who gains: by history size")
     st.dataframe(views.gain_by_activity(gain), hide_index=True)
     winners, losers = views.biggest_changes(gain)
@@ -341,7 +455,7 @@ def page_federation(runs) -> None:
 
 
 def page_indices(idx_root: Path) -> None:
-    st.header("Indices")
+    _header("Indices")
     rows = views.list_indices(idx_root)
     if not rows:
         st.info(f"No indices under {idx_root}. Build some with `fedrec index build`.")
@@ -355,15 +469,16 @@ def main() -> None:
     runs_dir, idx_root = Path(a.runs), Path(a.indices)
     runs = views.list_runs(runs_dir)
     page = st.sidebar.radio("Page", PAGES, key="page")
-    st.sidebar.caption(f"runs: {runs_dir} · indices: {idx_root}")
+    run = _sidebar_run(runs)
+    st.sidebar.caption(f"Runs are read from `{runs_dir}/`, indices from `{idx_root}/`.")
     if page == "Recommend":
-        page_recommend(runs, idx_root, views.list_rankers(runs_dir))
+        page_recommend(run, idx_root, views.list_rankers(runs_dir))
     elif page == "Search":
-        page_search(runs, idx_root)
+        page_search(run, idx_root)
     elif page == "Training":
-        page_training(runs, runs_dir, Path(a.jobs))
+        page_training(runs, run, runs_dir, Path(a.jobs))
     elif page == "Federation":
-        page_federation(runs)
+        page_federation(runs, run)
     else:
         page_indices(idx_root)
 

@@ -28,6 +28,12 @@ class RunInfo:
     final: dict
     problem: str | None = None       # why the run cannot be opened, if it cannot
     privacy: str = ""                # one line: how the run protected its clients (privacy_line)
+    dataset: str = ""                # the dataset's name (manifest), e.g. ml-100k
+
+    @property
+    def label(self) -> str:
+        """What the sidebar's run picker shows: name · dataset · mode · strategy."""
+        return " · ".join(x for x in (self.name, self.dataset, self.mode, self.strategy) if x)
 
 
 def preferred_run(runs: list[RunInfo], mode: str | None) -> int:
@@ -56,11 +62,14 @@ def metric_columns(columns) -> list[str]:
 def run_table(runs: list[RunInfo]) -> pd.DataFrame:
     """One row per run: name, status, mode, strategy, rounds, its final test metrics (headline first),
     and why it cannot be opened, if it cannot."""
-    df = pd.DataFrame([{"run": r.name, "status": r.status, "mode": r.mode, "strategy": r.strategy,
-                        "rounds": r.rounds, **r.final} for r in runs])
-    fixed = ["run", "status", "mode", "strategy", "rounds"]
-    df = df[fixed + headline_first([c for c in df.columns if c not in fixed])]
-    return df.assign(problem=[r.problem or "" for r in runs])
+    df = pd.DataFrame([{"run": r.name, "dataset": r.dataset, "status": r.status, "mode": r.mode or "",
+                        "strategy": r.strategy or "", "rounds": r.rounds, **r.final} for r in runs])
+    fixed = ["run", "dataset", "status", "mode", "strategy", "rounds"]
+    metrics = headline_first([c for c in df.columns if c not in fixed])
+    metrics = [c for c in metrics if df[c].notna().any()]           # a column nobody has is left out
+    df = df[fixed + metrics].assign(problem=[r.problem or "" for r in runs])
+    df["rounds"] = df["rounds"].astype("Int64")
+    return df
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
@@ -77,6 +86,7 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
             if m.get("kind", "federation") != "federation":      # EASE and re-ranker runs: list_rankers
                 continue
             info.status = m.get("status", "unknown")
+            info.dataset = str((m.get("dataset") or {}).get("name", "")) if isinstance(m.get("dataset"), dict) else ""
             if m.get("format") != 1:
                 info.problem = f"run format {m.get('format')!r} is not supported by this fedrec (expects 1)"
                 out.append(info)
@@ -152,32 +162,51 @@ def history_table(run, user: int) -> pd.DataFrame:
                          "image": [image_of(run.data, int(i)) for i in items[order]]})
 
 
+def score_label(mode: str, rating_range: tuple[float, float]) -> str:
+    """The column name of a list's score: a predicted rating on the data's scale, or the strength of an
+    implicit (ranking) score."""
+    lo, hi = rating_range
+    return f"predicted rating ({lo:g}–{hi:g})" if mode == "explicit" else "strength"
+
+
+SCORE_HELP = {"explicit": "The rating the model predicts this user would give, clipped to the rating scale.",
+              "implicit": "Not a rating: the share of the catalogue this item outranks for this user "
+                          "(100 = above every other item). Rank is what the model decides; strength says "
+                          "how far ahead of the catalogue it is."}
+
+
+def readable_scores(mode: str, scores: np.ndarray, all_scores: np.ndarray,
+                    rating_range: tuple[float, float]) -> np.ndarray:
+    """(k,) scores as a user reads them: explicit -> clipped to the rating scale; implicit -> the
+    percentage of the catalogue's (n,) scores below each one (0-100)."""
+    if mode == "explicit":
+        return np.clip(scores, *rating_range).round(2)
+    ref = np.sort(all_scores[np.isfinite(all_scores)])
+    return (100.0 * np.searchsorted(ref, scores, side="left") / max(len(ref) - 1, 1)).clip(0, 100).round(1)
+
+
 def recommendations(run, user: int, k: int, exclude_seen: bool, item_vecs: np.ndarray) -> pd.DataFrame:
-    """Top-k with score, cold-start flag and a one-line explanation: the history item whose decoder
-    row is most similar to the recommended item's (the model's own notion of "similar")."""
+    """Top-k with a readable score (score_label), cold-start flag and a one-line explanation: the
+    history item (never the item itself) whose decoder row is most similar to the recommended item's
+    (the model's own notion of "similar")."""
     model = run.model()
+    all_scores = model.score(np.array([user]))[0].astype(np.float64)                 # (n_items,)
     ids, scores = model.recommend(np.array([user]), k, exclude=run.train if exclude_seen else None)
     ids, scores = ids[0], scores[0]
     keep = np.isfinite(scores)
     ids, scores = ids[keep], scores[keep]
     counts = np.diff(run.train.tocsc().indptr)
     hist = run.train[user]
-    expl = []
-    if hist.nnz:
-        H = item_vecs[hist.indices]                                              # (L, d)
-        Hn = H / (np.linalg.norm(H, axis=1, keepdims=True) + 1e-9)
-        R = item_vecs[ids] / (np.linalg.norm(item_vecs[ids], axis=1, keepdims=True) + 1e-9)
-        sim = R @ Hn.T                                                           # (k, L)
-        sim = sim * (hist.data / hist.data.max())[None, :]                       # favour well-rated items
-        best = sim.argmax(1)
-        for j, b in enumerate(best):
-            i = hist.indices[b]
-            expl.append(f"like {run.data.title(int(i))!s}, which you rated {hist.data[b]:g}")
-    else:
-        expl = ["popular with similar users"] * len(ids)
+    mode = run.cfg.model.mode
+    expl = closest_in_history(run, user, ids, item_vecs) if hist.nnz else ["popular with similar users"] * len(ids)
+    r = run.data.ratings.data
+    rating_range = (float(r.min()), float(r.max()))
+    seen = set(hist.indices.tolist())
     return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "item": [str(run.data.item_ids[i]) for i in ids],
-                         "title": [run.data.title(int(i)) for i in ids], "score": scores,
-                         "cold_start": counts[ids] == 0,
+                         "title": [run.data.title(int(i)) for i in ids],
+                         score_label(mode, rating_range): readable_scores(mode, scores, all_scores, rating_range),
+                         "cold start": ["no interactions yet" if counts[i] == 0 else "" for i in ids],
+                         "seen": ["seen" if int(i) in seen else "" for i in ids],
                          "image": [image_of(run.data, int(i)) for i in ids],
                          "why": expl})
 
@@ -201,7 +230,72 @@ def per_user_metric(run, part: str = "valid") -> pd.DataFrame:
         ids, _ = model.recommend(users, 10, exclude=run.train)
         val = np.array([ranking_metrics(ids[j:j + 1], M, np.array([u]), (10,))["ndcg@10"] for j, u in enumerate(users)])
         name = "ndcg@10"
-    return pd.DataFrame({"user": [str(run.data.user_ids[u]) for u in users], "history": n_hist, name: val})
+    return pd.DataFrame({"user": [str(run.data.user_ids[u]) for u in users], "history": n_hist.astype(np.int64),
+                         name: val})
+
+
+def histogram(values, bins: int = 20) -> pd.DataFrame:
+    """(bins,) rows: the real edges of each bin (start, end) and how many values fall in it, for a
+    chart whose x axis reads in the values' unit (not bin numbers)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return pd.DataFrame({"start": [], "end": [], "clients": []})
+    counts, edges = np.histogram(v, bins=bins)
+    return pd.DataFrame({"start": edges[:-1], "end": edges[1:], "clients": counts})
+
+
+def served_worst(per: pd.DataFrame, n: int = 10) -> tuple[pd.DataFrame, str]:
+    """The n clients served worst (by the table's metric, the last column) and a sentence that says
+    how many share the worst value when more than n do (then the n shown are those with the most
+    history, the most surprising to be served badly)."""
+    metric = per.columns[-1]
+    worst_first = per.sort_values([metric, "history"], ascending=[metric != "rmse", False], kind="stable")
+    floor = worst_first[metric].iloc[0] if len(per) else np.nan
+    tied = int((per[metric] == floor).sum()) if len(per) else 0
+    note = ""
+    if tied > n:
+        note = (f"{tied:,} of {len(per):,} clients ({tied / len(per):.0%}) are at {metric} = {floor:g}; "
+                f"shown: the {n} of them with the longest history.")
+    return worst_first.head(n).reset_index(drop=True), note
+
+
+PER_CLIENT_CACHE = "dashboard-cache"
+
+
+def _checkpoint_key(run_dir: Path) -> str:
+    """Identifies the model a cached evaluation was made from: the checkpoint's commit record."""
+    from recsys.io import sha256_file
+
+    f = run_dir / "checkpoint.json"
+    return sha256_file(f) if f.exists() else ""
+
+
+def per_user_metric_cached(run, part: str = "valid") -> pd.DataFrame:
+    """per_user_metric, kept in the run directory (dashboard-cache/per-client-PART.csv beside a JSON
+    with the checkpoint it was computed from): the first visit computes it, later visits read it. A
+    cache from another checkpoint, or one that cannot be read, is recomputed; the run's own files are
+    never touched."""
+    from recsys.io import write_json, write_text
+
+    d = Path(run.dir) / PER_CLIENT_CACHE
+    csv, meta = d / f"per-client-{part}.csv", d / f"per-client-{part}.json"
+    key = _checkpoint_key(Path(run.dir))
+    try:
+        if key and json.loads(meta.read_text()).get("checkpoint") == key:
+            df = pd.read_csv(csv, dtype={"user": str})
+            if list(df.columns[:2]) == ["user", "history"] and len(df.columns) == 3:
+                return df
+    except (OSError, ValueError):
+        pass
+    df = per_user_metric(run, part)
+    try:
+        d.mkdir(exist_ok=True)
+        write_text(csv, df.to_csv(index=False))
+        write_json(meta, {"checkpoint": key, "part": part, "rows": len(df)})
+    except OSError as e:                       # a read-only run directory: serve without caching
+        log.warning("cannot cache the per-client evaluation in %s: %s", d, e)
+    return df
 
 
 def list_indices(root: Path) -> list[dict]:
@@ -340,3 +434,100 @@ def list_values(ranker, user: int, k: int) -> dict[str, float]:
     from federation.ranking.reranker import recommend_aligned
 
     return recommend_aligned(ranker, user, k, {v: 0.0 for v in palette_values(ranker)}).achieved
+
+
+# -- charts ------------------------------------------------------------------------------------------
+# Per-round columns of metrics.jsonl a chart shows, with its axis title; bytes are shown in GB.
+ROUND_SERIES = {"loss": "training loss (log scale)", "participants": "clients per round",
+                "cum_bytes_up": "sent up so far (GB)", "cum_fedavg_bytes": "FedAvg would have sent (GB)"}
+# One colour per run, the same on every chart: Tableau 10, in the order of the runs' names.
+RUN_PALETTE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6",
+               "#9d755d", "#bab0ac"]
+
+
+def run_colors(names: list[str]) -> dict[str, str]:
+    """name -> colour, fixed by the sorted list of every run (so a run keeps its colour whatever is
+    compared); more runs than colours cycle."""
+    return {n: RUN_PALETTE[i % len(RUN_PALETTE)] for i, n in enumerate(sorted(set(names)))}
+
+
+def series_title(col: str) -> str:
+    """Axis title of a per-round column: units for bytes, 'valid_ndcg@10' -> 'NDCG@10 on valid'."""
+    if col in ROUND_SERIES:
+        return ROUND_SERIES[col]
+    part, _, key = col.partition("_")
+    return f"{key.upper() if key in ('rmse', 'mae') else key.replace('ndcg', 'NDCG').replace('recall', 'Recall')} on {part}"
+
+
+def series_frame(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Long frame (round, run, value) of one per-round column, in the chart's unit: bytes as GB;
+    a loss keeps only positive values (its axis is logarithmic)."""
+    out = df[["round", "run", col]].dropna().rename(columns={col: "value"})
+    if "bytes" in col:
+        out["value"] = out["value"] / 1e9
+    if col == "loss":
+        out = out[out["value"] > 0]
+    return out.reset_index(drop=True)
+
+
+def mixed_runs(infos: list[RunInfo]) -> str:
+    """A warning when runs compared on one chart differ in dataset or mode ("" when they agree)."""
+    datasets = sorted({i.dataset for i in infos if i.dataset})
+    modes = sorted({i.mode for i in infos if i.mode})
+    parts = []
+    if len(datasets) > 1:
+        parts.append(f"datasets ({', '.join(datasets)})")
+    if len(modes) > 1:
+        parts.append(f"modes ({', '.join(modes)}: losses and metrics are not on one scale)")
+    return f"These runs differ in {' and '.join(parts)}; compare their curves with care." if parts else ""
+
+
+# -- pictures ----------------------------------------------------------------------------------------
+PLACEHOLDER_URI = ("data:image/svg+xml;base64,PHN2ZyB4bWxucz0iaHR0cDovL3d3dy53My5vcmcvMjAwMC9zdmciIHdpZHRoPSI2NCIg"
+                   "aGVpZ2h0PSI2NCI+PHJlY3Qgd2lkdGg9IjY0IiBoZWlnaHQ9IjY0IiBmaWxsPSIjZWVlIi8+PC9zdmc+")
+
+
+def thumbnail_uri(path: str, size: int = 64) -> str:
+    """A small PNG of an item's image as a data URI (for an image column); the neutral placeholder
+    when there is no image or it cannot be read."""
+    import base64
+    import io
+
+    if not path or not Path(path).is_file():
+        return PLACEHOLDER_URI
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except (OSError, ValueError):
+        return PLACEHOLDER_URI
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def closest_in_history(run, user: int, items: np.ndarray, item_vecs: np.ndarray) -> list[str]:
+    """For each of (k,) items, why it suits the user: the history item (never the item itself) whose
+    decoder row (item_vecs (n_items, d)) is the most similar, weighted by the user's rating of it —
+    "like TITLE (item ID), which you rated R" (explicit) or "..., in your history" (implicit)."""
+    hist = run.train[user]
+    if not hist.nnz:
+        return ["no history yet"] * len(items)
+    items = np.asarray(items, dtype=np.int64)
+    H = item_vecs[hist.indices]                                                  # (L, d)
+    Hn = H / (np.linalg.norm(H, axis=1, keepdims=True) + 1e-9)
+    R = item_vecs[items] / (np.linalg.norm(item_vecs[items], axis=1, keepdims=True) + 1e-9)
+    sim = (R @ Hn.T) * (hist.data / hist.data.max())[None, :]                     # (k, L): favour loved items
+    sim[items[:, None] == hist.indices[None, :]] = -np.inf                       # never the item itself
+    explicit = run.cfg.model.mode == "explicit"
+    out = []
+    for j, b in enumerate(sim.argmax(1)):
+        if not np.isfinite(sim[j, b]):
+            out.append("only this item in your history")
+            continue
+        i = int(hist.indices[b])
+        t = f"like {run.data.title(i)} (item {run.data.item_ids[i]})"
+        out.append(f"{t}, which you rated {hist.data[b]:g}" if explicit else f"{t}, in your history")
+    return out

@@ -329,6 +329,7 @@ def dashboard(runs: Path = typer.Option(Path("runs"), help="directory of run dir
     app_path = Path(pkg.__file__).parent / "app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal",          # no "Deploy" button: this is a local tool's dashboard
            "--", "--runs", str(runs), "--indices", str(indices)]
     typer.echo(f"fedrec dashboard: http://{host}:{port}  (Ctrl-C stops it)")
     sys.stdout.flush()

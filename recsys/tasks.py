@@ -53,14 +53,21 @@ def _tokens(text: str) -> set[str]:
 
 
 def explain(item: int, history: np.ndarray, ratings: np.ndarray | None, feats: np.ndarray, texts: list[str],
-            titles: list[str], top: int = 3, rating_range: tuple[float, float] = (1.0, 5.0)) -> dict:
+            titles: list[str], top: int = 3, rating_range: tuple[float, float] = (1.0, 5.0),
+            rank: int | None = None, top_k: int = 10) -> dict:
     """Why ``item`` suits a user with ``history`` (H,) item ids and their ``ratings`` (H,) (None: implicit).
 
     Support of history item h = max(0, cos(c_item, c_h)) * w_h, with w_h = (r_h - min) / (max - min)
     (explicit: loved items count more, disliked ones barely) or 1 (implicit). Returns the top
     supporting items, the content words the item shares with them (weighted by support) and a sentence.
+    The item itself never supports itself, and items with the same title count once. ``rank``: the
+    item's rank for this user (of len(titles)); the sentence says "recommended because" only when it is
+    in the top ``top_k`` (or no rank is given), else "ranked N of M; closest in your history".
     """
     history = np.asarray(history, dtype=np.int64)
+    if ratings is not None:
+        ratings = np.asarray(ratings)[history != item]
+    history = history[history != item]
     if len(history) == 0:
         return {"item": int(item), "support": [], "shared": [], "sentence": f"{titles[item]}: no history to explain it with."}
     cos = feats[history] @ feats[item]                                                   # (H,)
@@ -70,8 +77,13 @@ def explain(item: int, history: np.ndarray, ratings: np.ndarray | None, feats: n
         lo, hi = rating_range
         w = np.clip((np.asarray(ratings, np.float64) - lo) / max(hi - lo, 1e-9), 0, 1)
     support = np.maximum(cos, 0) * w
-    best = np.argsort(-support, kind="stable")[:top]
-    best = best[support[best] > 0]
+    best, seen = [], set()
+    for j in np.argsort(-support, kind="stable"):
+        if support[j] <= 0 or len(best) == top:
+            break
+        if titles[history[j]] not in seen:                   # one title once (catalogues repeat titles)
+            seen.add(titles[history[j]])
+            best.append(int(j))
     mine = _tokens(texts[item])
     weight: dict[str, float] = {}
     for j in best:
@@ -82,11 +94,17 @@ def explain(item: int, history: np.ndarray, ratings: np.ndarray | None, feats: n
     for j in best:
         r = f", rated {ratings[j]:g}" if ratings is not None else ""
         parts.append(f"{titles[history[j]]} (similarity {cos[j]:.2f}{r})")
-    if parts:
+    in_list = rank is None or rank <= top_k
+    if parts and in_list:
         sentence = f"{titles[item]}: recommended because you liked " + "; ".join(parts)
         sentence += f" — it shares: {', '.join(shared)}." if shared else "."
-    else:
+    elif parts:
+        sentence = (f"{titles[item]}: ranked {rank} of {len(titles)} for you (not in your top {top_k}); closest in "
+                    "your history: " + "; ".join(parts) + ".")
+    elif in_list:
         sentence = f"{titles[item]}: nothing in your history is close to it in content; it comes from users like you."
+    else:
+        sentence = f"{titles[item]}: ranked {rank} of {len(titles)} for you; nothing in your history is close to it."
     return {"item": int(item), "support": [{"item": int(history[j]), "similarity": float(cos[j]),
                                             "weight": float(w[j]), "support": float(support[j])} for j in best],
             "shared": shared, "sentence": sentence}

@@ -1,6 +1,7 @@
 """Item content: open_clip extraction + cache manifest, `clip train`, graph propagation, the content-aware
 job and the tasks it serves (search, preference, explanation), and their bad input."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,15 @@ def test_tasks_by_hand():
     e = explain(0, np.array([1, 2, 4]), np.array([5.0, 5.0, 1.0]), feats, texts, titles)
     assert e["support"][0]["item"] == 1 and e["shared"][:2] == ["red", "striped"]
     assert "B (similarity 1.00, rated 5)" in e["sentence"]
+    # the item itself never explains itself; two history items with one title count once
+    e = explain(0, np.array([0, 1, 3]), None, feats, texts, ["A", "B", "C", "B", "E"])
+    assert [x["item"] for x in e["support"]] == [1] and "A (similarity" not in e["sentence"]
+    # "recommended because" only inside the top-k; further down it says where the item ranks
+    e = explain(0, np.array([1, 2, 4]), np.array([5.0, 5.0, 1.0]), feats, texts, titles, rank=4, top_k=3)
+    assert e["sentence"].startswith("A: ranked 4 of 5 for you (not in your top 3); closest in your history: B")
+    assert "recommended" not in e["sentence"]
+    e = explain(0, np.array([1, 2, 4]), np.array([5.0, 5.0, 1.0]), feats, texts, titles, rank=3, top_k=3)
+    assert "recommended because you liked B" in e["sentence"]
 
 
 @pytest.fixture(scope="module")
@@ -327,18 +337,23 @@ def test_dashboard_search_page_on_a_content_run(content_run, monkeypatch, tmp_pa
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=180)
     at.run()
     at.sidebar.radio(key="page").set_value("Search").run()
-    at.selectbox(key="search_user").set_value(u1).run()
-    at.text_input(key="search_q").input("a red striped lamp").run()
+    name = content_run[0].name
+    at.sidebar.selectbox(key="run").set_value(name).run()
+    at.selectbox(key=f"search_user_{name}").set_value(job.data.user_index(u1)).run()
+    at.text_input(key=f"search_q_{name}").input("a red striped lamp").run()
     assert not at.exception, at.exception
     mine, plain = at.dataframe[0].value, at.dataframe[1].value
     assert len(mine) == 10 and len(plain) == 10
     assert list(plain["similarity"]) == sorted(plain["similarity"], reverse=True)     # query match only
-    at.selectbox(key="search_user").set_value(u2).run()
+    assert mine["picture"].str.startswith("data:image/").all()                       # thumbnails in the rows
+    assert mine["item"].tolist() == [str(job.data.item_ids[job.data.item_index(i)]) for i in mine["item"]]
+    why = " ".join(m.value for m in at.markdown)
+    rank = int(re.search(r"\(rank (\d+) of", why).group(1))
+    assert ("recommended because you liked" in why) == (rank <= 10), why           # the sentence agrees with the rank
+    at.selectbox(key=f"search_user_{name}").set_value(job.data.user_index(u2)).run()
     other = at.dataframe[0].value
     assert list(mine["title"]) != list(plain["title"])          # the user's model re-orders the matches
     assert list(other["title"]) != list(mine["title"])          # and differently for another user
-    assert "recommended because you liked" in " ".join(m.value for m in at.markdown)
-    assert len(at.image) >= 1                                                       # item thumbnails
 
 
 def test_content_run_with_differential_privacy(content_run, tmp_path):

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+DESCRIPTIONS = {"Recommend": "A user's top-K from the selected run, why each item is there, and the re-ranked "
+                             "list with long-tail and novelty targets."}
 
 
 @pytest.fixture(scope="module")
@@ -56,27 +58,43 @@ def _page(at, name):
     return at
 
 
+def _user_pos(env, run, user):
+    from federation.runs.jobs import load_run
+    return load_run(env / "runs" / run).data.user_index(user)
+
+
 def test_recommend_page_users_and_k_change_results(env):
     at = _app()
-    recs = lambda: at.table[0].value              # noqa: E731
+    at.sidebar.selectbox(key="run").set_value("good").run()
+    assert at.caption[0].value == DESCRIPTIONS["Recommend"]
+    recs = lambda: at.dataframe[0].value              # noqa: E731
     first = recs()
     assert len(first) == 10
-    at.selectbox(key="rec_user").set_value("7").run()
+    at.selectbox(key="rec_user_good").set_value(_user_pos(env, "good", "7")).run()
     other = recs()
     assert list(other["title"]) != list(first["title"])        # different users, different lists
     at.slider(key="rec_k").set_value(4).run()
-    assert len(recs()) == 4
-    assert recs()["why"].str.startswith("like ").all()
-    assert len(at.image) >= 2                # thumbnails of the recommended and the history items
+    shown = recs()
+    assert len(shown) == 4 and shown["why"].str.startswith("like ").all()
+    assert shown["predicted rating (1–5)"].between(1, 5).all()          # clipped to the rating scale
+    assert shown["picture"].str.startswith("data:image/").all()          # thumbnails inline
+    at.toggle(key="rec_excl").set_value(False).run()
+    both = recs()
+    for _, row in both.iterrows():                                       # never explained by itself
+        assert f"(item {row['item']})" not in row["why"]
 
 
 def test_search_page_query_changes_results(env):
     at = _page(_app(), "Search")
-    at.text_input(key="search_q").input("red round").run()
+    at.sidebar.selectbox(key="run").set_value("good").run()
+    at.text_input(key="search_q_good").input("red round").run()
     a = at.dataframe[1].value["title"].tolist()
-    at.text_input(key="search_q").input("blue striped").run()
-    b = at.dataframe[1].value["title"].tolist()
-    assert a and b and a != b
+    at.text_input(key="search_q_good").input("blue striped").run()
+    got = at.dataframe[1].value
+    assert a and got["title"].tolist() and a != got["title"].tolist()
+    assert {"item", "similarity", "seen", "why"} <= set(got.columns)
+    at.sidebar.selectbox(key="run").set_value("global").run()            # another run: its own query box
+    assert at.text_input(key="search_q_global").value == ""
 
 
 def test_gain_by_activity_and_biggest_changes_by_hand():
@@ -104,10 +122,10 @@ def test_training_federation_indices_pages(env):
     assert any("unreadable line" in w.value for w in at.warning)        # the torn line is reported
     assert len(at.get("arrow_vega_lite_chart")) >= 3 or len(at.get("vega_lite_chart")) >= 3
     at = _page(at, "Federation")
-    at.selectbox(key="fed_run").set_value("good").run()
+    at.sidebar.selectbox(key="run").set_value("good").run()
     assert not at.exception, at.exception
     assert len(at.dataframe[0].value) == 10 and "rmse" in at.dataframe[0].value
-    assert at.selectbox(key="fed_ref").value == "global"
+    assert at.selectbox(key="fed_ref_good").value == "global"
     assert "clients served better by good than by global" in at.metric[0].label
     by_activity = at.dataframe[1].value
     assert by_activity["clients"].sum() > 10
@@ -266,8 +284,9 @@ def test_run_table_and_charts_put_the_headline_metric_first():
                     {"test_recall@10": 0.2, "test_ndcg@10": 0.3, "test_hit@10": 0.8}, None),
             RunInfo(Path("b"), "b", "unknown", None, None, None, {}, "unreadable manifest")]
     df = run_table(runs)
-    assert list(df.columns) == ["run", "status", "mode", "strategy", "rounds", "test_rmse", "test_ndcg@10",
+    assert list(df.columns) == ["run", "dataset", "status", "mode", "strategy", "rounds", "test_rmse", "test_ndcg@10",
                                 "test_mae", "test_recall@10", "test_hit@10", "problem"]
+    assert df["mode"].tolist() == ["explicit", "implicit", ""]                      # no None cells
     assert df["problem"].tolist() == ["", "", "unreadable manifest"]
     cols = ["round", "loss", "valid_recall@10", "valid_ndcg@10", "valid_n_users", "valid_n", "test_rmse", "lr"]
     assert metric_columns(cols) == ["test_rmse", "valid_ndcg@10", "valid_recall@10"]
@@ -339,18 +358,82 @@ def test_recommend_page_rerank_sliders_show_asked_and_reached(rank_env, monkeypa
     monkeypatch.setenv("FEDREC_RUNS", str(rank_env / "runs"))
     monkeypatch.setenv("FEDREC_INDICES", str(rank_env / "indices"))
     at = _app()
-    assert [r for r in at.selectbox(key="rec_run").options] == ["imp"]     # EASE / ranker runs are not listed
+    assert at.sidebar.selectbox(key="run").value == "imp"                 # EASE / ranker runs are not listed
+    assert len(at.sidebar.selectbox(key="run").options) == 1
     assert at.selectbox(key="rr_name").value == "ranker"
-    assert not any("tail" in str(t.value.columns) for t in at.table[:1])
-    before = at.table[-1].value
+    assert "long tail" not in at.dataframe[0].value.columns
+    before = at.dataframe[-1].value
     assert len(before) == 10
     start = at.slider(key="rr_tail").value                     # what the re-ranker's own list reaches
     ask = round(min(1.0, start + 0.3), 2)
     assert start == pytest.approx((before["long tail"] == "yes").mean(), abs=0.01)
     at.slider(key="rr_tail").set_value(ask).run()
     assert not at.exception, at.exception
-    report = at.table[-2].value
+    report = at.dataframe[-2].value.set_index("target")
     assert list(report.index) == ["tail"] and report.loc["tail", "asked"] == ask
-    after = at.table[-1].value
+    after = at.dataframe[-1].value
     assert report.loc["tail", "list"] == pytest.approx((after["long tail"] == "yes").mean())
     assert report.loc["tail", "list"] > start                  # the list moved towards the target
+
+
+def test_chart_helpers_by_hand():
+    """Histograms carry real bin edges; the worst-served table says how many tie at the floor; scores
+    read as ratings (clipped) or as the share of the catalogue outranked; a run keeps its colour
+    whatever else is compared; bytes are charted in GB and losses only where a log axis can show them."""
+    import numpy as np
+    import pandas as pd
+
+    from dashboard import views
+    from dashboard.views import RunInfo
+
+    h = views.histogram([1, 2, 2, 3, 10, np.nan], bins=3)
+    assert h["start"].tolist() == [1.0, 4.0, 7.0] and h["end"].tolist() == [4.0, 7.0, 10.0]
+    assert h["clients"].tolist() == [4, 0, 1]
+    per = pd.DataFrame({"user": list("abcdef"), "history": [5, 9, 1, 7, 3, 2], "ndcg@10": [0, 0, 0, 0.5, 0, 0.2]})
+    worst, note = views.served_worst(per, n=2)
+    assert worst["user"].tolist() == ["b", "a"]                        # tied at 0: the longest histories
+    assert note.startswith("4 of 6 clients (67%) are at ndcg@10 = 0;")
+    rm = pd.DataFrame({"user": list("abc"), "history": [1, 2, 3], "rmse": [0.5, 1.5, 1.5]})
+    worst, note = views.served_worst(rm, n=2)
+    assert worst["user"].tolist() == ["c", "b"] and note == ""         # RMSE: highest is worst
+    assert views.readable_scores("explicit", np.array([5.47, 0.2, 3.3]), None, (1.0, 5.0)).tolist() == [5.0, 1.0, 3.3]
+    cat = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert views.readable_scores("implicit", np.array([0.5, 0.3]), cat, (1.0, 5.0)).tolist() == [100.0, 50.0]
+    assert views.score_label("explicit", (1.0, 5.0)) == "predicted rating (1–5)"
+    c = views.run_colors(["b", "a", "c"])
+    assert c == views.run_colors(["c", "a", "b"]) and c["a"] == views.RUN_PALETTE[0] and len(set(c.values())) == 3
+    df = pd.DataFrame({"round": [1, 2, 1], "run": ["a", "a", "b"], "cum_bytes_up": [2e9, 4e9, 1e9],
+                       "loss": [0.5, 0.0, 500.0]})
+    assert views.series_frame(df, "cum_bytes_up")["value"].tolist() == [2.0, 4.0, 1.0]
+    assert views.series_frame(df, "loss")["value"].tolist() == [0.5, 500.0]
+    assert views.series_title("cum_bytes_up") == "sent up so far (GB)"
+    assert views.series_title("valid_ndcg@10") == "NDCG@10 on valid" and views.series_title("test_rmse") == "RMSE on test"
+    runs = [RunInfo(Path(n), n, "completed", m, "personalfr", 3, {}, dataset=d)
+            for n, m, d in (("e", "explicit", "ml-100k"), ("i", "implicit", "ml-100k"), ("s", "implicit", "synth"))]
+    assert views.mixed_runs(runs[1:2]) == ""
+    assert "modes (explicit, implicit" in views.mixed_runs(runs[:2]) and "datasets (ml-100k, synth)" in views.mixed_runs(runs)
+    assert runs[0].label == "e · ml-100k · explicit · personalfr"
+    assert views.thumbnail_uri("") == views.thumbnail_uri("/no/such.png") == views.PLACEHOLDER_URI
+
+
+def test_per_client_evaluation_is_cached_in_the_run_directory(env, monkeypatch):
+    """The Federation page's per-client evaluation is computed once and kept beside the run (keyed by
+    its checkpoint); a later visit reads it, a new checkpoint recomputes it."""
+    from dashboard import views
+    from federation.runs.jobs import load_run
+
+    run = load_run(env / "runs" / "good")
+    cache = env / "runs" / "good" / views.PER_CLIENT_CACHE
+    import shutil
+    shutil.rmtree(cache, ignore_errors=True)
+    first = views.per_user_metric_cached(run)
+    assert (cache / "per-client-valid.csv").exists()
+    calls = []
+    real = views.per_user_metric
+    monkeypatch.setattr(views, "per_user_metric", lambda *a: calls.append(a) or real(*a))
+    again = views.per_user_metric_cached(run)
+    assert calls == [] and again.equals(first)
+    meta = cache / "per-client-valid.json"
+    meta.write_text(meta.read_text().replace('"checkpoint": "', '"checkpoint": "0'))     # another checkpoint
+    views.per_user_metric_cached(run)
+    assert len(calls) == 1

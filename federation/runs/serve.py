@@ -55,18 +55,20 @@ def search_run(run: Run, ext, feats: np.ndarray, u: int, query: str, k: int = 10
             for r, (i, f, s) in enumerate(zip(ids, final, sim))]
 
 
-def explain_run(run: Run, feats: np.ndarray, u: int, i: int) -> dict:
+def explain_run(run: Run, feats: np.ndarray, u: int, i: int, top_k: int = 10) -> dict:
     """Why the run would recommend item index ``i`` to user index ``u``: supporting history items +
-    shared content, the item's score and rank among all items."""
+    shared content, the item's score and rank among all items (the sentence says "recommended" only
+    for a rank within ``top_k``)."""
     row = run.split.matrix(run.data, "train")[u]
     ratings = row.data if run.cfg.model.mode == "explicit" else None
     titles = [run.data.title(j) for j in range(run.data.n_items)]
     r = run.data.ratings.data
-    out = explain(i, row.indices, ratings, feats, item_texts(run.data.items), titles,
-                  rating_range=(float(r.min()), float(r.max())))
     scores = _user_scores(run, u)
+    rank = int((scores > scores[i]).sum()) + 1
+    out = explain(i, row.indices, ratings, feats, item_texts(run.data.items), titles,
+                  rating_range=(float(r.min()), float(r.max())), rank=rank, top_k=top_k)
     out["score"] = float(scores[i])
-    out["rank"] = int((scores > scores[i]).sum()) + 1
+    out["rank"] = rank
     if run.cfg.model.mode == "explicit":
         out["predicted_rating"] = float(run.model().predict(np.array([u]), np.array([i]))[0])
     return out
