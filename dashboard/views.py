@@ -68,7 +68,10 @@ def run_table(runs: list[RunInfo]) -> pd.DataFrame:
     metrics = headline_first([c for c in df.columns if c not in fixed])
     metrics = [c for c in metrics if df[c].notna().any()]           # a column nobody has is left out
     df = df[fixed + metrics].assign(problem=[r.problem or "" for r in runs])
-    df["rounds"] = df["rounds"].astype("Int64")
+    # Text cells, blank where a run has no value (a broken run, a metric another mode reports).
+    df["rounds"] = [f"{int(v)}" if pd.notna(v) else "" for v in df["rounds"]]
+    for c in metrics:
+        df[c] = [f"{v:.4f}" if pd.notna(v) else "" for v in df[c]]
     return df
 
 

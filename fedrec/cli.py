@@ -279,7 +279,7 @@ def prefer(run_dir: Path, user: str = typer.Option(..., help="external user id")
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, deployment, privacy, dp, content, strategies, ranking"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, browser (needs make demo), deployment, privacy, dp, content, strategies, ranking"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds"),
           methods: Optional[str] = typer.Option(None, help="strategies: a comma list of methods to run (default: all); "

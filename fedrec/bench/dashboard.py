@@ -6,6 +6,7 @@ browser starts drawing.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+log = logging.getLogger(__name__)
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 
 
@@ -50,14 +52,21 @@ def bench_dashboard(n_items: int = 100_000, n_users: int = 5_000, rounds: int = 
 
             timed("first load (run, model and item vectors into the cache)", at.run)
             timed("Recommend: rerun with everything cached", at.run)
-            opts = at.selectbox(key="rec_user").options
-            for u in (opts[17 % len(opts)], opts[len(opts) // 2], opts[-1]):
-                timed(f"Recommend: choose user {u}", lambda u=u: at.selectbox(key="rec_user").set_value(u).run())
+            n = len(at.selectbox(key="rec_user_big").options)
+            for u in (17 % n, n // 2, n - 1):
+                timed(f"Recommend: choose user {u}", lambda u=u: at.selectbox(key="rec_user_big").set_value(u).run())
             timed("Recommend: K slider 10 -> 40", lambda: at.slider(key="rec_k").set_value(40).run())
             timed("Recommend: include seen items", lambda: at.toggle(key="rec_excl").set_value(False).run())
             timed("switch to Training (first: imports the chart library)", lambda: at.sidebar.radio(key="page").set_value("Training").run())
             timed("switch to Indices", lambda: at.sidebar.radio(key="page").set_value("Indices").run())
             timed("switch to Federation (first: evaluates every client)",
+                  lambda: at.sidebar.radio(key="page").set_value("Federation").run())
+            timed("switch to Indices", lambda: at.sidebar.radio(key="page").set_value("Indices").run())
+            import streamlit as st
+            st.cache_data.clear()                     # as after a server restart: only the run directory's cache
+            at = AppTest.from_file(APP, default_timeout=600)
+            at.run()
+            timed("Federation in a new session (per-client evaluation read from the run directory)",
                   lambda: at.sidebar.radio(key="page").set_value("Federation").run())
             timed("switch to Recommend", lambda: at.sidebar.radio(key="page").set_value("Recommend").run())
         finally:
@@ -67,3 +76,66 @@ def bench_dashboard(n_items: int = 100_000, n_users: int = 5_000, rounds: int = 
                 else:
                     os.environ[k] = v
         return rows, {"items": n_items, "users": n_users, "data_s": t_data, "train_s": t_train}
+
+
+# -- in a real browser ---------------------------------------------------------------------------------
+BROWSER_SCENARIOS = (
+    # (run, user, query): the demo's runs (`make demo`), each with a query its catalogue answers
+    ("demo-ml100k-implicit", "42", "a funny animated film for children"),
+    ("demo-ml100k-explicit", "42", "space adventure"),
+    ("demo-synth-cold", "7", "a red striped lamp"),
+)
+
+
+def bench_browser(runs: Path, indices: Path, shots: Path | None = None) -> list[list]:
+    """Every interaction of the demo's runs in headless Chromium (1400 x 1000), timed from the action to
+    the page drawn (fedrec/bench/browser.py). Rows: [run, interaction, seconds, first load?]. The
+    per-client evaluation caches are removed first, so the Federation page's first visit computes."""
+    import shutil
+
+    from dashboard.views import PER_CLIENT_CACHE
+    from fedrec.bench.browser import DashboardBrowser
+
+    rows: list[list] = []
+    missing = [r for r, _, _ in BROWSER_SCENARIOS if not (runs / r / "checkpoint.safetensors").exists()]
+    if missing:
+        raise RuntimeError(f"run `make demo` first: missing {', '.join(missing)} under {runs}")
+    for r, _, _ in BROWSER_SCENARIOS:
+        shutil.rmtree(runs / r / PER_CLIENT_CACHE, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as jobs, DashboardBrowser(runs, indices, jobs=Path(jobs)) as b:
+        def row(run, what, seconds, first=False):
+            if b.exceptions():
+                raise RuntimeError(f"the dashboard raised during {what!r} on {run}: {b.exceptions()[0][:300]}")
+            rows.append([run, what, round(seconds, 2), "first" if first else ""])
+            log.info("%s: %s %.2f s", run, what, seconds)
+
+        row("(default)", "open the dashboard", b.open(), True)
+        for run, user, query in BROWSER_SCENARIOS:
+            row(run, "choose the run (loads it)", b.choose("Run", run), True)
+            row(run, "Recommend: choose a user", b.choose("User", f"{user} ", f"{user} —"))
+            row(run, "Recommend: K 10 -> 20", b.slider_keys("K", 10))
+            row(run, "Recommend: include seen items", b.toggle("Exclude items the user has seen"))
+            row(run, "Recommend: exclude seen items", b.toggle("Exclude items the user has seen"))
+            if shots is not None:
+                b.screenshot(shots / f"recommend-{run}.png")
+            row(run, "go to Search", b.page("Search"))
+            row(run, "Search: first query (loads the text model)", b.type_text("Query", query), True)
+            row(run, "Search: another query", b.type_text("Query", query + " please"))
+            if shots is not None:
+                b.screenshot(shots / f"search-{run}.png")
+            row(run, "go to Training (first: charts)", b.page("Training"), True)
+            if shots is not None and run == BROWSER_SCENARIOS[0][0]:
+                b.screenshot(shots / "training.png")
+            row(run, "go to Federation (first: evaluates every client)", b.page("Federation"), True)
+            if shots is not None:
+                b.screenshot(shots / f"federation-{run}.png")
+            row(run, "go to Indices", b.page("Indices"))
+            if shots is not None and run == BROWSER_SCENARIOS[0][0]:
+                b.screenshot(shots / "indices.png")
+            row(run, "go to Training", b.page("Training"))
+            row(run, "go to Federation", b.page("Federation"))
+            row(run, "go to Recommend", b.page("Recommend"))
+        problems = b.console_problems()
+        if problems:
+            raise RuntimeError(f"browser console: {problems[:3]}")
+    return rows

@@ -241,8 +241,8 @@ def bench_memory(data_dir: Path, rounds: int | None) -> str:
     return _table("Peak memory (peak RSS of the job's own process: VmHWM)", ["job", "peak RSS MiB", "wall s"], rows)
 
 
-SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "deployment", "privacy", "dp", "content", "strategies",
-            "ranking")
+SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "browser", "deployment", "privacy", "dp", "content",
+            "strategies", "ranking")
 
 
 def write_section(path: Path, name: str, md: str) -> None:
@@ -321,6 +321,8 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             else:
                 recs = run_strategies(data_dir, cache, rounds, methods, seeds, splits=splits, modes=modes)
             body = table(recs)
+        elif name == "browser":
+            body = bench_browser_section(Path("runs"), Path("indices"), Path("docs/img"))
         else:
             body = bench_dashboard_section(quick)
         md = (f"## `{cmd}`\n\n- date: {datetime.date.today().isoformat()}\n- machine: {_machine()}\n"
@@ -337,6 +339,8 @@ _DATASETS = {"strategies": "MovieLens-100K (RecBole atomic files): per-user rand
                         "configs/ml100k-ease.yaml, configs/ml100k-ranker.yaml)",
              "speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
              "dashboard": "seeded synthetic catalogue (fedrec data synth), no images",
+             "browser": "the runs of `make demo`: ml-100k implicit and explicit, and the synthetic multimodal "
+                        "catalogue's cold-start run (data/synth-mm, 3,000 users x 1,000 items with images)",
              "content": "synthetic multimodal catalogue data/synth-mm (3,000 users x 1,000 items, 64x64 PNG "
                         "images, seed 0), cold-item split (10% of items cold); " + _ML100K,
              "retrieval": "seeded clustered synthetic vectors (index types); " + _ML100K + " (LaMP-3-like)"}
@@ -373,6 +377,20 @@ def bench_dashboard_section(quick: bool) -> str:
                 "(server-side script time via streamlit AppTest)", ["interaction", "seconds"], rows)
     md += (f"\nCatalogue generated in {info['data_s']:.0f}s; 3-round personalfr run trained in "
            f"{info['train_s']:.0f}s (not part of the page timings).\n")
+    return md
+
+
+def bench_browser_section(runs: Path, indices: Path, shots: Path) -> str:
+    from fedrec.bench.dashboard import bench_browser
+
+    rows = bench_browser(runs, indices, shots)
+    later = [r for r in rows if not r[3]]
+    worst = max(later, key=lambda r: r[2])
+    md = _table("Dashboard interactions in headless Chromium (1400 x 1000), seconds from the action to the page "
+                "drawn", ["run", "interaction", "seconds", "first load"], rows)
+    md += (f"\n{len(later)} interactions after a run's first load: the slowest {worst[2]:.2f} s ({worst[0]}: "
+           f"{worst[1]}); {sum(r[2] < 1.0 for r in later)} of {len(later)} under 1 s. Screenshots: "
+           f"`{shots}/`.\n")
     return md
 
 
