@@ -219,6 +219,14 @@ def page_recommend(run, idx_root: Path, rankers: list[dict] | None = None) -> No
     _table(recs, f"top{k}-user-{user}", {label: views.SCORE_HELP[mode],
                                           "cold start": "No training interactions: scored from content alone.",
                                           "why": "The item of the user's history closest to this one."})
+    cold = views.cold_items(run) if run.cfg.content.enabled else []
+    if len(cold):
+        st.subheader(f"New items for user {user}")
+        st.caption(f"{len(cold):,} items have no training interactions yet; a content-aware run scores them from "
+                   "their content. In the full list they compete with items users already know, so here they "
+                   "are ranked among themselves (as the cold-item evaluation does).")
+        new = views.recommendations(run, u, k, exclude, _item_vecs(str(run.dir), _stamp(run.dir)), among=cold)
+        _table(new, f"new-items-user-{user}", {new.columns[3]: views.SCORE_HELP[mode]})
     with st.expander(f"History ({run.train[u].nnz} items)"):
         _table(views.history_table(run, u), f"history-user-{user}")
     _rerank_section(run, u, k, rankers or [])

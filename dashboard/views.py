@@ -188,18 +188,33 @@ def readable_scores(mode: str, scores: np.ndarray, all_scores: np.ndarray,
     return (100.0 * np.searchsorted(ref, scores, side="left") / max(len(ref) - 1, 1)).clip(0, 100).round(1)
 
 
-def recommendations(run, user: int, k: int, exclude_seen: bool, item_vecs: np.ndarray) -> pd.DataFrame:
+def cold_items(run) -> np.ndarray:
+    """(c,) indices of the catalogue's items with no training interaction (new items)."""
+    return np.flatnonzero(np.diff(run.train.tocsc().indptr) == 0)
+
+
+def recommendations(run, user: int, k: int, exclude_seen: bool, item_vecs: np.ndarray,
+                    among: np.ndarray | None = None) -> pd.DataFrame:
     """Top-k with a readable score (score_label), cold-start flag and a one-line explanation: the
     history item (never the item itself) whose decoder row is most similar to the recommended item's
-    (the model's own notion of "similar")."""
+    (the model's own notion of "similar"). ``among``: rank only these item indices (e.g. cold_items:
+    new items are ranked among themselves, as the cold-item evaluation does)."""
     model = run.model()
     all_scores = model.score(np.array([user]))[0].astype(np.float64)                 # (n_items,)
-    ids, scores = model.recommend(np.array([user]), k, exclude=run.train if exclude_seen else None)
-    ids, scores = ids[0], scores[0]
+    hist = run.train[user]
+    if among is None:
+        ids, scores = model.recommend(np.array([user]), k, exclude=run.train if exclude_seen else None)
+        ids, scores = ids[0], scores[0]
+    else:
+        s = np.full_like(all_scores, -np.inf)
+        s[among] = all_scores[among]
+        if exclude_seen:
+            s[hist.indices] = -np.inf
+        ids = np.argsort(-s, kind="stable")[:k]
+        scores = s[ids]
     keep = np.isfinite(scores)
     ids, scores = ids[keep], scores[keep]
     counts = np.diff(run.train.tocsc().indptr)
-    hist = run.train[user]
     mode = run.cfg.model.mode
     expl = closest_in_history(run, user, ids, item_vecs) if hist.nnz else ["popular with similar users"] * len(ids)
     r = run.data.ratings.data

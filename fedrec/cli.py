@@ -337,14 +337,20 @@ def dashboard(runs: Path = typer.Option(Path("runs"), help="directory of run dir
     os.execv(sys.executable, cmd)
 
 
+NOISY_LOGGERS = ("faiss.loader", "sentence_transformers", "transformers", "httpx")   # load-time chatter
+
+
+def quiet_open_clip(record: logging.LogRecord) -> bool:
+    """A handler filter: open_clip logs its model-loading steps through the root logger at INFO; keep
+    its warnings only."""
+    return not (record.levelno < logging.WARNING and "open_clip" in record.pathname)
+
+
 def main() -> None:
     keep_freed_memory()             # before any large tensor exists: see its docstring
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("faiss.loader", "sentence_transformers", "transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)               # load-time chatter
-    # open_clip logs its model-loading steps through the root logger at INFO: keep its warnings only.
-    quiet_open_clip = logging.Filter()
-    quiet_open_clip.filter = lambda r: not (r.levelno < logging.WARNING and "open_clip" in r.pathname)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     for h in logging.getLogger().handlers:
         h.addFilter(quiet_open_clip)
     app()

@@ -59,18 +59,24 @@ def _environment(cwd, env):
 
 def fedrec(*args, cwd=None, env=None) -> Result:
     """``fedrec ARGS`` in process. env: extra variables set only for the call."""
-    from fedrec.cli import app
+    from fedrec.cli import NOISY_LOGGERS, app, quiet_open_clip
 
     root = logging.getLogger()
     handler, level = _CurrentStderr(), root.level
+    handler.addFilter(quiet_open_clip)                   # the logging set-up of fedrec.cli.main
+    noisy = {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    for n in noisy:
+        logging.getLogger(n).setLevel(logging.WARNING)
     try:
         with _environment(cwd, env):
             r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+        for n, lv in noisy.items():
+            logging.getLogger(n).setLevel(lv)
     stderr = r.stderr
     code = r.exit_code
     if r.exception is not None and not isinstance(r.exception, SystemExit):

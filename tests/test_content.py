@@ -238,7 +238,11 @@ def test_search_explain_prefer_cli(content_run):
     assert len(lines1) == 5 and lines1 != lines2                              # personalized order
     item = str(job.data.item_ids[job.split.cold_items[0]])
     e = run("explain", run_dir, "--user", u1, "--item", item)
-    assert e.returncode == 0 and "recommended because you liked" in e.stdout and "predicted rating" in e.stdout
+    rank = int(re.search(r"\(rank (\d+) of", e.stdout).group(1))
+    assert e.returncode == 0 and "predicted rating" in e.stdout
+    # the sentence agrees with the rank: "recommended because" only inside the top 10
+    assert ("recommended because you liked" in e.stdout) == (rank <= 10), e.stdout
+    assert (f"ranked {rank} of {job.data.n_items} for you" in e.stdout) == (rank > 10), e.stdout
     p = run("prefer", run_dir, "--user", u1, "--a", item, "--b", str(job.data.item_ids[0]))
     assert p.returncode == 0 and "prefers" in p.stdout
     from federation.runs.serve import prefer_for
@@ -354,6 +358,24 @@ def test_dashboard_search_page_on_a_content_run(content_run, monkeypatch, tmp_pa
     other = at.dataframe[0].value
     assert list(mine["title"]) != list(plain["title"])          # the user's model re-orders the matches
     assert list(other["title"]) != list(mine["title"])          # and differently for another user
+
+
+def test_new_items_are_flagged_and_listed_among_themselves(content_run):
+    """On a cold-item run the Recommend page lists new items (no training interaction) ranked among
+    themselves, each flagged; the full list flags exactly the items without interactions."""
+    from dashboard import views
+    from federation.runs.jobs import load_run
+
+    run = load_run(content_run[0])
+    cold = views.cold_items(run)
+    assert len(cold) >= round(0.1 * run.data.n_items)          # the cold tenth, and any item never trained on
+    vecs = run.fed.global_p["dec_out"].float().numpy()
+    new = views.recommendations(run, 0, 5, True, vecs, among=cold)
+    assert len(new) == 5 and (new["cold start"] == "no interactions yet").all()
+    assert {run.data.item_index(i) for i in new["item"]} <= set(cold.tolist())
+    full = views.recommendations(run, 0, 50, True, vecs)
+    flagged = {run.data.item_index(i) for i in full.loc[full["cold start"] != "", "item"]}
+    assert flagged == {run.data.item_index(i) for i in full["item"]} & set(cold.tolist())
 
 
 def test_content_run_with_differential_privacy(content_run, tmp_path):

@@ -90,6 +90,11 @@ class DashboardBrowser:
     def drawn(self) -> int:
         return int(self.browser.execute_script(STATE_JS)[0])
 
+    def selected(self, label: str) -> str:
+        """The option shown in the select box ``label``."""
+        from selenium.webdriver.common.by import By
+        return self.browser.find_element(By.CSS_SELECTOR, f"input[aria-label^='{label}']").get_attribute("value")
+
     def cells(self) -> list[str]:
         """The text of every table cell on the page (st.dataframe draws on a canvas; its accessible
         grid carries the values)."""
@@ -141,14 +146,14 @@ class DashboardBrowser:
         self.wait_idle(before)                    # then make sure nothing else was still coming
         return done
 
+    # Each action finds its element first and times only the user's final gesture (the click, the Enter,
+    # the key press): selenium's own lookups are not the dashboard's latency.
     def page(self, name: str) -> float:
         from selenium.webdriver.common.by import By
 
-        def go():
-            radio = self.browser.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]')
-            label = next(e for e in radio.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == name)
-            label.click()
-        return self.timed(go)
+        side = self.browser.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]')
+        label = next(e for e in side.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == name)
+        return self.timed(label.click)
 
     def choose(self, label: str, typed: str, option_prefix: str | None = None) -> float:
         """Type into the searchable select box ``label`` and click the first option that starts with
@@ -158,49 +163,43 @@ class DashboardBrowser:
         from selenium.webdriver.support.ui import WebDriverWait
 
         want = option_prefix if option_prefix is not None else typed
-
-        def go():
-            box = self.browser.find_element(By.CSS_SELECTOR, f"input[aria-label^='{label}']")
-            box.click()
-            box.send_keys(Keys.CONTROL, "a")
-            box.send_keys(typed)
-            opt = WebDriverWait(self.browser, 30).until(lambda b: next(
-                (o for o in b.find_elements(By.CSS_SELECTOR, "[role='option']") if o.text.strip().startswith(want)),
-                False))
-            opt.click()
-        return self.timed(go)
+        box = self.browser.find_element(By.CSS_SELECTOR, f"input[aria-label^='{label}']")
+        box.click()
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(typed)
+        opt = WebDriverWait(self.browser, 30).until(lambda b: next(
+            (o for o in b.find_elements(By.CSS_SELECTOR, "[role='option']") if o.text.strip().startswith(want)),
+            False))
+        return self.timed(opt.click)
 
     def type_text(self, label: str, text: str) -> float:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
 
-        def go():
-            box = self.browser.find_element(By.CSS_SELECTOR, f"input[aria-label='{label}']")
-            box.send_keys(Keys.CONTROL, "a")
-            box.send_keys(text, Keys.ENTER)
-        return self.timed(go)
+        box = self.browser.find_element(By.CSS_SELECTOR, f"input[aria-label='{label}']")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(text)
+        return self.timed(lambda: box.send_keys(Keys.ENTER))
 
     def toggle(self, label: str) -> float:
         from selenium.webdriver.common.by import By
 
-        def go():
-            el = next(e for e in self.browser.find_elements(By.CSS_SELECTOR, "label")
-                      if e.text.strip() == label)
-            el.click()
-        return self.timed(go)
+        el = next(e for e in self.browser.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == label)
+        return self.timed(el.click)
 
     def slider_keys(self, label: str, presses: int) -> float:
-        """Move the slider ``label`` by ``presses`` arrow-key steps (negative: left)."""
+        """Move the slider ``label`` by ``presses`` arrow-key steps (negative: left); each step is an
+        interaction of its own (a rerun), the time is the last one's."""
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
 
-        def go():
-            el = self.browser.find_element(By.CSS_SELECTOR, f"input[type='range'][aria-label='{label}']")
-            self.browser.execute_script("arguments[0].focus()", el)
-            key = Keys.ARROW_RIGHT if presses > 0 else Keys.ARROW_LEFT
-            for _ in range(abs(presses)):
-                el.send_keys(key)
-        return self.timed(go)
+        el = self.browser.find_element(By.CSS_SELECTOR, f"input[type='range'][aria-label='{label}']")
+        self.browser.execute_script("arguments[0].focus()", el)
+        key = Keys.ARROW_RIGHT if presses > 0 else Keys.ARROW_LEFT
+        took = 0.0
+        for _ in range(abs(presses)):
+            took = self.timed(lambda: el.send_keys(key))
+        return took
 
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -384,10 +384,11 @@ def bench_browser_section(runs: Path, indices: Path, shots: Path) -> str:
     from fedrec.bench.dashboard import bench_browser
 
     rows = bench_browser(runs, indices, shots)
-    later = [r for r in rows if not r[3]]
+    later = [r for r in rows if not r[3] and r[2] != "-"]
     worst = max(later, key=lambda r: r[2])
     md = _table("Dashboard interactions in headless Chromium (1400 x 1000), seconds from the action to the page "
-                "drawn", ["run", "interaction", "seconds", "first load"], rows)
+                "drawn", ["run", "interaction", "seconds", "first load"],
+                [[a, b, c if isinstance(c, str) else f"{c:.2f}", d] for a, b, c, d in rows])
     md += (f"\n{len(later)} interactions after a run's first load: the slowest {worst[2]:.2f} s ({worst[0]}: "
            f"{worst[1]}); {sum(r[2] < 1.0 for r in later)} of {len(later)} under 1 s. Screenshots: "
            f"`{shots}/`.\n")
