@@ -139,14 +139,36 @@ def evaluate(run_dir: Path, split: str = typer.Option("test", help="valid or tes
 
 @app.command()
 @cli_errors
-def recommend(run_dir: Path, user: str = typer.Option(..., help="external user id"),
+def recommend(run_dir: Path, user: Optional[str] = typer.Option(None, help="external user id"),
+              history: Optional[str] = typer.Option(None, help="a user the run has never seen: the item ids they "
+                                                   "like, comma separated (instead of --user)"),
+              fold_steps: int = typer.Option(0, min=0, help="with --history: local steps of a fresh personal "
+                                             "encoder on those items (0: its first code)"),
               k: int = typer.Option(10, "-k", "--k", min=1), device: str = typer.Option("cpu"),
               rerank: Optional[Path] = typer.Option(None, help="a re-ranker run (fedrec rank train) over this run"),
               target: list[str] = typer.Option([], help="with --rerank: a list target NAME=VALUE in [0, 1] "
                                                "(tail, novelty, diversity, match); repeatable"),
               query: Optional[str] = typer.Option(None, help="with --target match=...: the text to match")):
     """Top-K recommendations (titles) for one user, excluding items they already have; with --rerank,
-    through the re-ranker and, with --target, aligned to list targets (MAP palette)."""
+    through the re-ranker and, with --target, aligned to list targets (MAP palette). With --history, for
+    a user the run has never seen, from a few items (docs/onboarding: a fresh personal encoder, optionally
+    folded in, scored by the shared decoder)."""
+    if (user is None) == (history is None):
+        _fail("give exactly one of --user ID or --history \"ITEM,ITEM,...\"")
+    if history is not None:
+        if rerank is not None or target or query:
+            _fail("--rerank, --target and --query work with --user, not --history")
+        from federation.runs.jobs import load_run
+        from federation.runs.onboard import FoldIn, recommend_new_user
+
+        recs = recommend_new_user(load_run(run_dir, device), history, k, FoldIn(fold_steps))
+        typer.echo(f"top {len(recs)} for a new user with {len([h for h in history.split(',') if h.strip()])} "
+                   f"item(s){f' ({fold_steps} fold-in steps)' if fold_steps else ''}:")
+        for r in recs:
+            typer.echo(f"{r['rank']:>3}. {r['title']}  (item {r['item_id']}, score {r['score']:.3f})")
+        return
+    if fold_steps:
+        _fail("--fold-steps works with --history")
     if rerank is None:
         if target or query:
             _fail("--target and --query need --rerank RANKER")

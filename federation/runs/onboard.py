@@ -1,0 +1,105 @@
+"""A user the run has never seen: a list from a handful of items, at once.
+
+The user's device starts a personal encoder as any new client would (the run's initial values for its
+items' rows and the other encoder parameters; with ``model.input_tie`` those rows already read the
+received decoder rows, so the very first code reflects the items), optionally folds it in with a few
+local steps of the run's own local loss against the received (frozen) decoder, and scores every item
+with the received decoder, blended towards the nearest federated prototype when the run has them. Nothing
+leaves the device: the decoder and prototypes are what every client already receives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from federation.engine import prototypes as proto
+from federation.engine.reference import reference_client_update
+from recsys.errors import ConfigError, FedrecError
+from recsys.models.autoencoder import ENCODER_KEYS, decode_hidden, encode, init_params, input_values, item_rows
+
+
+@dataclass(frozen=True)
+class FoldIn:
+    """steps: local SGD steps on the new user's items (0: the fresh encoder as it starts); lr: their step
+    size (None: the run's base learning rate)."""
+    steps: int = 0
+    lr: float | None = None
+
+
+def parse_history(data, text: str) -> np.ndarray:
+    """"id1,id2,..." (external item ids) -> (k,) item indices, in order, each once. One clear error for
+    an empty list or an unknown id."""
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise FedrecError("--history: give at least one item id, e.g. --history \"50,181\"")
+    out = []
+    for t in ids:
+        try:
+            i = data.item_index(t)
+        except FedrecError:
+            raise FedrecError(f"--history: unknown item id {t!r} ({data.name} has {data.n_items} items)") from None
+        if i not in out:
+            out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _check(fed) -> None:
+    extra = set(fed.strategy.personal) - set(ENCODER_KEYS)
+    if extra:
+        raise ConfigError(f"new users: strategy {fed.strategy.name} keeps {', '.join(sorted(extra))} per client, "
+                          "which a new user does not have; onboarding needs a personal encoder only "
+                          "(e.g. personalfr, feddpa, fedloge)")
+
+
+def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fold: FoldIn = FoldIn()) -> torch.Tensor:
+    """The code h3 (H1,) a new client with ``items`` (k,) (and explicit ``ratings`` (k,)) scores with."""
+    _check(fed)
+    shape = fed.shape
+    items_t = torch.as_tensor(np.asarray(items, dtype=np.int64))
+    r = np.ones(len(items)) if ratings is None else np.asarray(ratings, dtype=np.float64)
+    x = torch.as_tensor(input_values(shape, r, np.array([len(items)])), dtype=fed.dtype)        # (k,)
+    init = init_params(shape, fed.cfg.seed, fed.dtype)
+    personal = {k: (init[k][items_t] if k == "enc_in" else init[k]) for k in ENCODER_KEYS}
+    received = {k: v.detach().cpu() for k, v in fed.global_p.items()}
+    content = fed.content.cpu() if fed.content is not None else None
+    if fold.steps > 0:
+        lr = fold.lr if fold.lr is not None else fed.cfg.sgd.lr
+        newcomer = fed.train.shape[0]          # a client id no trained client has (its dropout masks)
+        trained, _ = reference_client_update(shape, fed.strategy, items_t, x, received, personal, fed.cfg.sgd, lr,
+                                             fold.steps, fed.cfg.seed, fed.round, newcomer, content,
+                                             fed.content_drop.cpu() if fed.content_drop is not None else None)
+        personal = {k: trained[k] for k in ENCODER_KEYS}
+    p = dict(personal)
+    if shape.input_tie:
+        p["enc_in"] = p["enc_in"] + shape.input_tie * item_rows(received, content, items_t)
+    p["dec_W1"], p["dec_b1"] = received["dec_W1"], received["dec_b1"]
+    seg = torch.zeros(len(items), dtype=torch.long)
+    with torch.no_grad():
+        return decode_hidden(p, encode(p, seg, x, 1))[0]                                       # (H1,)
+
+
+def new_user_scores(fed, items: np.ndarray, ratings: np.ndarray | None = None, fold: FoldIn = FoldIn()
+                    ) -> np.ndarray:
+    """(N,) scores of every item for a new client; its own items are -inf."""
+    h3 = new_user_code(fed, items, ratings, fold)[None].to(fed.device)
+    with torch.no_grad():
+        if fed.prototypes is not None:
+            h3 = proto.blend(h3, fed.prototypes, fed.prototype_blend)
+        s = fed.strategy.score(fed.global_p, h3, {}, fed.content)[0].float().cpu().numpy()
+    s[np.asarray(items)] = -np.inf
+    return s
+
+
+def recommend_new_user(run, history: str, k: int = 10, fold: FoldIn = FoldIn()) -> list[dict]:
+    """Top-k for a user the run has never seen, from a comma list of item ids (items the user likes:
+    an explicit run reads each as rated at the top of the scale)."""
+    items = parse_history(run.data, history)
+    ratings = None
+    if run.fed.shape.mode == "explicit":
+        ratings = np.full(len(items), float(run.data.ratings.data.max()))
+    s = new_user_scores(run.fed, items, ratings, fold)
+    top = np.argsort(-s, kind="stable")[:k]
+    return [{"rank": j + 1, "item_id": str(run.data.item_ids[i]), "title": run.data.title(int(i)), "score": float(s[i])}
+            for j, i in enumerate(top) if np.isfinite(s[i])]
