@@ -151,7 +151,7 @@ def recommend(run_dir: Path, user: Optional[str] = typer.Option(None, help="exte
               query: Optional[str] = typer.Option(None, help="with --target match=...: the text to match")):
     """Top-K recommendations (titles) for one user, excluding items they already have; with --rerank,
     through the re-ranker and, with --target, aligned to list targets (MAP palette). With --history, for
-    a user the run has never seen, from a few items (docs/onboarding: a fresh personal encoder, optionally
+    a user the run has never seen, from a few items (federation/runs/onboard.py: a fresh personal encoder, optionally
     folded in, scored by the shared decoder)."""
     if (user is None) == (history is None):
         _fail("give exactly one of --user ID or --history \"ITEM,ITEM,...\"")
@@ -301,7 +301,7 @@ def prefer(run_dir: Path, user: str = typer.Option(..., help="external user id")
 
 @app.command()
 @cli_errors
-def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, browser (needs make demo), deployment, privacy, dp, content, strategies, ranking"),
+def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed, accuracy, memory, retrieval, dashboard, browser (needs make demo), deployment, privacy, dp, content, strategies, ranking, onboarding"),
           out: Optional[Path] = typer.Option(None, help="write the markdown report here"),
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds"),
           methods: Optional[str] = typer.Option(None, help="strategies: a comma list of methods to run (default: all); "

@@ -149,3 +149,21 @@ def partition_users(n_users: int, partition_id: int, num_partitions: int) -> np.
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
     return np.array_split(np.arange(n_users), num_partitions)[partition_id]
+
+
+def hold_out_users(counts: np.ndarray, fraction: float, seed: int, min_interactions: int = 1) -> np.ndarray:
+    """(m,) sorted indices of users held out entirely (new users for an onboarding evaluation): a seeded
+    ``fraction`` of the users with at least ``min_interactions`` interactions (counts (n_users,))."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
+    eligible = np.flatnonzero(np.asarray(counts) >= min_interactions)
+    rng = np.random.default_rng(seed)
+    m = int(round(fraction * len(eligible)))
+    return np.sort(rng.choice(eligible, size=m, replace=False))
+
+
+def reveal_order(items: np.ndarray, seed: int, user: int) -> np.ndarray:
+    """A new user's interactions (item ids (L,)) in the order they are revealed: a seeded permutation per
+    user, so the k revealed first are nested across k (k=1 inside k=3 inside ...)."""
+    rng = np.random.default_rng([seed, user])
+    return np.asarray(items)[rng.permutation(len(items))]

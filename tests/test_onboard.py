@@ -92,3 +92,34 @@ def test_recommend_history_cli(run):
                        (("--history", "zz"), "unknown item id 'zz'")):
         r = fedrec("recommend", run.dir, *args)
         assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_held_out_users_and_nested_reveals_by_hand():
+    from recsys.splits import hold_out_users, reveal_order
+
+    counts = np.array([0, 5, 12, 3, 11, 30, 11, 2, 15, 11])
+    held = hold_out_users(counts, 0.5, seed=1, min_interactions=11)
+    assert len(held) == 3 and set(held) <= {2, 4, 5, 6, 8, 9} and list(held) == sorted(held)
+    assert hold_out_users(counts, 0.5, seed=1, min_interactions=11).tolist() == held.tolist()     # seeded
+    items = np.arange(20, 32)
+    order = reveal_order(items, 0, 7)
+    assert sorted(order.tolist()) == items.tolist() and order.tolist() == reveal_order(items, 0, 7).tolist()
+    assert order.tolist() != reveal_order(items, 0, 8).tolist()                     # per user
+    with pytest.raises(ValueError, match="fraction"):
+        hold_out_users(counts, 1.0, 0)
+
+
+def test_onboarding_benchmark_runs_end_to_end(tmp_path):
+    """The benchmark's protocol on a tiny catalogue (2 rounds): every method, every k, a figure each."""
+    from fedrec.bench.onboarding import bench_onboarding
+
+    write_catalogue(SynthSpec(n_users=120, n_items=40, mean_activity=12, seed=1), tmp_path / "s", images=False,
+                    progress=False)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "name": "b", "data": {"path": str(tmp_path / "s")}, "federation": {"rounds": 2, "fraction": 0.3},
+        "model": {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
+        "prototypes": {"enabled": True, "k": 2, "iters": 1}}))
+    rows, info = bench_onboarding(tmp_path / "c.yaml", ks=(1, 3), steps=(2,))
+    assert [r[:2] for r in rows] == [["popularity", 1], ["first code + prototypes", 1], ["fold-in, 2 steps (chosen on valid)", 1],
+                                     ["popularity", 3], ["first code + prototypes", 3], ["fold-in, 2 steps (chosen on valid)", 3]]
+    assert all(0 <= r[2] <= 1 for r in rows) and info["held_out"] + info["train_users"] <= 120

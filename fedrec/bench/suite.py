@@ -242,7 +242,7 @@ def bench_memory(data_dir: Path, rounds: int | None) -> str:
 
 
 SECTIONS = ("speed", "accuracy", "memory", "retrieval", "dashboard", "browser", "deployment", "privacy", "dp", "content",
-            "strategies", "ranking")
+            "strategies", "ranking", "onboarding")
 
 
 def write_section(path: Path, name: str, md: str) -> None:
@@ -321,6 +321,8 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             else:
                 recs = run_strategies(data_dir, cache, rounds, methods, seeds, splits=splits, modes=modes)
             body = table(recs)
+        elif name == "onboarding":
+            body = bench_onboarding_section(Path("configs/ml100k-implicit.yaml"), 100 if quick else None)
         elif name == "browser":
             body = bench_browser_section(Path("runs"), Path("indices"), Path("docs/img"))
         else:
@@ -339,6 +341,8 @@ _DATASETS = {"strategies": "MovieLens-100K (RecBole atomic files): per-user rand
                         "configs/ml100k-ease.yaml, configs/ml100k-ranker.yaml)",
              "speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
              "dashboard": "seeded synthetic catalogue (fedrec data synth), no images",
+             "onboarding": "MovieLens-100K (RecBole atomic files), 20% of the users held out entirely (seed 0), the "
+                           "others' per-user random 80/10/10 train part",
              "browser": "the runs of `make demo`: ml-100k implicit and explicit, and the synthetic multimodal "
                         "catalogue's cold-start run (data/synth-mm, 3,000 users x 1,000 items with images)",
              "content": "synthetic multimodal catalogue data/synth-mm (3,000 users x 1,000 items, 64x64 PNG "
@@ -377,6 +381,19 @@ def bench_dashboard_section(quick: bool) -> str:
                 "(server-side script time via streamlit AppTest)", ["interaction", "seconds"], rows)
     md += (f"\nCatalogue generated in {info['data_s']:.0f}s; 3-round personalfr run trained in "
            f"{info['train_s']:.0f}s (not part of the page timings).\n")
+    return md
+
+
+def bench_onboarding_section(config: Path, rounds: int | None) -> str:
+    from fedrec.bench.onboarding import bench_onboarding
+
+    rows, info = bench_onboarding(config, rounds=rounds)
+    md = _table(f"New users: {info['held_out']} users held out entirely (20%, seed 0), {info['train_users']} train "
+                f"for {info['rounds']} rounds ({info['config']}); k of each held-out user's interactions revealed, "
+                "NDCG@10 on the rest (revealed excluded), on the half of the held-out users not used to choose n",
+                ["method", "k revealed", "NDCG@10", "users", "fold-in steps tried (valid half)"],
+                [[m, k, f"{v:.4f}", n, t] for m, k, v, n, t in rows])
+    md += f"\nTraining took {info['train_s']:.0f} s (not part of the figures).\n"
     return md
 
 
