@@ -1,6 +1,6 @@
 """fedrec dashboard (Streamlit). Start it with ``fedrec dashboard [--runs runs/] [--indices indices/]``.
 
-Pages: Recommend, Search (a content-aware run searches with its own CLIP model and explains hits;
+Pages: Recommend, New user, Search (a content-aware run searches with its own CLIP model and explains hits;
 other runs use a content index), Training, Federation, Indices. Heavy artifacts (runs, indices, the text
 embedder) load once per process through ``st.cache_resource``; nothing trains in this script and
 nothing is written into run or index directories. A page whose artifacts are missing says so and
@@ -20,11 +20,13 @@ import streamlit as st
 
 from dashboard import views
 
-PAGES = ("Recommend", "Search", "Training", "Federation", "Indices")
+PAGES = ("Recommend", "New user", "Search", "Training", "Federation", "Indices")
 # One line under each page's header: what the page is for.
 DESCRIPTIONS = {
     "Recommend": "A user's top-K from the selected run, why each item is there, and the re-ranked list "
                  "with long-tail and novelty targets.",
+    "New user": "Someone the run has never seen picks a few items; the list updates after each pick (a fresh "
+                "personal encoder folded in on the picks, scored by the shared decoder; nothing leaves the device).",
     "Search": "Find items by text for a user: matches ordered by the query and by the user's own model.",
     "Training": "Launch and follow training jobs; compare runs round by round.",
     "Federation": "How well each client is served by the selected run, and who gains over another run.",
@@ -230,6 +232,47 @@ def page_recommend(run, idx_root: Path, rankers: list[dict] | None = None) -> No
     with st.expander(f"History ({run.train[u].nnz} items)"):
         _table(views.history_table(run, u), f"history-user-{user}")
     _rerank_section(run, u, k, rankers or [])
+
+
+def page_new_user(run) -> None:
+    _header("New user")
+    if run is None:
+        return _no_run()
+    from federation.runs.onboard import check_supported
+    try:
+        check_supported(run.fed)
+    except Exception as e:  # noqa: BLE001 - a strategy without onboarding: say why, keep the app up
+        st.info(str(e))
+        return
+    key = f"new_picks_{run.dir.name}"
+    picks: list[int] = st.session_state.setdefault(key, [])
+    c1, c2 = st.columns([3, 1])
+    text = c1.text_input("Search the catalogue by title", "", key=f"new_q_{run.dir.name}",
+                         placeholder="e.g. star wars")
+    found = [i for i in views.search_titles(run.data, text) if i not in picks]
+    if found:
+        add = c1.selectbox("Matches", found, key=f"new_match_{run.dir.name}",
+                           format_func=lambda i: f"{run.data.title(i)} (item {run.data.item_ids[i]})")
+        if c2.button("Add this item", key=f"new_add_{run.dir.name}"):
+            picks.append(int(add))
+            st.rerun()
+    elif text.strip():
+        c1.caption("No title matches.")
+    if picks:
+        st.markdown("**Your items:** " + "; ".join(f"{run.data.title(i)} (item {run.data.item_ids[i]})" for i in picks))
+        if c2.button("Start over", key=f"new_clear_{run.dir.name}"):
+            picks.clear()
+            st.rerun()
+    d1, d2 = st.columns(2)
+    k = d1.slider("K", 1, 50, 10, key="new_k")
+    steps = d2.slider("Fold-in steps (0: the fresh encoder as it starts)", 0, 20, 5, key="new_steps")
+    if not picks:
+        st.info("Search for an item you like and add it; the list appears with the first pick.")
+        return
+    recs = views.new_user_recommendations(run, picks, k, steps, _item_vecs(str(run.dir), _stamp(run.dir)))
+    st.subheader(f"Top {len(recs)} after {len(picks)} pick(s)")
+    _table(recs, "new-user", {recs.columns[3]: views.SCORE_HELP[run.cfg.model.mode],
+                              "why": "The picked item closest to this one in the model's item space."})
 
 
 @st.cache_resource(show_spinner="loading the run's content model and item features…")
@@ -483,6 +526,8 @@ def main() -> None:
     st.sidebar.caption(f"Runs are read from `{runs_dir}/`, indices from `{idx_root}/`.")
     if page == "Recommend":
         page_recommend(run, idx_root, views.list_rankers(runs_dir))
+    elif page == "New user":
+        page_new_user(run)
     elif page == "Search":
         page_search(run, idx_root)
     elif page == "Training":

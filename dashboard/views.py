@@ -549,3 +549,40 @@ def closest_in_history(run, user: int, items: np.ndarray, item_vecs: np.ndarray)
         t = f"like {run.data.title(i)} (item {run.data.item_ids[i]})"
         out.append(f"{t}, which you rated {hist.data[b]:g}" if explicit else f"{t}, in your history")
     return out
+
+
+# -- new users -----------------------------------------------------------------------------------------
+def search_titles(data, text: str, limit: int = 30) -> list[int]:
+    """Item indices whose title contains ``text`` (case-insensitive), at most ``limit``, in catalogue order."""
+    t = text.strip().lower()
+    if not t:
+        return []
+    titles = data.items["title"].astype(str).str.lower()
+    return np.flatnonzero(titles.str.contains(t, regex=False).to_numpy())[:limit].tolist()
+
+
+def new_user_recommendations(run, picks: list[int], k: int, steps: int, item_vecs: np.ndarray) -> pd.DataFrame:
+    """Top-k for a new user who picked ``picks`` (item indices): a fresh encoder folded in for ``steps``
+    local steps (federation/runs/onboard.py), with strength and why (the closest pick in the model's item
+    space)."""
+    from federation.runs.onboard import FoldIn, new_user_scores
+
+    items = np.asarray(picks, dtype=np.int64)
+    ratings = None
+    if run.fed.shape.mode == "explicit":
+        ratings = np.full(len(items), float(run.data.ratings.data.max()))
+    s = new_user_scores(run.fed, items, ratings, FoldIn(steps)).astype(np.float64)
+    ids = np.argsort(-s, kind="stable")[:k]
+    ids = ids[np.isfinite(s[ids])]
+    P = item_vecs[items] / (np.linalg.norm(item_vecs[items], axis=1, keepdims=True) + 1e-9)
+    R = item_vecs[ids] / (np.linalg.norm(item_vecs[ids], axis=1, keepdims=True) + 1e-9)
+    best = (R @ P.T).argmax(1)
+    mode = run.cfg.model.mode
+    r = run.data.ratings.data
+    rating_range = (float(r.min()), float(r.max()))
+    return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "item": [str(run.data.item_ids[i]) for i in ids],
+                         "title": [run.data.title(int(i)) for i in ids],
+                         score_label(mode, rating_range): readable_scores(mode, s[ids], s, rating_range),
+                         "image": [image_of(run.data, int(i)) for i in ids],
+                         "why": [f"like {run.data.title(int(items[b]))} (item {run.data.item_ids[items[b]]}), "
+                                 "which you picked" for b in best]})

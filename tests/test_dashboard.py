@@ -207,6 +207,12 @@ def test_dashboard_in_headless_chromium_walks_every_page(env):
         b.toggle("Exclude items the user has seen")
         clean("Recommend")
         b.screenshot(out / "dashboard-recommend.png")
+        b.page("New user")
+        b.type_text("Search the catalogue by title", "red")
+        b.click_button("Add this item")
+        assert "Top 10 after 1 pick(s)" in b.body() and any("which you picked" in c for c in b.cells())
+        clean("New user")
+        b.screenshot(out / "dashboard-new-user.png")
         b.page("Search")
         b.type_text("Query", "red round")
         assert "For this user" in b.body() and "Not personalized" in b.body()
@@ -423,3 +429,25 @@ def test_per_client_evaluation_is_cached_in_the_run_directory(env, monkeypatch):
     meta.write_text(meta.read_text().replace('"checkpoint": "', '"checkpoint": "0'))     # another checkpoint
     views.per_user_metric_cached(run)
     assert len(calls) == 1
+
+
+def test_new_user_page_updates_the_list_after_each_pick(env):
+    at = _app()
+    at.sidebar.selectbox(key="run").set_value("good").run()
+    at = _page(at, "New user")
+    assert any("add it" in i.value for i in at.info)                   # nothing picked yet: says what to do
+    at.text_input(key="new_q_good").input("red").run()
+    first = at.selectbox(key="new_match_good").value
+    at.button(key="new_add_good").click().run()
+    assert not at.exception, at.exception
+    one = at.dataframe[0].value
+    from federation.runs.jobs import load_run
+    data = load_run(env / "runs" / "good").data
+    assert len(one) == 10 and str(data.item_ids[first]) not in one["item"].tolist()
+    assert one["why"].str.contains(f"(item {data.item_ids[first]}), which you picked", regex=False).all()
+    at.text_input(key="new_q_good").input("blue").run()
+    at.button(key="new_add_good").click().run()
+    two = at.dataframe[0].value
+    assert list(two["item"]) != list(one["item"])                      # the second pick moves the list
+    at.button(key="new_clear_good").click().run()
+    assert not at.dataframe and any("add it" in i.value for i in at.info)

@@ -45,7 +45,8 @@ def parse_history(data, text: str) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def _check(fed) -> None:
+def check_supported(fed) -> None:
+    """Refuse (ConfigError) a strategy whose clients keep more than an encoder: a new user has none of it."""
     extra = set(fed.strategy.personal) - set(ENCODER_KEYS)
     if extra:
         raise ConfigError(f"new users: strategy {fed.strategy.name} keeps {', '.join(sorted(extra))} per client, "
@@ -55,7 +56,7 @@ def _check(fed) -> None:
 
 def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fold: FoldIn = FoldIn()) -> torch.Tensor:
     """The code h3 (H1,) a new client with ``items`` (k,) (and explicit ``ratings`` (k,)) scores with."""
-    _check(fed)
+    check_supported(fed)
     shape = fed.shape
     items_t = torch.as_tensor(np.asarray(items, dtype=np.int64))
     r = np.ones(len(items)) if ratings is None else np.asarray(ratings, dtype=np.float64)

@@ -201,6 +201,12 @@ class DashboardBrowser:
             took = self.timed(lambda: el.send_keys(key))
         return took
 
+    def click_button(self, label: str) -> float:
+        from selenium.webdriver.common.by import By
+
+        el = next(b for b in self.browser.find_elements(By.CSS_SELECTOR, "button") if b.text.strip() == label)
+        return self.timed(el.click)
+
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.browser.save_screenshot(str(path))

@@ -62,6 +62,11 @@ def bench_dashboard(n_items: int = 100_000, n_users: int = 5_000, rounds: int = 
             timed("switch to Federation (first: evaluates every client)",
                   lambda: at.sidebar.radio(key="page").set_value("Federation").run())
             timed("switch to Indices", lambda: at.sidebar.radio(key="page").set_value("Indices").run())
+            timed("switch to New user", lambda: at.sidebar.radio(key="page").set_value("New user").run())
+            for word in ("red", "blue", "lamp"):
+                at.text_input(key="new_q_big").input(word).run()
+                timed(f"New user: add a pick ({word}; fold-in 5 steps over all items)",
+                      lambda: at.button(key="new_add_big").click().run())
             import streamlit as st
             st.cache_data.clear()                     # as after a server restart: only the run directory's cache
             at = AppTest.from_file(APP, default_timeout=600)
@@ -87,6 +92,9 @@ BROWSER_SCENARIOS = (
 )
 
 
+NEW_USER_PICKS = {"demo-ml100k-implicit": ("star wars", "raiders", "fargo"),
+                  "demo-ml100k-explicit": ("star wars", "raiders", "fargo"),
+                  "demo-synth-cold": ("red", "striped", "lamp")}
 SHOT_RUNS = ("demo-ml100k-implicit", "demo-synth-cold")       # screenshots of their pages go to docs/img
 
 
@@ -125,6 +133,12 @@ def bench_browser(runs: Path, indices: Path, shots: Path | None = None) -> list[
             snap = shots is not None and run in SHOT_RUNS
             if snap:
                 b.screenshot(shots / f"recommend-{run}.png")
+            row(run, "go to New user", b.page("New user"))
+            for word in NEW_USER_PICKS[run]:
+                b.type_text("Search the catalogue by title", word)
+                row(run, f"New user: add a pick ({word})", b.click_button("Add this item"))
+            if snap:
+                b.screenshot(shots / f"new-user-{run}.png")
             row(run, "go to Search", b.page("Search"))
             row(run, "Search: first query (loads the text model)", b.type_text("Query", query), True)
             row(run, "Search: another query", b.type_text("Query", query + " please"))
