@@ -2,9 +2,9 @@
 
 Pages: Recommend, New user, Search (a content-aware run searches with its own CLIP model and explains hits;
 other runs use a content index), Training, Federation, Indices. Heavy artifacts (runs, indices, the text
-embedder) load once per process through ``st.cache_resource``; nothing trains in this script and
-nothing is written into run or index directories. A page whose artifacts are missing says so and
-the other pages keep working.
+embedder) load once per process through ``st.cache_resource``; nothing trains in this script, and its
+one write is the per-client evaluation it keeps in a run's ``dashboard-cache/``. A page whose artifacts
+are missing says so and the other pages keep working.
 """
 from __future__ import annotations
 
