@@ -250,19 +250,20 @@ def page_new_user(run) -> None:
     text = c1.text_input("Search the catalogue by title", "", key=f"new_q_{run.dir.name}",
                          placeholder="e.g. star wars")
     found = [i for i in views.search_titles(run.data, text) if i not in picks]
+    match_key = f"new_match_{run.dir.name}"
+
+    def add_pick():                     # a callback: the pick is in the state before the page reruns (one run)
+        if st.session_state.get(match_key) is not None and st.session_state[match_key] not in picks:
+            picks.append(int(st.session_state[match_key]))
     if found:
-        add = c1.selectbox("Matches", found, key=f"new_match_{run.dir.name}",
-                           format_func=lambda i: f"{run.data.title(i)} (item {run.data.item_ids[i]})")
-        if c2.button("Add this item", key=f"new_add_{run.dir.name}"):
-            picks.append(int(add))
-            st.rerun()
+        c1.selectbox("Matches", found, key=match_key,
+                     format_func=lambda i: f"{run.data.title(i)} (item {run.data.item_ids[i]})")
+        c2.button("Add this item", key=f"new_add_{run.dir.name}", on_click=add_pick)
     elif text.strip():
         c1.caption("No title matches.")
     if picks:
         st.markdown("**Your items:** " + "; ".join(f"{run.data.title(i)} (item {run.data.item_ids[i]})" for i in picks))
-        if c2.button("Start over", key=f"new_clear_{run.dir.name}"):
-            picks.clear()
-            st.rerun()
+        c2.button("Start over", key=f"new_clear_{run.dir.name}", on_click=picks.clear)
     d1, d2 = st.columns(2)
     k = d1.slider("K", 1, 50, 10, key="new_k")
     steps = d2.slider("Fold-in steps (0: the fresh encoder as it starts)", 0, 20, 5, key="new_steps")
