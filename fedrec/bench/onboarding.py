@@ -22,7 +22,7 @@ def _ndcg(ids: np.ndarray, truth: sp.csr_matrix, rows: np.ndarray) -> np.ndarray
     return np.array([ranking_metrics(ids[j:j + 1], truth, rows[j:j + 1], (10,))["ndcg@10"] for j in range(len(rows))])
 
 
-def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(5, 20, 50), fraction: float = 0.2, seed: int = 0,
+def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fraction: float = 0.2, seed: int = 0,
                      rounds: int | None = None) -> tuple[list[list], dict]:
     """Rows [method, k, NDCG@10 (test half of the held-out users), users] and run facts."""
     import torch
