@@ -234,6 +234,12 @@ def page_recommend(run, idx_root: Path, rankers: list[dict] | None = None) -> No
     _rerank_section(run, u, k, rankers or [])
 
 
+@st.cache_resource(show_spinner="drawing the encoder a new client starts from (once per run)…")
+def _new_client_start(path: str, stamp: float):
+    from federation.runs.onboard import new_client_start
+    return new_client_start(_run(path, stamp).fed)
+
+
 def page_new_user(run) -> None:
     _header("New user")
     if run is None:
@@ -270,7 +276,8 @@ def page_new_user(run) -> None:
     if not picks:
         st.info("Search for an item you like and add it; the list appears with the first pick.")
         return
-    recs = views.new_user_recommendations(run, picks, k, steps, _item_vecs(str(run.dir), _stamp(run.dir)))
+    recs = views.new_user_recommendations(run, picks, k, steps, _item_vecs(str(run.dir), _stamp(run.dir)),
+                                          _new_client_start(str(run.dir), _stamp(run.dir)))
     st.subheader(f"Top {len(recs)} after {len(picks)} pick(s)")
     _table(recs, "new-user", {recs.columns[3]: views.SCORE_HELP[run.cfg.model.mode],
                               "why": "The picked item closest to this one in the model's item space."})

@@ -199,19 +199,16 @@ def recommendations(run, user: int, k: int, exclude_seen: bool, item_vecs: np.nd
     history item (never the item itself) whose decoder row is most similar to the recommended item's
     (the model's own notion of "similar"). ``among``: rank only these item indices (e.g. cold_items:
     new items are ranked among themselves, as the cold-item evaluation does)."""
-    model = run.model()
-    all_scores = model.score(np.array([user]))[0].astype(np.float64)                 # (n_items,)
+    all_scores = run.model().score(np.array([user]))[0].astype(np.float64)           # (n_items,), scored once
     hist = run.train[user]
-    if among is None:
-        ids, scores = model.recommend(np.array([user]), k, exclude=run.train if exclude_seen else None)
-        ids, scores = ids[0], scores[0]
-    else:
+    s = all_scores.copy()
+    if among is not None:
         s = np.full_like(all_scores, -np.inf)
         s[among] = all_scores[among]
-        if exclude_seen:
-            s[hist.indices] = -np.inf
-        ids = np.argsort(-s, kind="stable")[:k]
-        scores = s[ids]
+    if exclude_seen:
+        s[hist.indices] = -np.inf
+    ids = np.argsort(-s, kind="stable")[:k]
+    scores = s[ids]
     keep = np.isfinite(scores)
     ids, scores = ids[keep], scores[keep]
     counts = np.diff(run.train.tocsc().indptr)
@@ -282,11 +279,22 @@ PER_CLIENT_CACHE = "dashboard-cache"
 
 
 def _checkpoint_key(run_dir: Path) -> str:
-    """Identifies the model a cached evaluation was made from: the checkpoint's commit record."""
-    from recsys.io import sha256_file
+    """Identifies the model a cached evaluation was made from: the checksum its checkpoint was written
+    with (federation.runs.loop; older runs: the one in checkpoint.json)."""
+    from federation.runs.loop import CHECKPOINT_META, checkpoint_meta
 
-    f = run_dir / "checkpoint.json"
-    return sha256_file(f) if f.exists() else ""
+    from recsys.errors import FedrecError
+
+    try:
+        meta = checkpoint_meta(run_dir) or {}
+    except FedrecError:
+        return ""
+    if "sha256" in meta:
+        return meta["sha256"]
+    try:
+        return str(json.loads((run_dir / CHECKPOINT_META).read_text()).get("sha256", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def per_user_metric_cached(run, part: str = "valid") -> pd.DataFrame:
@@ -526,6 +534,22 @@ def thumbnail_uri(path: str, size: int = 64) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def nearest_reference(item_vecs: np.ndarray, items: np.ndarray, refs: np.ndarray,
+                      weights: np.ndarray | None = None) -> np.ndarray:
+    """For each of (k,) items, the position in refs (m,) of the most similar reference item by cosine of
+    their rows in item_vecs (n_items, d), times weights (m,); -1 where the only reference is the item
+    itself (an item never explains itself)."""
+    items, refs = np.asarray(items, dtype=np.int64), np.asarray(refs, dtype=np.int64)
+    Rn = item_vecs[refs] / (np.linalg.norm(item_vecs[refs], axis=1, keepdims=True) + 1e-9)     # (m, d)
+    In = item_vecs[items] / (np.linalg.norm(item_vecs[items], axis=1, keepdims=True) + 1e-9)   # (k, d)
+    sim = In @ Rn.T                                                                             # (k, m)
+    if weights is not None:
+        sim = sim * np.asarray(weights)[None, :]
+    sim[items[:, None] == refs[None, :]] = -np.inf
+    best = sim.argmax(1)
+    return np.where(np.isfinite(sim[np.arange(len(items)), best]), best, -1)
+
+
 def closest_in_history(run, user: int, items: np.ndarray, item_vecs: np.ndarray) -> list[str]:
     """For each of (k,) items, why it suits the user: the history item (never the item itself) whose
     decoder row (item_vecs (n_items, d)) is the most similar, weighted by the user's rating of it —
@@ -533,16 +557,10 @@ def closest_in_history(run, user: int, items: np.ndarray, item_vecs: np.ndarray)
     hist = run.train[user]
     if not hist.nnz:
         return ["no history yet"] * len(items)
-    items = np.asarray(items, dtype=np.int64)
-    H = item_vecs[hist.indices]                                                  # (L, d)
-    Hn = H / (np.linalg.norm(H, axis=1, keepdims=True) + 1e-9)
-    R = item_vecs[items] / (np.linalg.norm(item_vecs[items], axis=1, keepdims=True) + 1e-9)
-    sim = (R @ Hn.T) * (hist.data / hist.data.max())[None, :]                     # (k, L): favour loved items
-    sim[items[:, None] == hist.indices[None, :]] = -np.inf                       # never the item itself
     explicit = run.cfg.model.mode == "explicit"
     out = []
-    for j, b in enumerate(sim.argmax(1)):
-        if not np.isfinite(sim[j, b]):
+    for b in nearest_reference(item_vecs, items, hist.indices, hist.data / hist.data.max()):   # favour loved items
+        if b < 0:
             out.append("only this item in your history")
             continue
         i = int(hist.indices[b])
@@ -561,22 +579,21 @@ def search_titles(data, text: str, limit: int = 30) -> list[int]:
     return np.flatnonzero(titles.str.contains(t, regex=False).to_numpy())[:limit].tolist()
 
 
-def new_user_recommendations(run, picks: list[int], k: int, steps: int, item_vecs: np.ndarray) -> pd.DataFrame:
+def new_user_recommendations(run, picks: list[int], k: int, steps: int, item_vecs: np.ndarray,
+                             start: dict | None = None) -> pd.DataFrame:
     """Top-k for a new user who picked ``picks`` (item indices): a fresh encoder folded in for ``steps``
-    local steps (federation/runs/onboard.py), with strength and why (the closest pick in the model's item
-    space)."""
+    local steps (federation/runs/onboard.py; ``start``: onboard.new_client_start, kept by the caller),
+    with strength and why (the closest pick in the model's item space)."""
     from federation.runs.onboard import FoldIn, new_user_scores
 
     items = np.asarray(picks, dtype=np.int64)
     ratings = None
     if run.fed.shape.mode == "explicit":
         ratings = np.full(len(items), float(run.data.ratings.data.max()))
-    s = new_user_scores(run.fed, items, ratings, FoldIn(steps)).astype(np.float64)
+    s = new_user_scores(run.fed, items, ratings, FoldIn(steps), start).astype(np.float64)
     ids = np.argsort(-s, kind="stable")[:k]
     ids = ids[np.isfinite(s[ids])]
-    P = item_vecs[items] / (np.linalg.norm(item_vecs[items], axis=1, keepdims=True) + 1e-9)
-    R = item_vecs[ids] / (np.linalg.norm(item_vecs[ids], axis=1, keepdims=True) + 1e-9)
-    best = (R @ P.T).argmax(1)
+    best = nearest_reference(item_vecs, ids, items)          # never -1: picks are not in the list
     mode = run.cfg.model.mode
     r = run.data.ratings.data
     rating_range = (float(r.min()), float(r.max()))

@@ -406,6 +406,11 @@ def test_chart_helpers_by_hand():
     assert "modes (explicit, implicit" in views.mixed_runs(runs[:2]) and "datasets (ml-100k, synth)" in views.mixed_runs(runs)
     assert runs[0].label == "e · ml-100k · explicit · personalfr"
     assert views.thumbnail_uri("") == views.thumbnail_uri("/no/such.png") == views.PLACEHOLDER_URI
+    vecs = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.8]])
+    # item 0: closest ref is itself (never used) -> item 1; item 2 -> 3; weights can overrule similarity
+    assert views.nearest_reference(vecs, [0, 2], [0, 1, 3]).tolist() == [1, 2]
+    assert views.nearest_reference(vecs, [0], [1, 3], weights=[0.1, 1.0]).tolist() == [1]
+    assert views.nearest_reference(vecs, [0], [0]).tolist() == [-1]               # only itself: none
 
 
 def test_per_client_evaluation_is_cached_in_the_run_directory(env, monkeypatch):

@@ -41,6 +41,8 @@ def test_a_new_clients_first_code_by_hand(run):
     h2 = torch.tanh(p0["enc_W2"] @ h1 + p0["enc_b2"])
     h3 = torch.tanh(g["dec_W1"] @ h2 + g["dec_b1"])
     torch.testing.assert_close(new_user_code(fed, items), h3, atol=1e-6, rtol=0)
+    from federation.runs.onboard import new_client_start
+    torch.testing.assert_close(new_user_code(fed, items, start=new_client_start(fed)), h3, atol=1e-6, rtol=0)
 
 
 def test_fold_in_fits_the_users_items_and_never_recommends_them(run):
