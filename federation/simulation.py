@@ -6,6 +6,8 @@ from a checkpoint after round r replays rounds r+1.. exactly.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 import time
@@ -107,8 +109,9 @@ class Federation:
         for a content-aware decoder; shape.content_dim must be F. content_drop (N, F): what the
         content-only steps of shape.content_dropout score with, if not ``content`` (see
         federation.runs.jobs.weigh_content: weighted content in normal steps, full weight in those)."""
-        self.shape, self.cfg = shape, cfg
         self.strategy = get_strategy(cfg.strategy, cfg.options)
+        shape = dataclasses.replace(shape, **self.strategy.model_fields())    # e.g. Persona's embedder heads
+        self.shape, self.cfg = shape, cfg
         self.strategy.check(shape, content is not None)
         self.device, self.dtype = torch.device(device), dtype
         self.content: torch.Tensor | None = None
@@ -239,8 +242,8 @@ class Federation:
         self._keep_personal(c, res)
         v = res.values
         trained = {"dec_out": v["dec_out"], "dec_ob": v["dec_ob"], "dec_W1": v["dec_W1"][0], "dec_b1": v["dec_b1"][0]}
-        if CONTENT_KEY in v:
-            trained[CONTENT_KEY] = v[CONTENT_KEY][0]
+        for k in self.shape.extra_dense_keys():
+            trained[k] = v[k][0]
         w = float(self.weights(c.users)[0])
         return encode_update(c.items.cpu().numpy(), trained, w)
 
@@ -363,7 +366,7 @@ class Federation:
             else:                       # no shared rows (FedPer's personal item layer): no rows, no ids
                 rows, rb = W1.new_zeros(len(c.items), self.shape.h1), W1.new_zeros(len(c.items))
             self._keep_personal(c, res)
-            P = res.value(CONTENT_KEY) if self.content is not None else None           # (B, H1, F)
+            extra = {k: res.value(k) for k in self.shape.extra_dense_keys()}           # (B, ...) each
             w = self.weights(c.users)
             ends = np.cumsum(np.bincount(c.seg.cpu().numpy(), minlength=c.size))  # seg is contiguous per client
             items = c.items.cpu().numpy()
@@ -372,8 +375,8 @@ class Federation:
                 if not self.strategy.sends_rows:
                     a = b
                 trained = {"dec_out": rows[a:b], "dec_ob": rb[a:b], "dec_W1": W1[j], "dec_b1": b1[j]}
-                if P is not None:
-                    trained[CONTENT_KEY] = P[j]
+                for k, v in extra.items():
+                    trained[k] = v[j]
                 out[int(u)] = encode_update(items[a:b], trained, float(w[j]))
                 losses[int(u)] = float(res.loss[j])
         self._given = None
@@ -518,7 +521,7 @@ class Federation:
             return
         w = self.weights(c.users)                                                     # (B,)
         agg.total_weight += float(w.sum())
-        keys = self.strategy.shared + ((CONTENT_KEY,) if self.content is not None else ())
+        keys = self.strategy.shared + self.shape.extra_dense_keys()
         touched = [k for k in keys if k == "enc_in" or (k in ITEM_ROW_KEYS and self.strategy.rows == "touched")]
         sums = res.row_sums_all(touched, w, self.shape.n_items) if hasattr(res, "row_sums_all") else {}
         for k in keys:

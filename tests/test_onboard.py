@@ -9,20 +9,23 @@ from cli_inprocess import fedrec
 from recsys.synth import SynthSpec, write_catalogue
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def _trained(root, spec: SynthSpec, model: dict, federation: dict):
+    """A run trained on a synthetic catalogue, loaded back from disk."""
     from federation.runs.jobs import load_run, train
 
-    root = tmp_path_factory.mktemp("onboard")
-    write_catalogue(SynthSpec(n_users=300, n_items=60, mean_activity=14, seed=2), root / "synth", images=False,
-                    progress=False)
-    cfg = {"name": "o", "seed": 0, "data": {"path": str(root / "synth")},
-           "model": {"mode": "implicit", "hidden": [32, 16], "input_norm": "l2", "input_tie": 3.0},
-           "federation": {"rounds": 40, "fraction": 0.3, "row_average": "participants", "server_lr": 5.0},
+    write_catalogue(spec, root / "synth", images=False, progress=False)
+    cfg = {"name": "o", "seed": 0, "data": {"path": str(root / "synth")}, "model": model, "federation": federation,
            "eval": {"every": 0}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     train(root / "cfg.yaml", root / "run", progress=False)
     return load_run(root / "run")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return _trained(tmp_path_factory.mktemp("onboard"), SynthSpec(n_users=300, n_items=60, mean_activity=14, seed=2),
+                    {"mode": "implicit", "hidden": [32, 16], "input_norm": "l2", "input_tie": 3.0},
+                    {"rounds": 40, "fraction": 0.3, "row_average": "participants", "server_lr": 5.0})
 
 
 def test_a_new_clients_first_code_by_hand(run):
@@ -122,6 +125,49 @@ def test_onboarding_benchmark_runs_end_to_end(tmp_path):
         "model": {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
         "prototypes": {"enabled": True, "k": 2, "iters": 1}}))
     rows, info = bench_onboarding(tmp_path / "c.yaml", ks=(1, 3), steps=(2,))
-    assert [r[:2] for r in rows] == [["popularity", 1], ["first code + prototypes", 1], ["fold-in, 2 steps (chosen on valid)", 1],
-                                     ["popularity", 3], ["first code + prototypes", 3], ["fold-in, 2 steps (chosen on valid)", 3]]
+    methods = ["popularity", "first code + prototypes", "fold-in, 2 steps (chosen on valid)",
+               "user embedder (persona run)", "user embedder + fold-in, 2 steps (chosen on valid)"]
+    assert [r[:2] for r in rows] == [[m, k] for k in (1, 3) for m in methods]
     assert all(0 <= r[2] <= 1 for r in rows) and info["held_out"] + info["train_users"] <= 120
+
+
+@pytest.fixture(scope="module")
+def persona_run(tmp_path_factory):
+    return _trained(tmp_path_factory.mktemp("onboard-persona"), SynthSpec(n_users=200, n_items=50, mean_activity=12, seed=3),
+                    {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
+                    {"strategy": "persona", "options": {"heads": 2}, "rounds": 6, "fraction": 0.3})
+
+
+def test_a_persona_runs_new_user_scores_with_the_embedder_alone(persona_run):
+    """A persona run's new user: h3 = decoder(z_e(items)) with the received parameters, no encoder; and
+    the run loaded from disk kept the embedder (its four parameters in the checkpoint)."""
+    from federation.runs.onboard import new_user_code
+    from recsys.models.autoencoder import decode_hidden, item_rows
+    from recsys.models.embedder import EMBEDDER_KEYS, user_vector
+
+    fed = persona_run.fed
+    assert fed.shape.embedder_heads == 2 and set(EMBEDDER_KEYS) <= set(fed.global_p)
+    items = np.array([4, 9, 31])
+    g = fed.global_p
+    t = torch.as_tensor(items)
+    z = user_vector(g, item_rows(g, None, t), torch.ones(3), torch.zeros(3, dtype=torch.long), 1)
+    torch.testing.assert_close(new_user_code(fed, items), decode_hidden(g, z)[0], atol=1e-6, rtol=0)
+    out = fedrec("recommend", persona_run.dir, "--history", ",".join(map(str, persona_run.data.item_ids[items])),
+                 "-k", "5")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("top 5 for a new user with 3 item(s)") and len(out.stdout.strip().splitlines()) == 6
+
+
+def test_fold_in_starts_at_the_embedders_vector(persona_run):
+    """start_at: a fresh encoder whose enc_b2 comes from it outputs exactly z for its input."""
+    from federation.runs.onboard import new_client_start, start_at
+
+    fed = persona_run.fed
+    items = torch.tensor([1, 2, 7, 30])
+    init = new_client_start(fed)
+    personal = {k: (v[items] if k == "enc_in" else v) for k, v in init.items()}
+    x = torch.full((4,), 0.5)
+    z = torch.linspace(-0.9, 0.9, fed.shape.h2)
+    personal["enc_b2"] = start_at(personal, z, x, None)
+    h1 = torch.tanh(x @ personal["enc_in"] + personal["enc_b1"])
+    torch.testing.assert_close(torch.tanh(personal["enc_W2"] @ h1 + personal["enc_b2"]), z, atol=1e-5, rtol=0)

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from federation.runs.config import JobConfig
-from federation.strategies.messages import KEY_PROJ, RejectedUpdate, unpack_starts
+from federation.strategies.messages import RejectedUpdate, unpack_starts
 from federation.privacy.dp import clip_update
 from recsys.io import atomic_path
 from recsys.metrics import ranking_metrics, topk_from_scores
@@ -57,9 +57,10 @@ def catalogue_checksum(item_ids: np.ndarray) -> str:
     return hashlib.sha256("\x1f".join(map(str, item_ids)).encode()).hexdigest()[:16]
 
 
-def decoder_keys(content_dim: int) -> tuple[str, ...]:
-    """The global parameters the server sends a node: the decoder, plus the content projection."""
-    return DECODER_KEYS + ((KEY_PROJ,) if content_dim else ())
+def decoder_keys(shape) -> tuple[str, ...]:
+    """The global parameters the server sends a node (an AEShape): the decoder, plus the content
+    projection and the user embedder when the model has them."""
+    return DECODER_KEYS + shape.extra_dense_keys()
 
 
 def content_fingerprint(content: np.ndarray | None) -> str:
@@ -295,7 +296,7 @@ class ClientNode:
 
     # -- state -------------------------------------------------------------------------------
     def _set_decoder(self, decoder: dict[str, np.ndarray]) -> None:
-        for k in decoder_keys(self.fed.shape.content_dim):
+        for k in decoder_keys(self.fed.shape):
             if k not in decoder:
                 raise RejectedUpdate(f"server decoder lacks {k} (does the server run a content-free job?)")
             want = tuple(self.fed.global_p[k].shape)

@@ -212,8 +212,9 @@ class FederatedServer:
         m = self.cfg.model
         self.shape = AEShape(n_items, m.hidden[0], m.hidden[1], m.dropout, m.mode, m.input_norm,
                              content_dim_of(self.content or ""),
-                             self.cfg.content.row_dropout if self.content else 0.0, m.input_tie)
-        self.keys = decoder_keys(self.shape.content_dim)
+                             self.cfg.content.row_dropout if self.content else 0.0, m.input_tie,
+                             **self.strategy.model_fields())
+        self.keys = decoder_keys(self.shape)
         init = init_params(self.shape, self.cfg.seed, torch.float32)
         self.global_p = {k: init[k] for k in self.keys}
         if self.strategy.individual_updates:

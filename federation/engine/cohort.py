@@ -230,6 +230,8 @@ class FactoredResult:
         (client, step) pairs."""
         if key in self.fixed:
             return torch.tensordot(w, self.fixed[key], dims=([0], [0]))
+        if key in self.personal:               # trained by the strategy's own phase (Persona's embedder)
+            return torch.tensordot(w, self.personal[key], dims=([0], [0]))
         P0 = self.start[key]
         out = self.a_end * (torch.tensordot(w, P0, dims=([0], [0])) if key in self.per_client else w.sum() * P0)
         k = (w[:, None] * self.K).reshape(-1)                                   # (B*S,)

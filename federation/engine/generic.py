@@ -239,6 +239,7 @@ def _local_run(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, tor
         raise ConfigError(f"content.row_dropout is supported by the closed-form strategies only, not {strategy.name!r}")
     B, items = cohort.size, cohort.items
     rows_all = batched and strategy.rows == "all"
+    phase = strategy.phase_keys(shape)
     g = {k: v.to(dtype) for k, v in global_p.items()}
     values, per_entry = {}, set()
     for k, prm in strategy.params(shape).items():
@@ -249,7 +250,7 @@ def _local_run(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, tor
         elif prm.item_rows and (k == "enc_in" or not rows_all):
             values[k] = g[prm.source].index_select(0, items)                            # (T, ...)
             per_entry.add(k)
-        elif batched:
+        elif batched or k in phase:
             v = g[prm.source]
             values[k] = v.unsqueeze(0).expand(B, *v.shape).clone()                      # (B, ...)
         else:
@@ -259,7 +260,7 @@ def _local_run(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, tor
     C = None if content is None else content.to(dtype)
     tie = (shape.input_tie * item_rows(g, C, items)) if shape.input_tie else None      # a constant of the round
     keep = kernels.dropout_keep_steps(seed, rnd, cohort.users, range(steps), shape.h2, shape.dropout).to(dtype)
-    fixed = () if batched else tuple(k for k in values if k not in strategy.extra_personal)
+    fixed = () if batched else tuple(k for k in values if k not in phase)
     return LocalRun(shape, cohort, g, values, per_entry, sgd, lr, steps, keep, C, tie, rows_all, optimizer, seed, rnd,
                     fixed=fixed)
 
@@ -276,13 +277,13 @@ def personal_phase(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str,
                    store: ClientStore, sgd: SGDConfig, lr: float, steps: int, seed: int, rnd: int,
                    dtype: torch.dtype = torch.float32, content: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``strategy.personal_update`` alone, for a strategy whose shared update is PersonalFR's
-    (``Strategy.split_update``): its own personal parameters train against the received model, which
-    is held as it arrived (shared layers unbatched: one GEMM per step, not a copy per client). Returns
-    the trained values of the strategy's own personal keys; the engine runs the shared update on the
-    closed-form path (``Federation.train_cohort``)."""
+    (``Strategy.split_update``): its ``phase_keys`` (its own personal parameters, or Persona's shared
+    embedder, one copy per client) train against the received model, which is held as it arrived
+    (other shared layers unbatched: one GEMM per step, not a copy per client). Returns their trained
+    values; the engine runs the PersonalFR update on the closed-form path (``Federation.train_cohort``)."""
     run = received_run(strategy, shape, cohort, global_p, store, sgd, lr, steps, seed, rnd, dtype, content)
     strategy.personal_update(run)
-    return {k: run.values[k].detach() for k in strategy.extra_personal}
+    return {k: run.values[k].detach() for k in strategy.phase_keys(shape)}
 
 
 def train_generic(strategy, shape: AEShape, cohort: Cohort, global_p: dict[str, torch.Tensor],

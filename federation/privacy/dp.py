@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from federation.strategies.messages import KEY_DENSE_B, KEY_DENSE_W, KEY_ITEM_IDS, KEY_PROJ, KEY_ROW_BIAS, KEY_ROWS, update_norm
+from federation.strategies.messages import KEY_ITEM_IDS, KEY_ROW_BIAS, KEY_ROWS, dense_pairs, update_norm
 
 _RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
 
@@ -51,11 +51,8 @@ def clip_update(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor], c
         return dict(msg), norm
     ids = torch.as_tensor(msg[KEY_ITEM_IDS])
     out = dict(msg)
-    pairs = [(KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids]),
-             (KEY_DENSE_W, global_p["dec_W1"]), (KEY_DENSE_B, global_p["dec_b1"])]
-    if KEY_PROJ in msg and KEY_PROJ in global_p:
-        pairs.append((KEY_PROJ, global_p[KEY_PROJ]))
-    for k, ref in pairs:
+    pairs = [(KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids])]
+    for k, ref in pairs + dense_pairs(msg, global_p):
         r = ref.double().cpu().numpy()
         out[k] = (r + f * (np.asarray(msg[k], np.float64) - r)).astype(np.float32)
     return out, norm
@@ -78,18 +75,13 @@ def dp_aggregate(global_p: dict[str, torch.Tensor], msgs: list[dict[str, np.ndar
         ids = torch.as_tensor(np.concatenate([m[KEY_ITEM_IDS] for m in msgs]), dtype=torch.long)
         d_rows = torch.as_tensor(np.concatenate([m[KEY_ROWS] for m in msgs]), dtype=f64) - g["dec_out"][ids]   # (T, H1)
         d_ob = torch.as_tensor(np.concatenate([m[KEY_ROW_BIAS] for m in msgs]), dtype=f64) - g["dec_ob"][ids]  # (T,)
-        d_W = torch.as_tensor(np.stack([m[KEY_DENSE_W] for m in msgs]), dtype=f64) - g["dec_W1"]               # (C, H1, H2)
-        d_b = torch.as_tensor(np.stack([m[KEY_DENSE_B] for m in msgs]), dtype=f64) - g["dec_b1"]               # (C, H1)
-        sq = (d_W ** 2).sum((1, 2)) + (d_b ** 2).sum(1)                                    # (C,)
-        if KEY_PROJ in g:
-            d_P = torch.as_tensor(np.stack([m[KEY_PROJ] for m in msgs]), dtype=f64) - g[KEY_PROJ]   # (C, H1, F)
-            sq = sq + (d_P ** 2).sum((1, 2))
+        dense = [k for k, _ in dense_pairs(msgs[0], g)]            # dec_W1, dec_b1, dec_P, the embedder
+        d = {k: torch.as_tensor(np.stack([m[k] for m in msgs]), dtype=f64) - g[k] for k in dense}   # (C, ...)
+        sq = sum((v.reshape(len(msgs), -1) ** 2).sum(1) for v in d.values())               # (C,)
         sq = sq.index_add(0, seg, (d_rows ** 2).sum(1) + d_ob ** 2)
         f = (dp.clip / sq.sqrt().clamp(min=1e-12)).clamp(max=1.0)                         # (C,) clip factors
-        sums["dec_W1"] = torch.tensordot(f, d_W, dims=([0], [0]))
-        sums["dec_b1"] = f @ d_b
-        if KEY_PROJ in g:
-            sums[KEY_PROJ] = torch.tensordot(f, d_P, dims=([0], [0]))
+        for k, v in d.items():
+            sums[k] = torch.tensordot(f, v, dims=([0], [0]))
         sums["dec_out"].index_add_(0, ids, d_rows * f[seg, None])
         sums["dec_ob"].index_add_(0, ids, d_ob * f[seg])
     gen = torch.Generator().manual_seed(dp.noise_seed * 1_000_003 + rnd if dp.noise_seed is not None

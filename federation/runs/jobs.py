@@ -201,7 +201,8 @@ def build_federation(cfg: JobConfig, data: InteractionData, split: Split,
         content, content_drop = weigh_content(cfg, content, holders)
     shape = AEShape(data.n_items, cfg.model.hidden[0], cfg.model.hidden[1], cfg.model.dropout, cfg.model.mode,
                     cfg.model.input_norm, 0 if content is None else content.shape[1],
-                    cfg.content.row_dropout if content is not None else 0.0, cfg.model.input_tie)
+                    cfg.content.row_dropout if content is not None else 0.0, cfg.model.input_tie,
+                    **get_strategy(cfg.federation.strategy, cfg.federation.options).model_fields())
     fed = Federation(shape, fed_settings(cfg), split.matrix(data, "train") if train is None else train,
                      resolve_device(cfg.engine.device), _DTYPES[cfg.engine.dtype], _DTYPES[cfg.engine.state_dtype],
                      content, content_drop)

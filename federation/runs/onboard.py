@@ -71,10 +71,17 @@ def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fol
     items_t = torch.as_tensor(np.asarray(items, dtype=np.int64))
     r = np.ones(len(items)) if ratings is None else np.asarray(ratings, dtype=np.float64)
     x = torch.as_tensor(input_values(shape, r, np.array([len(items)])), dtype=fed.dtype)        # (k,)
-    init = new_client_start(fed) if start is None else start
-    personal = {k: (init[k][items_t] if k == "enc_in" else init[k]) for k in ENCODER_KEYS}
     received = {k: v.detach().cpu() for k, v in fed.global_p.items()}
     content = fed.content.cpu() if fed.content is not None else None
+    ze = embedder_vector(fed, items_t, torch.as_tensor(r, dtype=fed.dtype)) if shape.embedder_heads else None
+    if ze is not None and fold.steps == 0:
+        with torch.no_grad():
+            return decode_hidden(received, ze[None])[0]                                         # (H1,)
+    init = new_client_start(fed) if start is None else start
+    personal = {k: (init[k][items_t] if k == "enc_in" else init[k]) for k in ENCODER_KEYS}
+    if ze is not None:                  # the fresh encoder starts at the embedder's vector (its h2 == z_e)
+        personal["enc_b2"] = start_at(personal, ze, x, shape.input_tie * item_rows(received, content, items_t)
+                                      if shape.input_tie else None)
     if fold.steps > 0:
         lr = fold.lr if fold.lr is not None else fed.cfg.sgd.lr
         newcomer = fed.train.shape[0]          # a client id no trained client has (its dropout masks)
@@ -89,6 +96,29 @@ def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fol
     seg = torch.zeros(len(items), dtype=torch.long)
     with torch.no_grad():
         return decode_hidden(p, encode(p, seg, x, 1))[0]                                       # (H1,)
+
+
+def embedder_vector(fed, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+    """z_e (H2,): the run's shared user embedder (a ``persona`` run) over a history of ``items`` (k,) with
+    ``ratings`` (k,) (implicit: ones). No personal parameter."""
+    from federation.strategies.persona import entry_values
+    from recsys.models.embedder import user_vector
+
+    g = {k: v.detach().cpu() for k, v in fed.global_p.items()}
+    content = fed.content.cpu().to(fed.dtype) if fed.content is not None else None
+    seg = torch.zeros(len(items), dtype=torch.long)
+    with torch.no_grad():
+        return user_vector(g, item_rows(g, content, items), entry_values(fed.shape, ratings), seg, 1)[0]
+
+
+def start_at(personal: dict[str, torch.Tensor], z: torch.Tensor, x: torch.Tensor, tie: torch.Tensor | None
+             ) -> torch.Tensor:
+    """enc_b2 (H2,) that makes a fresh encoder's output h2 = tanh(W2 h1 + b2) equal z (H2,) for its
+    input x (k,): b2 = atanh(z) - W2 h1 (z kept inside (-1, 1))."""
+    enc = personal["enc_in"] if tie is None else personal["enc_in"] + tie
+    with torch.no_grad():
+        h1 = torch.tanh(x @ enc + personal["enc_b1"])                                            # (H1,)
+        return torch.atanh(z.clamp(-1 + 1e-6, 1 - 1e-6)) - personal["enc_W2"] @ h1
 
 
 def new_user_scores(fed, items: np.ndarray, ratings: np.ndarray | None = None, fold: FoldIn = FoldIn(),

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from recsys.errors import ConfigError
-from recsys.models.autoencoder import ALL_KEYS, CONTENT_KEY, ENCODER_KEYS, ITEM_ROW_KEYS, AEShape
+from recsys.models.autoencoder import ALL_KEYS, ENCODER_KEYS, ITEM_ROW_KEYS, AEShape
 
 if TYPE_CHECKING:       # the engine imports strategies, not the other way round (type hints only)
     from federation.engine.generic import LocalRun
@@ -106,7 +106,7 @@ class Strategy:
     def params(self, shape: AEShape) -> dict[str, Param]:
         """Every parameter a client holds, with its role."""
         out = {}
-        keys = ALL_KEYS + ((CONTENT_KEY,) if shape.content_dim else ())
+        keys = ALL_KEYS + shape.extra_dense_keys()
         for k in keys:
             rows = k in ITEM_ROW_KEYS
             if k in self.personal_model_keys or not self.federated:
@@ -146,6 +146,10 @@ class Strategy:
     def inference_key(self, key: str) -> str:
         """Which held parameter a user scores with in place of model parameter ``key``."""
         return key
+
+    def model_fields(self) -> dict:
+        """AEShape fields the strategy sets (Persona's embedder heads). Default: none."""
+        return {}
 
     # -- inference -----------------------------------------------------------------------------
     shared_item_vectors: ClassVar[bool] = True   # scores are hidden(h3)·row_i + b_i with the global rows
@@ -209,13 +213,19 @@ class Strategy:
     # closed-form path, at PersonalFR's speed. Both paths are held equal by the conformance suite.
     split_update: ClassVar[bool] = False
 
+    def phase_keys(self, shape: AEShape) -> tuple[str, ...]:
+        """What ``personal_update`` trains: the strategy's own personal parameters (default), or shared
+        ones a phase of its own trains against the received model (Persona's embedder)."""
+        return tuple(self.extra_personal)
+
     def personal_update(self, run: "LocalRun") -> None:
-        """Train the strategy's own personal parameters (``extra_personal``) from ``run.start``."""
+        """Train the strategy's ``phase_keys`` from ``run.start``."""
 
     def local_update(self, run: "LocalRun") -> torch.Tensor:
         """Train the cohort's clients; returns their mean local loss (B,). ``run.values`` holds the
         trained values afterwards."""
-        keys = tuple(k for k in run.values if k not in self.extra_personal)
+        own = self.phase_keys(run.shape)
+        keys = tuple(k for k in run.values if k not in own)
         return run.sgd(keys, self.local_loss, run.steps)
 
     # -- aggregation (pure) -------------------------------------------------------------------

@@ -12,8 +12,9 @@ ID_BYTES = 8
 
 
 def dense_decoder_params(s: AEShape) -> int:
-    """Dense decoder layer (+ the content projection of a content-aware model)."""
-    return s.h1 * s.h2 + s.h1 + s.h1 * s.content_dim
+    """Dense decoder layer (+ the content projection and the user embedder, when the model has them)."""
+    shapes = s.param_shapes()
+    return s.h1 * s.h2 + s.h1 + sum(math.prod(shapes[k]) for k in s.extra_dense_keys())
 
 
 def full_decoder_params(s: AEShape) -> int:

@@ -32,12 +32,18 @@ UPDATE_KEYS = (KEY_ITEM_IDS, KEY_ROWS, KEY_ROW_BIAS, KEY_DENSE_W, KEY_DENSE_B, K
 
 def update_keys(shape: AEShape) -> tuple[str, ...]:
     """The exact key set of an update for this model."""
-    return UPDATE_KEYS + ((KEY_PROJ,) if shape.content_dim else ())
+    return UPDATE_KEYS + shape.extra_dense_keys()
 
 
 def dense_keys(shape: AEShape) -> tuple[str, ...]:
-    """Shared parameters every client sends whole (averaged over clients)."""
-    return (KEY_DENSE_W, KEY_DENSE_B) + ((KEY_PROJ,) if shape.content_dim else ())
+    """Shared parameters every client sends whole (averaged over clients): the dense decoder layer,
+    plus the content projection and the user embedder's parameters when the model has them."""
+    return (KEY_DENSE_W, KEY_DENSE_B) + shape.extra_dense_keys()
+
+
+def dense_pairs(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """(key, global value) of every dense key the message carries (what a change is measured against)."""
+    return [(k, global_p[k]) for k in msg if k in global_p and k not in (KEY_ROWS, KEY_ROW_BIAS)]
 
 
 class RejectedUpdate(ValueError):
@@ -95,8 +101,9 @@ def encode_update(items: np.ndarray, trained: dict[str, torch.Tensor], weight: f
            KEY_DENSE_W: trained["dec_W1"].detach().cpu().numpy().astype(np.float32),
            KEY_DENSE_B: trained["dec_b1"].detach().cpu().numpy().astype(np.float32),
            KEY_WEIGHT: np.asarray(weight, np.float32)}
-    if KEY_PROJ in trained:
-        out[KEY_PROJ] = trained[KEY_PROJ].detach().cpu().numpy().astype(np.float32)
+    for k, v in trained.items():               # the content projection, the user embedder
+        if k not in out:
+            out[k] = v.detach().cpu().numpy().astype(np.float32)
     return out
 
 
@@ -113,8 +120,8 @@ def validate_update(msg: dict[str, np.ndarray], shape: AEShape) -> None:
     R = len(ids) if ids.ndim == 1 else -1
     want = {KEY_ITEM_IDS: (R,), KEY_ROWS: (R, shape.h1), KEY_ROW_BIAS: (R,), KEY_DENSE_W: (shape.h1, shape.h2),
             KEY_DENSE_B: (shape.h1,), KEY_WEIGHT: ()}
-    if shape.content_dim:
-        want[KEY_PROJ] = (shape.h1, shape.content_dim)
+    shapes = shape.param_shapes()
+    want.update({k: shapes[k] for k in shape.extra_dense_keys()})
     for k, s in want.items():
         if np.asarray(msg[k]).shape != s or R < 0:
             raise RejectedUpdate(f"{k}: shape {np.asarray(msg[k]).shape}, expected {s}")
@@ -147,11 +154,8 @@ def update_norm(msg: dict[str, np.ndarray], global_p: dict[str, torch.Tensor]) -
     """L2 norm of the update's change against the global model it started from."""
     ids = torch.as_tensor(msg[KEY_ITEM_IDS])
     sq = 0.0
-    pairs = [(KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids]),
-             (KEY_DENSE_W, global_p["dec_W1"]), (KEY_DENSE_B, global_p["dec_b1"])]
-    if KEY_PROJ in msg and KEY_PROJ in global_p:
-        pairs.append((KEY_PROJ, global_p[KEY_PROJ]))
-    for k, ref in pairs:
+    pairs = [(KEY_ROWS, global_p["dec_out"][ids]), (KEY_ROW_BIAS, global_p["dec_ob"][ids])]
+    for k, ref in pairs + dense_pairs(msg, global_p):
         d = torch.as_tensor(msg[k], dtype=torch.float64) - ref.double().cpu()
         sq += float((d * d).sum())
     return sq ** 0.5

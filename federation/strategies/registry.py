@@ -11,12 +11,14 @@ from federation.strategies.fedloge import FedLoGe
 from federation.strategies.fedprox import FedProx
 from federation.strategies.fedrep import FedPer, FedRep
 from federation.strategies.local import Local
+from federation.strategies.persona import Persona
 from federation.strategies.personalfr import PersonalFR
 from federation.strategies.pfedgate import PFedGate
 from recsys.errors import ConfigError
 
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (PersonalFR, FedAvg, Local, FedProx, Ditto,
-                                                                FedCAC, FedDPA, FedLoGe, PFedGate, FedPer, FedRep)}
+                                                                FedCAC, FedDPA, FedLoGe, PFedGate, FedPer, FedRep,
+                                                                Persona)}
 
 
 def message_strategies() -> tuple[str, ...]:

@@ -1,8 +1,13 @@
 """New users (issue 44): hold out a fraction of the users entirely, train on the rest, reveal k of each
-held-out user's interactions and rank the rest (revealed items excluded). Methods: popularity over the
-training users; the first code of a fresh encoder (tied to the received rows) blended with the federated
-prototypes; fold-in of that encoder with n local steps (n chosen on half of the held-out users, reported
-on the other half)."""
+held-out user's training-part interactions and rank every item against the user's test part, with
+the user's other interactions excluded, exactly as existing users are scored (so the figures compare
+with the accuracy table's). Half of the held-out users choose the fold-in steps against their valid
+part; the other half report against their test part.
+
+Methods: popularity over the training users; the first code of a fresh personal encoder (tied to the
+received rows) blended with the federated prototypes; fold-in of that encoder with n local steps; the
+federated user embedder of a ``persona`` run trained on the same users (its vector alone, at once), and a
+fresh personal encoder started at the embedder's vector and folded in with n steps."""
 from __future__ import annotations
 
 import logging
@@ -16,76 +21,96 @@ log = logging.getLogger(__name__)
 
 
 def _ndcg(ids: np.ndarray, truth: sp.csr_matrix, rows: np.ndarray) -> float:
-    """Mean NDCG@10 of the top-10 ids (B, 10) against truth rows (every held-out user has a rest)."""
+    """Mean NDCG@10 of the top-10 ids (B, 10) against truth rows."""
     from recsys.metrics import ranking_metrics
 
     return ranking_metrics(ids, truth, rows, (10,))["ndcg@10"]
 
 
-def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fraction: float = 0.2, seed: int = 0,
-                     rounds: int | None = None) -> tuple[list[list], dict]:
-    """Rows [method, k, NDCG@10 (test half of the held-out users), users] and run facts."""
+def _train(cfg, data, split, train, strategy: str | None = None, options: dict | None = None):
     import torch
 
-    from federation.runs.config import load_config
-    from federation.runs.jobs import build_federation, prepare_data, prototype_settings
-    from federation.runs.onboard import FoldIn, new_client_start, new_user_scores
-    from recsys.splits import hold_out_users, reveal_order
+    from federation.runs.jobs import build_federation, prototype_settings
 
-    cfg = load_config(config)
-    if rounds is not None:
-        cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"rounds": rounds})})
-    data, split = prepare_data(cfg)
-    everything = data.ratings.tocsr()
-    counts = np.diff(everything.indptr)
-    held = hold_out_users(counts, fraction, seed, min_interactions=max(ks) + 1)
-    train = split.matrix(data, "train").tolil()
-    train[held] = 0                                              # the held-out users never train
-    train = train.tocsr()
-    train.eliminate_zeros()
-    t0 = time.perf_counter()
+    if strategy is not None:
+        cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
+            update={"strategy": strategy, "options": options or {}})})
     torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
     fed = build_federation(cfg, data, split, train=train)
     for _ in range(cfg.federation.rounds):
         fed.run_round()
     if cfg.prototypes.enabled:
         fed.fit_prototypes(prototype_settings(cfg))
-    t_train = time.perf_counter() - t0
+    return fed, time.perf_counter() - t0
+
+
+def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fraction: float = 0.2, seed: int = 0,
+                     rounds: int | None = None, persona: dict | None = None) -> tuple[list[list], dict]:
+    """Rows [method, k, NDCG@10 (test part, report half), users, tried] for one seed (hold-out, reveal
+    order and model seed), and run facts."""
+    from federation.runs.config import load_config
+    from federation.runs.jobs import prepare_data
+    from federation.runs.onboard import FoldIn, new_client_start, new_user_scores
+    from recsys.splits import hold_out_users, reveal_order
+
+    cfg = load_config(config)
+    upd = {"seed": seed}
+    if rounds is not None:
+        upd["federation"] = cfg.federation.model_copy(update={"rounds": rounds})
+    cfg = cfg.model_copy(update=upd)
+    data, split = prepare_data(cfg)
+    parts = {p: split.matrix(data, p).tocsr() for p in ("train", "valid", "test")}
+    n_train = np.diff(parts["train"].indptr)
+    ok = (np.diff(parts["valid"].indptr) > 0) & (np.diff(parts["test"].indptr) > 0)
+    held = hold_out_users(np.where(ok, n_train, 0), fraction, seed, min_interactions=max(ks))
+    train = parts["train"].tolil()
+    train[held] = 0                                              # the held-out users never train
+    train = train.tocsr()
+    train.eliminate_zeros()
+    base, t_base = _train(cfg, data, split, train)
+    emb, t_emb = _train(cfg, data, split, train, "persona", persona)
     pop = np.asarray(train.sum(0)).ravel().astype(np.float64)
-    start = new_client_start(fed)
+    start, emb_start = new_client_start(base), new_client_start(emb)
     tune, report = held[::2], held[1::2]                         # n chosen on one half, reported on the other
+    truth_of = {"valid": parts["valid"], "test": parts["test"]}
+    everything = data.ratings.tocsr()
     rows: list[list] = []
     for k in ks:
-        revealed, rest = {}, []
-        for u in held:
-            order = reveal_order(everything[u].indices, seed, int(u))
-            revealed[int(u)] = order[:k]
-            rest.append(order[k:])
-        truth = sp.csr_matrix((np.ones(sum(len(r) for r in rest)), np.concatenate(rest),
-                               np.concatenate([[0], np.cumsum([len(r) for r in rest])])), shape=(len(held), data.n_items))
-        pos = {int(u): j for j, u in enumerate(held)}
+        revealed = {int(u): reveal_order(parts["train"][u].indices, seed, int(u))[:k] for u in held}
 
-        def score_all(users, fn):
+        def score_all(users, fn, part):
+            truth = truth_of[part]
             ids = np.empty((len(users), 10), dtype=np.int64)
             for j, u in enumerate(users):
                 s = fn(int(u))
+                seen = everything[u].indices
+                s[np.setdiff1d(seen, truth[u].indices)] = -np.inf   # the user's other items: not recommended
                 ids[j] = np.argsort(-s, kind="stable")[:10]
-            return _ndcg(ids, truth, np.array([pos[int(u)] for u in users]))
+            return _ndcg(ids, truth, np.asarray(users))
 
         def popularity(u):
-            s = pop.copy()
-            s[revealed[u]] = -np.inf
-            return s
+            return pop.copy()
 
         def fold(n):
-            return lambda u: new_user_scores(fed, revealed[u], None, FoldIn(n), start)
-        rows.append(["popularity", k, score_all(report, popularity), len(report), ""])
-        first = "first code + prototypes" if fed.prototypes is not None else "first code"
-        rows.append([first, k, score_all(report, fold(0)), len(report), ""])
-        tuned = {n: score_all(tune, fold(n)) for n in steps}
+            return lambda u: new_user_scores(base, revealed[u], None, FoldIn(n), start)
+
+        def embedder(n):
+            return lambda u: new_user_scores(emb, revealed[u], None, FoldIn(n), emb_start)
+
+        rows.append(["popularity", k, score_all(report, popularity, "test"), len(report), ""])
+        first = "first code + prototypes" if base.prototypes is not None else "first code"
+        rows.append([first, k, score_all(report, fold(0), "test"), len(report), ""])
+        tuned = {n: score_all(tune, fold(n), "valid") for n in steps}
         best = max(tuned, key=tuned.get)
-        rows.append([f"fold-in, {best} steps (chosen on valid)", k, score_all(report, fold(best)),
+        rows.append([f"fold-in, {best} steps (chosen on valid)", k, score_all(report, fold(best), "test"),
                      len(report), ", ".join(f"{n}: {v:.4f}" for n, v in tuned.items())])
-        log.info("onboarding k=%d: %s", k, rows[-3:])
-    return rows, {"held_out": len(held), "train_users": int((np.diff(train.indptr) > 0).sum()), "train_s": t_train,
-                  "rounds": cfg.federation.rounds, "config": str(config)}
+        rows.append(["user embedder (persona run)", k, score_all(report, embedder(0), "test"), len(report), ""])
+        tuned = {n: score_all(tune, embedder(n), "valid") for n in steps}
+        best = max(tuned, key=tuned.get)
+        rows.append([f"user embedder + fold-in, {best} steps (chosen on valid)", k,
+                     score_all(report, embedder(best), "test"), len(report),
+                     ", ".join(f"{n}: {v:.4f}" for n, v in tuned.items())])
+        log.info("onboarding k=%d: %s", k, rows[-5:])
+    return rows, {"held_out": len(held), "train_users": int((np.diff(train.indptr) > 0).sum()),
+                  "train_s": t_base, "persona_train_s": t_emb, "rounds": cfg.federation.rounds, "config": str(config)}

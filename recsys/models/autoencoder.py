@@ -54,6 +54,7 @@ class AEShape:
     content_dim: int = 0            # F: width of the item content vectors (0: content-free model)
     content_dropout: float = 0.0    # P(a client's local step scores every item from content alone), see rows_kept
     input_tie: float = 0.0          # alpha: encoder row of item i = personal enc_in[i] + alpha * received row i
+    embedder_heads: int = 0         # m > 0: a shared user embedder (recsys.models.embedder) with m attention heads
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         out = {"enc_in": (self.n_items, self.h1), "enc_b1": (self.h1,), "enc_W2": (self.h2, self.h1),
@@ -61,7 +62,19 @@ class AEShape:
                "dec_out": (self.n_items, self.h1), "dec_ob": (self.n_items,)}
         if self.content_dim:
             out[CONTENT_KEY] = (self.h1, self.content_dim)
+        if self.embedder_heads:
+            from recsys.models.embedder import embedder_shapes
+
+            out.update(embedder_shapes(self.h1, self.h2, self.embedder_heads))
         return out
+
+    def extra_dense_keys(self) -> tuple[str, ...]:
+        """Shared dense parameters beyond the decoder's own layer: the content projection and the
+        user embedder's, when the model has them (in message order)."""
+        from recsys.models.embedder import EMBEDDER_KEYS
+
+        return (((CONTENT_KEY,) if self.content_dim else ())
+                + (EMBEDDER_KEYS if self.embedder_heads else ()))
 
 
 def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -74,8 +87,10 @@ def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, tor
               "dec_W1": shape.h2, "dec_b1": shape.h2, "dec_out": shape.h1, "dec_ob": shape.h1,
               CONTENT_KEY: max(1, shape.content_dim)}
     out = {}
+    from recsys.models.embedder import EMBEDDER_KEYS, init_embedder
+
     for k, s in shape.param_shapes().items():
-        if k == CONTENT_KEY:   # drawn last from its own stream: content-free parameters stay identical
+        if k == CONTENT_KEY or k in EMBEDDER_KEYS:   # drawn from their own streams: the others stay identical
             continue
         bound = 1.0 / math.sqrt(fan_in[k])
         out[k] = (torch.rand(s, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).to(dtype)
@@ -86,6 +101,8 @@ def init_params(shape: AEShape, seed: int, dtype=torch.float32) -> dict[str, tor
                             ).mul_(bound).to(dtype)
         out["dec_out"].zero_()
         out["dec_ob"].zero_()
+    if shape.embedder_heads:
+        out.update(init_embedder(shape.h1, shape.h2, shape.embedder_heads, seed + 9_901, dtype))
     return out
 
 
