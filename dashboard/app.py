@@ -21,12 +21,14 @@ import streamlit as st
 from dashboard import views
 
 PAGES = ("Recommend", "New user", "Search", "Training", "Federation", "Indices")
+THUMBS = 12                    # New user: matches shown as pictures in an image catalogue
 # One line under each page's header: what the page is for.
 DESCRIPTIONS = {
     "Recommend": "A user's top-K from the selected run, why each item is there, and the re-ranked list "
                  "with long-tail and novelty targets.",
-    "New user": "Someone the run has never seen picks a few items; the list updates after each pick (a fresh "
-                "personal encoder folded in on the picks, scored by the shared decoder; nothing leaves the device).",
+    "New user": "Someone the run has never seen picks a few items; the list updates after each pick (the run's "
+                "federated user embedder for a persona run, else a fresh personal encoder folded in on the picks; "
+                "scored by the shared decoder; nothing leaves the device).",
     "Search": "Find items by text for a user: matches ordered by the query and by the user's own model.",
     "Training": "Launch and follow training jobs; compare runs round by round.",
     "Federation": "How well each client is served by the selected run, and who gains over another run.",
@@ -265,6 +267,14 @@ def page_new_user(run) -> None:
         c1.selectbox("Matches", found, key=match_key,
                      format_func=lambda i: f"{run.data.title(i)} (item {run.data.item_ids[i]})")
         c2.button("Add this item", key=f"new_add_{run.dir.name}", on_click=add_pick)
+        shown = [i for i in found if views.image_of(run.data, i)][:THUMBS]
+        if shown:                       # an image catalogue: pick by thumbnail too
+            st.caption("Or pick by picture:")
+            cols = st.columns(THUMBS // 2)
+            for j, i in enumerate(shown):
+                col = cols[j % len(cols)]
+                col.image(_thumb(views.image_of(run.data, i)), caption=run.data.title(i), width=72)
+                col.button("Add", key=f"new_pic_{run.dir.name}_{i}", on_click=picks.append, args=(int(i),))
     elif text.strip():
         c1.caption("No title matches.")
     if picks:
@@ -272,10 +282,19 @@ def page_new_user(run) -> None:
         c2.button("Start over", key=f"new_clear_{run.dir.name}", on_click=picks.clear)
     d1, d2 = st.columns(2)
     k = d1.slider("K", 1, 50, 10, key="new_k")
-    steps = d2.slider("Fold-in steps (0: the fresh encoder as it starts)", 0, 20, 5, key="new_steps")
+    embedder = bool(run.fed.shape.embedder_heads)
+    if embedder:
+        steps = d2.slider("Fold-in steps (0: the run's user embedder alone)", 0, 20, 0, key="new_steps_embedder")
+    else:
+        steps = d2.slider("Fold-in steps (0: the fresh encoder as it starts)", 0, 20, 5, key="new_steps")
     if not picks:
         st.info("Search for an item you like and add it; the list appears with the first pick.")
         return
+    st.caption(("Scored by this run's federated user embedder from your picks" +
+                (f", then a personal encoder started at its vector and folded in for {steps} steps" if steps else "")
+                if embedder else "Scored by a fresh personal encoder" +
+                (f" folded in for {steps} steps" if steps else " as it starts")) +
+               "; nothing leaves this device.")
     recs = views.new_user_recommendations(run, picks, k, steps, _item_vecs(str(run.dir), _stamp(run.dir)),
                                           _new_client_start(str(run.dir), _stamp(run.dir)))
     st.subheader(f"Top {len(recs)} after {len(picks)} pick(s)")

@@ -143,7 +143,8 @@ def recommend(run_dir: Path, user: Optional[str] = typer.Option(None, help="exte
               history: Optional[str] = typer.Option(None, help="a user the run has never seen: the item ids they "
                                                    "like, comma separated (instead of --user)"),
               fold_steps: int = typer.Option(0, min=0, help="with --history: local steps of a fresh personal "
-                                             "encoder on those items (0: its first code)"),
+                                             "encoder on those items (0: its first code; a persona run "
+                                             "starts it at its user embedder's vector, 0: the embedder alone)"),
               k: int = typer.Option(10, "-k", "--k", min=1), device: str = typer.Option("cpu"),
               rerank: Optional[Path] = typer.Option(None, help="a re-ranker run (fedrec rank train) over this run"),
               target: list[str] = typer.Option([], help="with --rerank: a list target NAME=VALUE in [0, 1] "
@@ -151,8 +152,8 @@ def recommend(run_dir: Path, user: Optional[str] = typer.Option(None, help="exte
               query: Optional[str] = typer.Option(None, help="with --target match=...: the text to match")):
     """Top-K recommendations (titles) for one user, excluding items they already have; with --rerank,
     through the re-ranker and, with --target, aligned to list targets (MAP palette). With --history, for
-    a user the run has never seen, from a few items (federation/runs/onboard.py: a fresh personal encoder, optionally
-    folded in, scored by the shared decoder)."""
+    a user the run has never seen, from a few items (federation/runs/onboard.py: a persona run's user
+    embedder, or a fresh personal encoder, optionally folded in; scored by the shared decoder)."""
     if (user is None) == (history is None):
         _fail("give exactly one of --user ID or --history \"ITEM,ITEM,...\"")
     if history is not None:
@@ -161,9 +162,12 @@ def recommend(run_dir: Path, user: Optional[str] = typer.Option(None, help="exte
         from federation.runs.jobs import load_run
         from federation.runs.onboard import FoldIn, recommend_new_user
 
-        recs = recommend_new_user(load_run(run_dir, device), history, k, FoldIn(fold_steps))
+        run = load_run(run_dir, device)
+        recs = recommend_new_user(run, history, k, FoldIn(fold_steps))
+        how = "the run's user embedder" if run.fed.shape.embedder_heads else ""
+        how = ", ".join(h for h in (how, f"{fold_steps} fold-in steps" if fold_steps else "") if h)
         typer.echo(f"top {len(recs)} for a new user with {len([h for h in history.split(',') if h.strip()])} "
-                   f"item(s){f' ({fold_steps} fold-in steps)' if fold_steps else ''}:")
+                   f"item(s){f' ({how})' if how else ''}:")
         for r in recs:
             typer.echo(f"{r['rank']:>3}. {r['title']}  (item {r['item_id']}, score {r['score']:.3f})")
         return

@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
@@ -24,6 +25,9 @@ def env(tmp_path_factory):
     cfg["federation"]["strategy"] = "fedavg"                                  # a global model, same split
     (root / "cfg-global.yaml").write_text(yaml.safe_dump(cfg))
     train(root / "cfg-global.yaml", root / "runs" / "global", progress=False)
+    cfg["federation"]["strategy"] = "persona"                                 # a federated user embedder
+    (root / "cfg-persona.yaml").write_text(yaml.safe_dump(cfg))
+    train(root / "cfg-persona.yaml", root / "runs" / "persona", progress=False)
     # a broken run next to the good one: the pages must keep working
     bad = root / "runs" / "broken"
     bad.mkdir()
@@ -115,7 +119,7 @@ def test_gain_by_activity_and_biggest_changes_by_hand():
 def test_training_federation_indices_pages(env):
     at = _page(_app(), "Training")
     table = at.dataframe[0].value
-    assert set(table["run"]) == {"good", "global", "broken"}
+    assert set(table["run"]) == {"good", "global", "persona", "broken"}
     assert "not supported" in table.set_index("run").loc["broken", "problem"]
     at.multiselect(key="train_runs").set_value(["good"]).run()
     assert any("unreadable line" in w.value for w in at.warning)        # the torn line is reported
@@ -456,3 +460,27 @@ def test_new_user_page_updates_the_list_after_each_pick(env):
     assert list(two["item"]) != list(one["item"])                      # the second pick moves the list
     at.button(key="new_clear_good").click().run()
     assert not at.dataframe and any("add it" in i.value for i in at.info)
+
+
+def test_new_user_page_of_a_persona_run_scores_with_its_embedder_and_picks_by_picture(env):
+    """An image catalogue shows the matches as pictures with an Add button each; a persona run scores
+    the picks with its user embedder (fold-in 0 by default) and says so."""
+    from federation.runs.jobs import load_run
+    from federation.runs.onboard import new_user_scores
+
+    at = _app()
+    at.sidebar.selectbox(key="run").set_value("persona").run()
+    at = _page(at, "New user")
+    at.text_input(key="new_q_persona").input("red").run()
+    first = at.selectbox(key="new_match_persona").value
+    pics = [b for b in at.button if b.key.startswith("new_pic_persona_")]
+    assert pics and len(at.get("image")) == len(pics)
+    pics[0].click().run()
+    assert not at.exception, at.exception
+    picked = int(pics[0].key.rsplit("_", 1)[1])
+    assert any("federated user embedder" in c.value for c in at.caption)
+    shown = at.dataframe[0].value
+    run = load_run(env / "runs" / "persona")
+    s = new_user_scores(run.fed, np.array([picked]), np.array([float(run.data.ratings.data.max())]))
+    assert list(shown["item"]) == [str(run.data.item_ids[i]) for i in np.argsort(-s, kind="stable")[:10]]
+    assert first is not None

@@ -125,10 +125,11 @@ def test_onboarding_benchmark_runs_end_to_end(tmp_path):
         "model": {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
         "prototypes": {"enabled": True, "k": 2, "iters": 1}}))
     rows, info = bench_onboarding(tmp_path / "c.yaml", ks=(1, 3), steps=(2,))
-    methods = ["popularity", "first code + prototypes", "fold-in, 2 steps (chosen on valid)",
-               "user embedder (persona run)", "user embedder + fold-in, 2 steps (chosen on valid)"]
-    assert [r[:2] for r in rows] == [[m, k] for k in (1, 3) for m in methods]
-    assert all(0 <= r[2] <= 1 for r in rows) and info["held_out"] + info["train_users"] <= 120
+    methods = ["popularity", "first code + prototypes", "fold-in (n chosen on valid)", "user embedder",
+               "user embedder + fold-in (n chosen on valid)"]
+    assert [(r["method"], r["k"]) for r in rows] == [(m, k) for k in (1, 3) for m in methods]
+    assert all(0 <= r["ndcg"] <= 1 for r in rows) and info["held_out"] + info["train_users"] <= 120
+    assert [r["steps"] for r in rows[:5]] == [None, None, 2, None, 2] and list(rows[2]["tried"]) == [2]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,8 @@ def test_a_persona_runs_new_user_scores_with_the_embedder_alone(persona_run):
     out = fedrec("recommend", persona_run.dir, "--history", ",".join(map(str, persona_run.data.item_ids[items])),
                  "-k", "5")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("top 5 for a new user with 3 item(s)") and len(out.stdout.strip().splitlines()) == 6
+    assert out.stdout.startswith("top 5 for a new user with 3 item(s) (the run's user embedder):")
+    assert len(out.stdout.strip().splitlines()) == 6
 
 
 def test_fold_in_starts_at_the_embedders_vector(persona_run):

@@ -63,9 +63,10 @@ def new_client_start(fed) -> dict[str, torch.Tensor]:
 
 
 def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fold: FoldIn = FoldIn(),
-                  start: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                  start: dict[str, torch.Tensor] | None = None, embedder: bool = True) -> torch.Tensor:
     """The code h3 (H1,) a new client with ``items`` (k,) (and explicit ``ratings`` (k,)) scores with.
-    start: new_client_start(fed), if the caller keeps it."""
+    start: new_client_start(fed), if the caller keeps it. embedder: use the run's user embedder when it
+    has one (False: a fresh encoder only, as in a run without one)."""
     check_supported(fed)
     shape = fed.shape
     items_t = torch.as_tensor(np.asarray(items, dtype=np.int64))
@@ -73,7 +74,7 @@ def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fol
     x = torch.as_tensor(input_values(shape, r, np.array([len(items)])), dtype=fed.dtype)        # (k,)
     received = {k: v.detach().cpu() for k, v in fed.global_p.items()}
     content = fed.content.cpu() if fed.content is not None else None
-    ze = embedder_vector(fed, items_t, torch.as_tensor(r, dtype=fed.dtype)) if shape.embedder_heads else None
+    ze = embedder_vector(fed, items_t, torch.as_tensor(r, dtype=fed.dtype)) if shape.embedder_heads and embedder else None
     if ze is not None and fold.steps == 0:
         with torch.no_grad():
             return decode_hidden(received, ze[None])[0]                                         # (H1,)
@@ -122,9 +123,9 @@ def start_at(personal: dict[str, torch.Tensor], z: torch.Tensor, x: torch.Tensor
 
 
 def new_user_scores(fed, items: np.ndarray, ratings: np.ndarray | None = None, fold: FoldIn = FoldIn(),
-                    start: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+                    start: dict[str, torch.Tensor] | None = None, embedder: bool = True) -> np.ndarray:
     """(N,) scores of every item for a new client; its own items are -inf."""
-    h3 = new_user_code(fed, items, ratings, fold, start)[None].to(fed.device)
+    h3 = new_user_code(fed, items, ratings, fold, start, embedder)[None].to(fed.device)
     with torch.no_grad():
         if fed.prototypes is not None:
             h3 = proto.blend(h3, fed.prototypes, fed.prototype_blend)

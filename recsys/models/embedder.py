@@ -79,7 +79,7 @@ def user_vector(p: dict[str, torch.Tensor], rows: torch.Tensor, v: torch.Tensor,
 
 
 def history_keep(seed: int, rnd: int, users: torch.Tensor, items: torch.Tensor, seg: torch.Tensor, step: int,
-                 n: int) -> torch.Tensor:
+                 n: int, log_sizes: bool = False) -> torch.Tensor:
     """(T,) 0/1: which history entries the embedder sees at local step ``step``. Each client draws a rate
     kappa ~ U(0, 1) per step and keeps an entry when its own uniform is below kappa; the entry with
     the smallest uniform is always kept. A pure function of (seed, round, user, item, step), like
@@ -88,6 +88,9 @@ def history_keep(seed: int, rnd: int, users: torch.Tensor, items: torch.Tensor, 
                                  dtype=torch.int64))[0])
     u = users.to(torch.int64) % _M                                                       # (n,)
     kappa = _mix((_mix(u * 2_654_435 % _M + base) + 17) % _M).to(torch.float64) / _M     # (n,)
+    if log_sizes:
+        cnt = torch.zeros(n, dtype=torch.float64, device=seg.device).index_add_(0, seg, torch.ones_like(seg, dtype=torch.float64))
+        kappa = torch.exp(-kappa * torch.log(cnt.clamp(min=1)))
     ue = users.to(torch.int64).index_select(0, seg) % _M
     ent = _mix((_mix(ue * 2_654_435 % _M + base) + items.to(torch.int64) % _M * 40_503 + 29) % _M
                ).to(torch.float64) / _M                                                  # (T,)
