@@ -36,6 +36,9 @@ def bench_dashboard(n_items: int = 100_000, n_users: int = 5_000, rounds: int = 
         t = time.perf_counter()
         train(root / "cfg.yaml", root / "runs" / "big", progress=False)
         t_train = time.perf_counter() - t
+        cfg["federation"]["strategy"] = "persona"               # the same federation with a user embedder
+        (root / "cfg-persona.yaml").write_text(yaml.safe_dump(cfg))
+        train(root / "cfg-persona.yaml", root / "runs" / "big-persona", progress=False)
         old = {k: os.environ.get(k) for k in ("FEDREC_RUNS", "FEDREC_INDICES", "FEDREC_JOBS")}
         os.environ.update(FEDREC_RUNS=str(root / "runs"), FEDREC_INDICES=str(root / "indices"),
                           FEDREC_JOBS=str(root / "jobs"))
@@ -67,6 +70,12 @@ def bench_dashboard(n_items: int = 100_000, n_users: int = 5_000, rounds: int = 
                 at.text_input(key="new_q_big").input(word).run()
                 timed(f"New user: add a pick ({word}; fold-in 5 steps over all items)",
                       lambda: at.button(key="new_add_big").click().run())
+            timed("switch to the persona run (New user)", lambda: at.sidebar.selectbox(key="run").set_value("big-persona").run())
+            for word in ("red", "blue", "lamp"):
+                at.text_input(key="new_q_big-persona").input(word).run()
+                timed(f"New user, persona run: add a pick ({word}; the user embedder, no fold-in)",
+                      lambda: at.button(key="new_add_big-persona").click().run())
+            at.sidebar.selectbox(key="run").set_value("big").run()
             import streamlit as st
             st.cache_data.clear()                     # as after a server restart: only the run directory's cache
             at = AppTest.from_file(APP, default_timeout=600)

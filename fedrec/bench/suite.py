@@ -323,6 +323,11 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
             body = table(recs)
         elif name == "onboarding":
             body = bench_onboarding_section(Path("configs/ml100k-implicit.yaml"), 100 if quick else None, seeds)
+            if Path("data/synth-mm").is_dir() and Path("models/clip-synth-mm").is_dir():
+                body += "\n" + bench_onboarding_section(Path("configs/synth-onboard.yaml"), 50 if quick else None,
+                                                         seeds)
+            else:
+                body += "\nThe synthetic catalogue's table needs `make demo` first (data/synth-mm, models/clip-synth-mm).\n"
         elif name == "browser":
             body = bench_browser_section(Path("runs"), Path("indices"), Path("docs/img"))
         else:
@@ -341,8 +346,9 @@ _DATASETS = {"strategies": "MovieLens-100K (RecBole atomic files): per-user rand
                         "configs/ml100k-ease.yaml, configs/ml100k-ranker.yaml)",
              "speed": _ML100K, "accuracy": _ML100K, "memory": _ML100K, "deployment": _ML100K, "privacy": _ML100K, "dp": _ML100K,
              "dashboard": "seeded synthetic catalogue (fedrec data synth), no images",
-             "onboarding": "MovieLens-100K (RecBole atomic files), per-user random 80/10/10 split; 20% of the users "
-                           "held out entirely",
+             "onboarding": "MovieLens-100K (RecBole atomic files) and the synthetic multimodal catalogue "
+                           "data/synth-mm (3,000 users x 1,000 items, CLIP features), per-user random 80/10/10 "
+                           "split; 20% of the users held out entirely",
              "browser": "the runs of `make demo`: ml-100k implicit and explicit, and the synthetic multimodal "
                         "catalogue's cold-start run (data/synth-mm, 3,000 users x 1,000 items with images)",
              "content": "synthetic multimodal catalogue data/synth-mm (3,000 users x 1,000 items, 64x64 PNG "

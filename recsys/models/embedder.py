@@ -16,10 +16,9 @@ parameters (Q, w_r, W, b) are the same for every user; R is a constant of the ro
 rows), so the item-indexed part of the embedder is the decoder's own rows: nothing item-specific
 is added to a message.
 
-Few-shot training (``history_keep``): in each local step a client's history is subsampled (each
-entry kept with a rate drawn per client and step, at least one entry always kept) while the loss
-still reconstructs the whole history, so the embedder learns to map a handful of items to the code
-of the full list.
+Few-shot training (``history_keep``): in each local step a client's history is subsampled (subset
+sizes about log-uniform between one entry and all of them) while the loss still reconstructs the
+whole history, so the embedder learns to map a handful of items to the code of the full list.
 """
 from __future__ import annotations
 
@@ -79,18 +78,20 @@ def user_vector(p: dict[str, torch.Tensor], rows: torch.Tensor, v: torch.Tensor,
 
 
 def history_keep(seed: int, rnd: int, users: torch.Tensor, items: torch.Tensor, seg: torch.Tensor, step: int,
-                 n: int, log_sizes: bool = False) -> torch.Tensor:
-    """(T,) 0/1: which history entries the embedder sees at local step ``step``. Each client draws a rate
-    kappa ~ U(0, 1) per step and keeps an entry when its own uniform is below kappa; the entry with
-    the smallest uniform is always kept. A pure function of (seed, round, user, item, step), like
-    the model's dropout masks: independent of which clients share a cohort."""
+                 n: int) -> torch.Tensor:
+    """(T,) 0/1: which history entries the embedder sees at local step ``step``. Each client draws
+    t ~ U(0, 1) per step and keeps each of its n_u entries with probability n_u^-t, so the subset size
+    is roughly log-uniform between 1 and n_u (a new user's handful of items is as common in training as
+    a full history); the entry with the smallest uniform is always kept. A pure function of (seed,
+    round, user, item, step), like the model's dropout masks: independent of which clients share a
+    cohort. (Keep rates ~ U(0, 1), sizes uniform up to n_u, trained worse for k = 1-10: ml-100k valid
+    NDCG@10 at k = 5 0.2178 against 0.2264, docs/benchmarks.md.)"""
     base = int(_mix(torch.tensor([(seed * 1_000_003 + rnd * 7_919 + (2_000_000 + step) * 104_729) % _M],
                                  dtype=torch.int64))[0])
     u = users.to(torch.int64) % _M                                                       # (n,)
-    kappa = _mix((_mix(u * 2_654_435 % _M + base) + 17) % _M).to(torch.float64) / _M     # (n,)
-    if log_sizes:
-        cnt = torch.zeros(n, dtype=torch.float64, device=seg.device).index_add_(0, seg, torch.ones_like(seg, dtype=torch.float64))
-        kappa = torch.exp(-kappa * torch.log(cnt.clamp(min=1)))
+    t = _mix((_mix(u * 2_654_435 % _M + base) + 17) % _M).to(torch.float64) / _M         # (n,) ~ U(0, 1)
+    cnt = torch.zeros(n, dtype=torch.float64, device=seg.device).index_add_(0, seg, torch.ones_like(seg, dtype=torch.float64))
+    kappa = cnt.clamp(min=1) ** -t                                                       # keep rate n_u^-t
     ue = users.to(torch.int64).index_select(0, seg) % _M
     ent = _mix((_mix(ue * 2_654_435 % _M + base) + items.to(torch.int64) % _M * 40_503 + 29) % _M
                ).to(torch.float64) / _M                                                  # (T,)
