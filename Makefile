@@ -40,6 +40,10 @@ demo: $(STAMP)
 	$(FEDREC) evaluate runs/demo-ml100k-implicit-secure --split test
 	$(FEDREC) recommend $(DEMO_RANK) --user 1 -k 10
 	$(FEDREC) recommend $(DEMO_RANK) --user 42 -k 10
+	@# New users (docs/strategies.md, persona): the same job with a federated user embedder; a user the
+	@# run has never seen gets a list from three liked films at once.
+	$(FEDREC) train configs/ml100k-persona.yaml --run-dir runs/demo-ml100k-persona --overwrite --quiet
+	$(FEDREC) recommend runs/demo-ml100k-persona --history "50,181,172" -k 10
 	@# The ranking stage (docs/ranking.md): federated EASE, a LightGBM re-ranker trained across user
 	@# blocks, and a list with long-tail and novelty targets (MAP palette).
 	$(FEDREC) rank ease configs/ml100k-ease.yaml --run-dir runs/demo-ml100k-ease --overwrite

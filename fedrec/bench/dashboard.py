@@ -98,12 +98,14 @@ BROWSER_SCENARIOS = (
     ("demo-ml100k-implicit", "42", "a funny animated film for children"),
     ("demo-ml100k-explicit", "42", "space adventure"),
     ("demo-synth-cold", "7", "a red striped lamp"),
+    ("demo-ml100k-persona", "42", "space adventure"),
 )
 
 
 NEW_USER_PICKS = {"demo-ml100k-implicit": ("star wars", "raiders", "fargo"),
                   "demo-ml100k-explicit": ("star wars", "raiders", "fargo"),
-                  "demo-synth-cold": ("red", "striped", "lamp")}
+                  "demo-synth-cold": ("red", "striped", "lamp"),
+                  "demo-ml100k-persona": ("star wars", "raiders", "fargo")}
 SHOT_RUNS = ("demo-ml100k-implicit", "demo-synth-cold")       # screenshots of their pages go to docs/img
 
 
