@@ -310,7 +310,7 @@ def bench(what: str = typer.Argument("all", help="all, or a comma list of: speed
           data_dir: Path = typer.Option(Path("data")), quick: bool = typer.Option(False, help="fewer rounds"),
           methods: Optional[str] = typer.Option(None, help="strategies: a comma list of methods to run (default: all); "
                                                 "the table shows every method in the results cache"),
-          seeds: str = typer.Option("0,1,2", help="strategies: model seeds"),
+          seeds: str = typer.Option("0,1,2", help="strategies, onboarding: model seeds"),
           modes: str = typer.Option("implicit,explicit", help="strategies: feedback modes to run"),
           splits: str = typer.Option("ratio,leave_last_out", help="strategies: splits to run"),
           cache: Optional[Path] = typer.Option(None, help="strategies: the results cache (default "

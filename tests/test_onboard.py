@@ -121,7 +121,8 @@ def test_onboarding_benchmark_runs_end_to_end(tmp_path):
     write_catalogue(SynthSpec(n_users=120, n_items=40, mean_activity=12, seed=1), tmp_path / "s", images=False,
                     progress=False)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({
-        "name": "b", "data": {"path": str(tmp_path / "s")}, "federation": {"rounds": 2, "fraction": 0.3},
+        "name": "b", "data": {"path": str(tmp_path / "s")},
+        "federation": {"strategy": "persona", "rounds": 2, "fraction": 0.3},
         "model": {"mode": "implicit", "hidden": [16, 8], "input_norm": "l2"},
         "prototypes": {"enabled": True, "k": 2, "iters": 1}}))
     rows, info = bench_onboarding(tmp_path / "c.yaml", ks=(1, 3), steps=(2,))

@@ -27,13 +27,11 @@ def _ndcg(ids: np.ndarray, truth: sp.csr_matrix, rows: np.ndarray) -> float:
     return ranking_metrics(ids, truth, rows, (10,))["ndcg@10"]
 
 
-def _train(cfg, data, split, train, strategy: str, options: dict | None = None):
+def _train(cfg, data, split, train):
     import torch
 
     from federation.runs.jobs import build_federation, prototype_settings
 
-    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
-        update={"strategy": strategy, "options": options or {}})})
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     fed = build_federation(cfg, data, split, train=train)
@@ -45,7 +43,7 @@ def _train(cfg, data, split, train, strategy: str, options: dict | None = None):
 
 
 def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fraction: float = 0.2, seed: int = 0,
-                     rounds: int | None = None, persona: dict | None = None) -> tuple[list[list], dict]:
+                     rounds: int | None = None) -> tuple[list[dict], dict]:
     """Rows {method, k, ndcg (NDCG@10 on the test part of the report half), users, steps (fold-in n
     chosen), tried (n -> valid NDCG@10 on the tune half)} for one seed (hold-out, reveal order and model
     seed), and run facts."""
@@ -55,6 +53,8 @@ def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fracti
     from recsys.splits import hold_out_users, reveal_order
 
     cfg = load_config(config)
+    if cfg.federation.strategy != "persona":
+        raise ValueError(f"{config}: the onboarding benchmark needs a persona run (federation.strategy: persona)")
     upd = {"seed": seed}
     if rounds is not None:
         upd["federation"] = cfg.federation.model_copy(update={"rounds": rounds})
@@ -70,7 +70,7 @@ def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fracti
     train.eliminate_zeros()
     # One persona run serves every method: its encoders, decoder and prototypes are the personalfr run's
     # with the same seed (tests/test_strategy_persona.py), so the baselines ignore its embedder.
-    fed, t_train = _train(cfg, data, split, train, "persona", persona)
+    fed, t_train = _train(cfg, data, split, train)
     pop = np.asarray(train.sum(0)).ravel().astype(np.float64)
     start = new_client_start(fed)
     tune, report = held[::2], held[1::2]                         # n chosen on one half, reported on the other

@@ -322,7 +322,7 @@ def run_bench(what: str, out: Path | None, data_dir: Path, quick: bool, methods:
                 recs = run_strategies(data_dir, cache, rounds, methods, seeds, splits=splits, modes=modes)
             body = table(recs)
         elif name == "onboarding":
-            body = bench_onboarding_section(Path("configs/ml100k-implicit.yaml"), 100 if quick else None, seeds)
+            body = bench_onboarding_section(Path("configs/ml100k-persona.yaml"), 100 if quick else None, seeds)
             if Path("data/synth-mm").is_dir() and Path("models/clip-synth-mm").is_dir():
                 body += "\n" + bench_onboarding_section(Path("configs/synth-onboard.yaml"), 50 if quick else None,
                                                          seeds)
@@ -405,8 +405,8 @@ def bench_onboarding_section(config: Path, rounds: int | None, seeds: tuple[int,
         table.append([r["method"], r["k"], f"{vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.4f}",
                       " / ".join(f"{v:.4f}" for v in vals), f"{ratio.mean():.2f}", n])
     md = _table(f"New users: {info['held_out']} users held out entirely (20%), {info['train_users']} train for "
-                f"{info['rounds']} rounds (a persona run of {info['config']}; its encoders, decoder and prototypes "
-                "are the personalfr run's). k of each held-out user's training-part items revealed; NDCG@10 on "
+                f"{info['rounds']} rounds ({info['config']}; its encoders, decoder and prototypes are a personalfr "
+                "run's). k of each held-out user's training-part items revealed; NDCG@10 on "
                 "the user's test part, every other item of the user excluded (as for existing users), on the half "
                 f"of the held-out users not used to choose n; seeds {', '.join(map(str, seeds))} (hold-out, reveal "
                 "order and model)", ["method", "k revealed", "NDCG@10 mean ± sd", "per seed", "x popularity",
