@@ -117,8 +117,10 @@ def strategies():
     table = Table("strategy", "what it does", "sends", "options (default)", "paper")
     for name, cls in STRATEGIES.items():
         s = cls()
-        keys = s.message_keys(AEShape(4, h1=2, h2=2))
-        sends = ("nothing" if not keys else "own items' rows + dense" if s.sends_messages and s.sends_rows
+        shape = AEShape(4, h1=2, h2=2, **s.model_fields())
+        keys = s.message_keys(shape)
+        extra = " (incl. " + ", ".join(shape.extra_dense_keys()) + ")" if shape.extra_dense_keys() else ""
+        sends = ("nothing" if not keys else "own items' rows + dense" + extra if s.sends_messages and s.sends_rows
                  else "whole model" if set(keys) == set(ALL_KEYS) else " + ".join(keys))
         opts = ", ".join(f"{k}={v}" for k, v in s.options.model_dump().items()) or "-"
         table.add_row(name, cls.summary, sends, opts, cls.paper)

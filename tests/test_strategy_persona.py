@@ -131,3 +131,32 @@ def test_existing_users_train_exactly_as_under_personalfr(tiny_data, mode):
         assert torch.equal(a.store.full(k), b.store.full(k)), k
     users = np.arange(tiny_data.n_users)
     assert torch.equal(a.user_scores(users), b.user_scores(users))
+
+
+def test_dp_clips_and_noises_the_embedder_with_the_rest_of_the_update(tiny_data):
+    """Under DP the embedder is part of the clipped update (its change counts in the norm and is scaled
+    with the rest) and gets noise like every other shared coordinate."""
+    from federation.privacy.dp import DPSettings, clip_update, dp_aggregate
+    from federation.strategies.messages import update_norm
+
+    train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
+    fed = Federation(AEShape(tiny_data.n_items, h1=16, h2=8, mode="implicit"),
+                     FedSettings(strategy="persona", rounds=1, fraction=0.5, local_epochs=2, seed=1), train)
+    users = np.flatnonzero(np.diff(train.indptr))[:4]
+    msgs, _ = fed.client_messages(users)
+    g = fed.global_p
+    m = msgs[int(users[0])]
+    emb_sq = sum(float(((torch.as_tensor(m[k]) - g[k]) ** 2).sum()) for k in EMBEDDER_KEYS)
+    assert emb_sq > 0
+    norm = update_norm(m, g)
+    clipped, before = clip_update(m, g, clip=norm / 4)
+    assert before == pytest.approx(norm) and update_norm(clipped, g) == pytest.approx(norm / 4, rel=1e-4)
+    for k in EMBEDDER_KEYS:
+        torch.testing.assert_close(torch.as_tensor(clipped[k]) - g[k], (torch.as_tensor(m[k]) - g[k]) / 4,
+                                   atol=1e-6, rtol=1e-4)
+    dp = DPSettings(noise_multiplier=1.0, clip=0.1, delta=1e-5, noise_seed=0)
+    quiet = dp_aggregate(g, [], dp, expected_clients=4)          # no messages: the change is noise alone
+    for k in EMBEDDER_KEYS:
+        assert (quiet[k] - g[k]).abs().max() > 0
+    new = dp_aggregate(g, list(msgs.values()), dp, expected_clients=4)
+    assert all(new[k].shape == g[k].shape for k in EMBEDDER_KEYS)

@@ -35,7 +35,6 @@ class PersonaOptions(BaseModel):
     heads: int = Field(2, ge=1, le=16)               # m attention heads of the embedder
     steps: int | None = Field(None, ge=1)            # embedder steps per round (default: local_epochs)
     lr: float | None = Field(None, gt=0)             # their learning rate, as a factor of the round's (default 1)
-    subsample: bool = True                           # few-shot training: a random part of the history per step
 
 
 def entry_values(shape: AEShape, x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +71,7 @@ class Persona(PersonalFR):
         c = run.cohort
         q = {k: (p[k] if k in EMBEDDER_KEYS else run.start[k]) for k in p}
         x = c.x.to(q["dec_b1"].dtype)
-        keep = (history_keep(run.seed, run.rnd, c.users, c.items, c.seg, step, c.size).to(x.dtype)
-                if self.options.subsample else None)
+        keep = history_keep(run.seed, run.rnd, c.users, c.items, c.seg, step, c.size).to(x.dtype)   # (T,)
         ze = user_vector(q, self.embedder_input(run), entry_values(run.shape, x), c.seg, c.size, keep)   # (B, H2)
         h3, m = run._decode(q, ze, run.mask(step))
         return run.loss_from_hidden(q, h3, m)
