@@ -241,9 +241,10 @@ def test_secure_aggregation_config_that_cannot_apply_is_one_clear_error(over, ms
     assert s.noise_std == pytest.approx(0.5) and not s.counts
 
 
-def test_content_aware_model_under_secure_aggregation_sums_its_projection(tiny_data):
-    """The content projection dec_P is part of the dense share: the engine's secure sums equal the
-    protocol's for a content-aware model, and the revealed update moves dec_P as a plain round does."""
+@pytest.mark.parametrize("case", ["content", "persona"])
+def test_extra_dense_parameters_under_secure_aggregation(tiny_data, case):
+    """The content projection dec_P and Persona's user embedder are part of the dense share: the engine's
+    secure sums equal the protocol's, and the revealed update moves them as a plain round does."""
     import dataclasses
 
     import torch
@@ -252,23 +253,26 @@ def test_content_aware_model_under_secure_aggregation_sums_its_projection(tiny_d
     from recsys.models.autoencoder import AEShape
     from recsys.splits import ratio_split
 
-    content = torch.randn(tiny_data.n_items, 5, generator=torch.Generator().manual_seed(1))
+    content = (torch.randn(tiny_data.n_items, 5, generator=torch.Generator().manual_seed(1)) if case == "content"
+               else None)
     train = ratio_split(tiny_data, seed=1).matrix(tiny_data, "train")
-    shape = AEShape(tiny_data.n_items, h1=16, h2=8, mode="implicit", content_dim=5)
+    shape = AEShape(tiny_data.n_items, h1=16, h2=8, mode="implicit", content_dim=5 if content is not None else 0)
     st = sa.SecAggSettings(frac_bits=24, max_clients=16, min_clients=1, pad_min=4)
-    cfg = FedSettings(rounds=2, fraction=0.5, local_epochs=3, seed=2, secagg=st)
+    strategy = "persona" if case == "persona" else "personalfr"
+    cfg = FedSettings(strategy=strategy, rounds=2, fraction=0.5, local_epochs=3, seed=2, secagg=st)
+    key, extra = ("dec_P", 16 * 5) if case == "content" else ("emb_W", 2 * 16 + 16 + 8 * 2 * 16 + 8)
     a, b = (Federation(shape, cfg, train, content=content) for _ in range(2))
     plain = Federation(shape, dataclasses.replace(cfg, secagg=None), train, content=content)
     users = a.sample(0)
     rows, dense, _ = a.secure_round_sums(users, a.lr_at(0))
     msgs, _ = b.client_messages(users, b.lr_at(0))
-    assert "dec_P" in next(iter(msgs.values()))
+    assert key in next(iter(msgs.values()))
     want = b.secure_ring_sums(msgs)
     np.testing.assert_array_equal(rows, want[0])
     np.testing.assert_array_equal(dense, want[1])
-    assert a.secure_layout().dense == 16 * 8 + 16 + 16 * 5
+    assert a.secure_layout().dense == 16 * 8 + 16 + extra
     c = Federation(shape, cfg, train, content=content)
     c.run_round()
     plain.run_round()
-    torch.testing.assert_close(c.global_p["dec_P"], plain.global_p["dec_P"], atol=1e-5, rtol=0)
-    assert not torch.equal(c.global_p["dec_P"], Federation(shape, cfg, train, content=content).global_p["dec_P"])
+    torch.testing.assert_close(c.global_p[key], plain.global_p[key], atol=1e-5, rtol=0)
+    assert not torch.equal(c.global_p[key], Federation(shape, cfg, train, content=content).global_p[key])
