@@ -130,6 +130,7 @@ def test_onboarding_benchmark_runs_end_to_end(tmp_path):
                "user embedder + fold-in (n chosen on valid)"]
     assert [(r["method"], r["k"]) for r in rows] == [(m, k) for k in (1, 3) for m in methods]
     assert all(0 <= r["ndcg"] <= 1 for r in rows) and info["held_out"] + info["train_users"] <= 120
+    assert set(info["existing"]) == {"personal encoder", "user embedder alone"}
     assert [r["steps"] for r in rows[:5]] == [None, None, 2, None, 2] and list(rows[2]["tried"]) == [2]
 
 

@@ -42,6 +42,30 @@ def _train(cfg, data, split, train):
     return fed, time.perf_counter() - t0
 
 
+def existing_users(fed, parts: dict, users: np.ndarray) -> dict[str, float]:
+    """Test NDCG@10 of trained ``users`` (train + valid items excluded) scored with their personal encoder
+    (the run's scoring) and with the run's user embedder alone over their training history."""
+    import torch
+
+    from federation.runs.onboard import embedder_vector
+    from recsys.models.autoencoder import decode_hidden
+
+    users = np.asarray([u for u in users if parts["test"][u].nnz], dtype=np.int64)
+    own = fed.user_scores(users).float().cpu().numpy()
+    ids = {"personal encoder": np.empty((len(users), 10), np.int64), "user embedder alone": None}
+    ids["user embedder alone"] = np.empty_like(ids["personal encoder"])
+    for j, u in enumerate(users):
+        seen = np.concatenate([parts["train"][u].indices, parts["valid"][u].indices])
+        items = torch.as_tensor(parts["train"][u].indices)
+        with torch.no_grad():
+            h3 = decode_hidden(fed.global_p, embedder_vector(fed, items, torch.ones(len(items), dtype=fed.dtype))[None])
+            e = fed.strategy.score(fed.global_p, h3, {}, fed.content)[0].float().cpu().numpy()
+        for name, s in (("personal encoder", own[j].copy()), ("user embedder alone", e)):
+            s[seen] = -np.inf
+            ids[name][j] = np.argsort(-s, kind="stable")[:10]
+    return {name: _ndcg(v, parts["test"], users) for name, v in ids.items()}
+
+
 def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fraction: float = 0.2, seed: int = 0,
                      rounds: int | None = None) -> tuple[list[dict], dict]:
     """Rows {method, k, ndcg (NDCG@10 on the test part of the report half), users, steps (fold-in n
@@ -115,5 +139,6 @@ def bench_onboarding(config: Path, ks=(1, 3, 5, 10), steps=(1, 2, 5, 20), fracti
         n, tried = chosen(embedder, (0,) + tuple(steps))
         rows.append(row("user embedder + fold-in (n chosen on valid)", embedder(n), n, tried))
         log.info("onboarding k=%d: %s", k, [(r["method"], round(r["ndcg"], 4)) for r in rows[-5:]])
-    return rows, {"held_out": len(held), "train_users": int((np.diff(train.indptr) > 0).sum()),
+    trained = np.flatnonzero(np.diff(train.indptr) > 0)
+    return rows, {"existing": existing_users(fed, parts, trained), "held_out": len(held), "train_users": int((np.diff(train.indptr) > 0).sum()),
                   "train_s": t_train, "rounds": cfg.federation.rounds, "config": str(config)}

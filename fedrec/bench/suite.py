@@ -411,8 +411,11 @@ def bench_onboarding_section(config: Path, rounds: int | None, seeds: tuple[int,
                 f"of the held-out users not used to choose n; seeds {', '.join(map(str, seeds))} (hold-out, reveal "
                 "order and model)", ["method", "k revealed", "NDCG@10 mean ± sd", "per seed", "x popularity",
                                      "n chosen per seed"], table)
-    md += (f"\nUsers per figure: {runs[0][0][0]['users']} (seed 0). Training one run took {info['train_s']:.0f} s "
-           "(not part of the figures).\n")
+    ex = {name: np.array([i["existing"][name] for _, i in runs]) for name in info["existing"]}
+    md += ("\nThe same runs' trained users (test NDCG@10, train and valid items excluded): " +
+           "; ".join(f"{name} {v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}" for name, v in ex.items()) +
+           f". Users per new-user figure: {runs[0][0][0]['users']} (seed 0). Training one run took "
+           f"{info['train_s']:.0f} s (not part of the figures).\n")
     return md
 
 
