@@ -295,8 +295,8 @@ def page_new_user(run) -> None:
                 if embedder else "Scored by a fresh personal encoder" +
                 (f" folded in for {steps} steps" if steps else " as it starts")) +
                "; nothing leaves this device.")
-    recs = views.new_user_recommendations(run, picks, k, steps, _item_vecs(str(run.dir), _stamp(run.dir)),
-                                          _new_client_start(str(run.dir), _stamp(run.dir)))
+    start = None if embedder and not steps else _new_client_start(str(run.dir), _stamp(run.dir))  # not needed
+    recs = views.new_user_recommendations(run, picks, k, steps, _item_vecs(str(run.dir), _stamp(run.dir)), start)
     st.subheader(f"Top {len(recs)} after {len(picks)} pick(s)")
     _table(recs, "new-user", {recs.columns[3]: views.SCORE_HELP[run.cfg.model.mode],
                               "why": "The picked item closest to this one in the model's item space."})
