@@ -74,7 +74,8 @@ def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fol
     x = torch.as_tensor(input_values(shape, r, np.array([len(items)])), dtype=fed.dtype)        # (k,)
     received = {k: v.detach().cpu() for k, v in fed.global_p.items()}
     content = fed.content.cpu() if fed.content is not None else None
-    ze = embedder_vector(fed, items_t, torch.as_tensor(r, dtype=fed.dtype)) if shape.embedder_heads and embedder else None
+    ze = (embedder_vector(fed, items_t, torch.as_tensor(r, dtype=fed.dtype), received)
+          if shape.embedder_heads and embedder else None)
     if ze is not None and fold.steps == 0:
         with torch.no_grad():
             return decode_hidden(received, ze[None])[0]                                         # (H1,)
@@ -99,13 +100,15 @@ def new_user_code(fed, items: np.ndarray, ratings: np.ndarray | None = None, fol
         return decode_hidden(p, encode(p, seg, x, 1))[0]                                       # (H1,)
 
 
-def embedder_vector(fed, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+def embedder_vector(fed, items: torch.Tensor, ratings: torch.Tensor,
+                    received: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """z_e (H2,): the run's shared user embedder (a ``persona`` run) over a history of ``items`` (k,) with
-    ``ratings`` (k,) (implicit: ones). No personal parameter."""
+    ``ratings`` (k,) (implicit: ones). No personal parameter. received: the global parameters on the CPU,
+    if the caller has them."""
     from federation.strategies.persona import entry_values
     from recsys.models.embedder import user_vector
 
-    g = {k: v.detach().cpu() for k, v in fed.global_p.items()}
+    g = {k: v.detach().cpu() for k, v in fed.global_p.items()} if received is None else received
     content = fed.content.cpu().to(fed.dtype) if fed.content is not None else None
     seg = torch.zeros(len(items), dtype=torch.long)
     with torch.no_grad():

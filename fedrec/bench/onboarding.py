@@ -44,21 +44,19 @@ def _train(cfg, data, split, train):
 
 def existing_users(fed, parts: dict, users: np.ndarray) -> dict[str, float]:
     """Test NDCG@10 of trained ``users`` (train + valid items excluded) scored with their personal encoder
-    (the run's scoring) and with the run's user embedder alone over their training history."""
+    (the run's scoring) and with the run's user embedder alone over their training history (no prototypes)."""
     import torch
 
-    from federation.runs.onboard import embedder_vector
-    from recsys.models.autoencoder import decode_hidden
+    from federation.runs.onboard import new_user_code
 
     users = np.asarray([u for u in users if parts["test"][u].nnz], dtype=np.int64)
     own = fed.user_scores(users).float().cpu().numpy()
-    ids = {"personal encoder": np.empty((len(users), 10), np.int64), "user embedder alone": None}
-    ids["user embedder alone"] = np.empty_like(ids["personal encoder"])
+    ids = {"personal encoder": np.empty((len(users), 10), np.int64),
+           "user embedder alone": np.empty((len(users), 10), np.int64)}
     for j, u in enumerate(users):
         seen = np.concatenate([parts["train"][u].indices, parts["valid"][u].indices])
-        items = torch.as_tensor(parts["train"][u].indices)
+        h3 = new_user_code(fed, parts["train"][u].indices)[None].to(fed.device)       # the embedder's code
         with torch.no_grad():
-            h3 = decode_hidden(fed.global_p, embedder_vector(fed, items, torch.ones(len(items), dtype=fed.dtype))[None])
             e = fed.strategy.score(fed.global_p, h3, {}, fed.content)[0].float().cpu().numpy()
         for name, s in (("personal encoder", own[j].copy()), ("user embedder alone", e)):
             s[seen] = -np.inf
